@@ -1,0 +1,1 @@
+"""Adapters that implement the ports on real engines (SQLite, in-process broker)."""

@@ -1,0 +1,305 @@
+"""The embedded store: one SQLite file in WAL mode.
+
+SQLite allows one writer at a time, so all writes run on a single thread with
+its own connection, one group-committed transaction after another. Reads run
+on a second thread and connection; WAL lets them proceed while a write
+transaction is open. Both threads are plain executors: the event loop never
+blocks on the database.
+
+``synchronous=NORMAL`` in WAL mode means a committed transaction survives a
+crash of the process; only a power loss can roll back the last commits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+from roomcast.adapters import migrations
+from roomcast.ports.group_commit import GroupCommitter
+from roomcast.ports.store import (
+    DeleteMessage,
+    EditMessage,
+    InsertMessage,
+    Operation,
+    Outcome,
+    Result,
+    Room,
+    StoreUnavailable,
+    ToggleReaction,
+)
+from roomcast.protocol import HistoryMessage
+
+T = TypeVar("T")
+
+
+def sqlite_path(url: str) -> str:
+    """``sqlite:///relative.db``, ``sqlite:////abs.db`` or a bare path."""
+    path = url.removeprefix("sqlite://") if url.startswith("sqlite://") else url
+    if url.startswith("sqlite://"):
+        path = path.removeprefix("/")
+    if not path or path == ":memory:":
+        raise ValueError("SQLite needs a file path (the reader and writer share it)")
+    return path
+
+
+class SQLiteStore:
+    def __init__(self, url: str, clock_ms: Callable[[], int], max_batch: int = 1024) -> None:
+        self.path = sqlite_path(url)
+        self._clock_ms = clock_ms
+        self._writer_thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
+        self._reader_thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-reader")
+        self._writer: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._committer: GroupCommitter[Operation, Result] = GroupCommitter(
+            self._execute_batch, max_batch
+        )
+
+    # -- lifecycle ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self._writer = await self._on_writer(self._open_writer)
+        self._reader = await self._on_reader(self._connect)
+        self._committer.start()
+
+    def _connect(self) -> sqlite3.Connection:
+        # isolation_level=None: transactions are opened explicitly below.
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout = 5000")
+        conn.execute("PRAGMA foreign_keys = ON")
+        return conn
+
+    def _open_writer(self) -> sqlite3.Connection:
+        conn = self._connect()
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        migrations.apply_sqlite(conn, self._clock_ms())
+        return conn
+
+    async def close(self) -> None:
+        await self._committer.close()
+        for conn, thread in (
+            (self._writer, self._writer_thread),
+            (self._reader, self._reader_thread),
+        ):
+            if conn is not None:
+                await asyncio.get_running_loop().run_in_executor(thread, conn.close)
+            thread.shutdown(wait=True)
+        self._writer = self._reader = None
+
+    async def _on_writer(self, fn: Callable[[], T]) -> T:
+        return await self._run(self._writer_thread, fn)
+
+    async def _on_reader(self, fn: Callable[[], T]) -> T:
+        return await self._run(self._reader_thread, fn)
+
+    @staticmethod
+    async def _run(thread: ThreadPoolExecutor, fn: Callable[[], T]) -> T:
+        try:
+            return await asyncio.get_running_loop().run_in_executor(thread, fn)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(str(exc)) from exc
+
+    def _w(self) -> sqlite3.Connection:
+        if self._writer is None:
+            raise StoreUnavailable("the store is closed")
+        return self._writer
+
+    def _r(self) -> sqlite3.Connection:
+        if self._reader is None:
+            raise StoreUnavailable("the store is closed")
+        return self._reader
+
+    async def ping(self) -> None:
+        await self._on_reader(lambda: self._r().execute("SELECT 1").fetchone())
+
+    # -- group-committed writes -----------------------------------------------------
+
+    def submit(self, op: Operation) -> asyncio.Future[Result]:
+        return self._committer.submit(op)
+
+    async def _execute_batch(self, ops: Sequence[Operation]) -> list[Result]:
+        return await self._on_writer(lambda: self._transaction(ops))
+
+    def _transaction(self, ops: Sequence[Operation]) -> list[Result]:
+        conn = self._w()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            results = [self._apply(conn, op) for op in ops]
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return results
+
+    @staticmethod
+    def _apply(conn: sqlite3.Connection, op: Operation) -> Result:
+        if isinstance(op, InsertMessage):
+            row = conn.execute(
+                "INSERT INTO messages (room_id, user_id, content, type, created_at) "
+                "VALUES (?, ?, ?, ?, ?) RETURNING id",
+                (op.room_id, op.user_id, op.content, op.kind, op.created_at),
+            ).fetchone()
+            return Result(Outcome.DONE, room_id=op.room_id, message_id=row[0])
+        found = conn.execute(
+            "SELECT room_id, user_id FROM messages WHERE id = ? AND deleted_at IS NULL",
+            (op.message_id,),
+        ).fetchone()
+        if found is None:
+            return Result(Outcome.NOT_FOUND, message_id=op.message_id)
+        room_id, author = found
+        done = Result(Outcome.DONE, room_id=room_id, message_id=op.message_id)
+        if room_id not in op.rooms:
+            # Outside the caller's rooms a message is as good as unknown to them:
+            # answering "forbidden" would reveal that it exists.
+            return Result(Outcome.NOT_FOUND, message_id=op.message_id)
+        if isinstance(op, ToggleReaction):
+            removed = conn.execute(
+                "DELETE FROM reactions WHERE message_id = ? AND user_id = ? AND emoji = ?",
+                (op.message_id, op.user_id, op.emoji),
+            ).rowcount
+            if removed:
+                return done
+            conn.execute(
+                "INSERT INTO reactions (message_id, user_id, emoji, created_at) "
+                "VALUES (?, ?, ?, ?)",
+                (op.message_id, op.user_id, op.emoji, op.created_at),
+            )
+            return Result(Outcome.DONE, room_id=room_id, message_id=op.message_id, added=True)
+        if author != op.user_id:
+            return Result(Outcome.FORBIDDEN, room_id=room_id, message_id=op.message_id)
+        if isinstance(op, EditMessage):
+            conn.execute(
+                "UPDATE messages SET content = ?, edited_at = ? WHERE id = ?",
+                (op.content, op.edited_at, op.message_id),
+            )
+        elif isinstance(op, DeleteMessage):
+            # The content is erased, not hidden: a deleted message keeps only its id.
+            conn.execute(
+                "UPDATE messages SET content = NULL, deleted_at = ? WHERE id = ?",
+                (op.deleted_at, op.message_id),
+            )
+            conn.execute("DELETE FROM reactions WHERE message_id = ?", (op.message_id,))
+        return done
+
+    # -- rooms ------------------------------------------------------------------------
+
+    @staticmethod
+    def _room(conn: sqlite3.Connection, room_id: int) -> Room | None:
+        row = conn.execute(
+            "SELECT id, name, private, created_by, created_at FROM rooms WHERE id = ?", (room_id,)
+        ).fetchone()
+        if row is None:
+            return None
+        members: tuple[str, ...] = ()
+        if row[2]:
+            members = tuple(
+                r[0]
+                for r in conn.execute(
+                    "SELECT user_id FROM room_members WHERE room_id = ? ORDER BY user_id",
+                    (room_id,),
+                )
+            )
+        return Room(row[0], row[1], bool(row[2]), row[3], row[4], members)
+
+    async def get_room(self, room_id: int) -> Room | None:
+        return await self._on_reader(lambda: self._room(self._r(), room_id))
+
+    async def ensure_room(self, room_id: int, created_by: str, now: int) -> Room:
+        def ensure() -> Room:
+            conn = self._w()
+            conn.execute(
+                "INSERT INTO rooms (id, name, private, created_by, created_at) "
+                "VALUES (?, ?, 0, ?, ?) ON CONFLICT (id) DO NOTHING",
+                (room_id, f"Room {room_id}", created_by, now),
+            )
+            room = self._room(conn, room_id)
+            assert room is not None
+            return room
+
+        return await self._on_writer(ensure)
+
+    async def create_room(
+        self, name: str, private: bool, members: tuple[str, ...], created_by: str | None, now: int
+    ) -> Room:
+        def create() -> Room:
+            conn = self._w()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                row = conn.execute(
+                    "INSERT INTO rooms (name, private, created_by, created_at) "
+                    "VALUES (?, ?, ?, ?) RETURNING id",
+                    (name, int(private), created_by, now),
+                ).fetchone()
+                conn.executemany(
+                    "INSERT OR IGNORE INTO room_members (room_id, user_id) VALUES (?, ?)",
+                    [(row[0], member) for member in members],
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            room = self._room(conn, row[0])
+            assert room is not None
+            return room
+
+        return await self._on_writer(create)
+
+    async def list_rooms(self, user_id: str | None) -> list[Room]:
+        def rooms() -> list[Room]:
+            conn = self._r()
+            ids = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT id FROM rooms WHERE private = 0 OR id IN "
+                    "(SELECT room_id FROM room_members WHERE user_id = ?) ORDER BY id",
+                    (user_id,),
+                )
+            ]
+            return [room for room_id in ids if (room := self._room(conn, room_id)) is not None]
+
+        return await self._on_reader(rooms)
+
+    # -- history ----------------------------------------------------------------------
+
+    async def history(self, room_id: int, before: int | None, limit: int) -> list[HistoryMessage]:
+        def read() -> list[HistoryMessage]:
+            conn = self._r()
+            rows = conn.execute(
+                "SELECT id, room_id, user_id, content, type, created_at, edited_at FROM messages "
+                "WHERE room_id = ? AND id < ? AND deleted_at IS NULL ORDER BY id DESC LIMIT ?",
+                (room_id, before if before is not None else 2**63 - 1, limit),
+            ).fetchall()
+            rows.reverse()
+            reactions: dict[int, dict[str, list[str]]] = {}
+            if rows:
+                marks = ",".join("?" * len(rows))
+                for message_id, emoji, user in conn.execute(
+                    "SELECT message_id, emoji, user_id FROM reactions "
+                    f"WHERE message_id IN ({marks}) "
+                    "ORDER BY created_at, user_id",
+                    [row[0] for row in rows],
+                ):
+                    reactions.setdefault(message_id, {}).setdefault(emoji, []).append(user)
+            return [
+                HistoryMessage(
+                    id=row[0],
+                    room_id=row[1],
+                    user_id=row[2],
+                    content=row[3],
+                    type=row[4],
+                    created_at=row[5],
+                    edited_at=row[6],
+                    reactions=reactions.get(row[0], {}),
+                )
+                for row in rows
+            ]
+
+        return await self._on_reader(read)

@@ -1,0 +1,108 @@
+"""``roomcast serve`` and ``roomcast migrate``.
+
+Every flag has a ``ROOMCAST_<NAME>`` environment variable (``--auth-secret``
+is ``ROOMCAST_AUTH_SECRET``); a flag given on the command line wins.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import fields
+
+from roomcast import __version__
+from roomcast.config import Settings
+from roomcast.logs import configure
+
+_HELP = {
+    "host": "address to listen on",
+    "port": "port for HTTP and WebSocket (/ws)",
+    "database": "database URL, e.g. sqlite:///roomcast.db",
+    "log_level": "debug, info, warning or error",
+    "auth_secret": "HS256 secret for JWTs (?token= / Bearer); without it: open mode",
+    "insecure_open": "allow open mode on a non-loopback address",
+    "idle_timeout": "seconds of silence (no frame, no pong) before a connection is closed",
+    "typing_timeout": "seconds after the last is_typing:true before typing ends by itself",
+    "max_message_bytes": "largest frame a client may send",
+    "max_content_chars": "longest chat message",
+    "history_page_max": "largest history page over HTTP",
+    "commit_max_batch": "most writes in one group commit",
+    "max_send_buffer": "unsent bytes a connection may hold before it is cut",
+}
+
+
+def _env_default(name: str, default: object) -> object:
+    raw = os.environ.get(f"ROOMCAST_{name.upper()}")
+    if raw is None:
+        return default
+    if isinstance(default, bool):
+        return raw.strip().lower() in {"1", "true", "yes", "on"}
+    if isinstance(default, int):
+        return int(raw)
+    if isinstance(default, float):
+        return float(raw)
+    return raw
+
+
+def _add_settings(parser: argparse.ArgumentParser) -> None:
+    defaults = Settings()
+    for f in fields(Settings):
+        default = getattr(defaults, f.name)
+        flag = "--" + f.name.replace("_", "-")
+        value = _env_default(f.name, default)
+        if isinstance(default, bool):
+            parser.add_argument(flag, action="store_true", default=value, help=_HELP[f.name])
+        else:
+            kind = type(default) if default is not None else str
+            parser.add_argument(
+                flag, type=kind, default=value, help=f"{_HELP[f.name]} (default: {default})"
+            )
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    values = {f.name: getattr(args, f.name) for f in fields(Settings) if hasattr(args, f.name)}
+    return Settings(**values)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="roomcast", description="Real-time chat and calls.")
+    parser.add_argument("--version", action="version", version=f"roomcast {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    _add_settings(commands.add_parser("serve", help="run the server"))
+    _add_settings(commands.add_parser("migrate", help="bring the database schema up to date"))
+    args = parser.parse_args(argv)
+    settings = _settings(args)
+    configure(settings.log_level)
+    try:
+        settings.check()
+    except ValueError as exc:
+        print(f"roomcast: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "migrate":
+        return asyncio.run(_migrate(settings))
+    from roomcast.server import serve
+
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux/macOS
+        asyncio.run(serve(settings))
+    else:
+        uvloop.run(serve(settings))
+    return 0
+
+
+async def _migrate(settings: Settings) -> int:
+    from roomcast.server import make_store
+
+    store = make_store(settings)
+    await store.start()
+    await store.close()
+    print(f"roomcast: schema of {store.path} is up to date")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

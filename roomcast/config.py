@@ -1,0 +1,51 @@
+"""Server settings, from command-line flags or ``ROOMCAST_*`` environment variables."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 3000
+    database: str = "sqlite:///roomcast.db"
+    log_level: str = "info"
+    # HS256 secret for JWTs; without one the server runs in open mode.
+    auth_secret: str | None = None
+    # Open mode on a non-loopback address must be asked for explicitly.
+    insecure_open: bool = False
+    # A connection silent this long (no frame, no pong to our pings) is closed.
+    idle_timeout: float = 45.0
+    typing_timeout: float = 3.0
+    max_message_bytes: int = 64 * 1024
+    max_content_chars: int = 4000
+    history_page_max: int = 100
+    commit_max_batch: int = 1024
+    # Bytes a connection may have unsent before it is cut as a slow consumer.
+    max_send_buffer: int = 4 * 1024 * 1024
+
+    @property
+    def open_mode(self) -> bool:
+        return not self.auth_secret
+
+    def check(self) -> None:
+        """Refuse settings that would be unsafe or cannot work."""
+        if self.open_mode and not self.insecure_open and not is_loopback(self.host):
+            raise ValueError(
+                "open mode (no auth secret) only listens on loopback addresses, "
+                f"not {self.host!r}; "
+                "set an auth secret, or pass --insecure-open to accept anyone as any user"
+            )
+        if not 0 < self.port < 65536 and self.port != 0:
+            raise ValueError(f"port {self.port} is out of range")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

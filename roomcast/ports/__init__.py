@@ -1,0 +1,1 @@
+"""Ports: the interfaces the service needs from storage and fan-out."""

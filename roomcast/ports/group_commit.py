@@ -1,0 +1,81 @@
+"""Group commit: many submitted operations, one transaction.
+
+Submitters queue an operation and await its future. A single drain task takes
+everything queued so far (up to ``max_batch``), hands it to the adapter's
+``execute`` as one transaction, and resolves the futures in submission order.
+While a transaction runs, new operations queue up for the next one, so the
+batch size grows with the load by itself and the commit rate is never the
+throughput limit. Resolution order equals queue order, which is what keeps
+delivery order equal to id order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Generic, TypeVar
+
+OpT = TypeVar("OpT")
+ResultT = TypeVar("ResultT")
+
+log = logging.getLogger("roomcast.store")
+
+
+class GroupCommitter(Generic[OpT, ResultT]):
+    def __init__(
+        self,
+        execute: Callable[[Sequence[OpT]], Awaitable[Sequence[ResultT]]],
+        max_batch: int = 1024,
+    ) -> None:
+        self._execute = execute
+        self._max_batch = max_batch
+        self._queue: list[tuple[OpT, asyncio.Future[ResultT]]] = []
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._drain(), name="group-commit")
+
+    def submit(self, op: OpT) -> asyncio.Future[ResultT]:
+        if self._closing or self._task is None:
+            raise RuntimeError("the store is not accepting writes")
+        future: asyncio.Future[ResultT] = asyncio.get_running_loop().create_future()
+        self._queue.append((op, future))
+        self._wakeup.set()
+        return future
+
+    def pending(self) -> int:
+        return len(self._queue)
+
+    async def close(self) -> None:
+        """Stop accepting operations and commit everything already queued."""
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+
+    async def _drain(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._queue:
+                batch = self._queue[: self._max_batch]
+                del self._queue[: self._max_batch]
+                await self._commit(batch)
+            if self._closing:
+                return
+
+    async def _commit(self, batch: list[tuple[OpT, asyncio.Future[ResultT]]]) -> None:
+        try:
+            results = await self._execute([op for op, _ in batch])
+        except Exception as exc:
+            log.error("commit failed batch=%d error=%r", len(batch), exc)
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (_, future), result in zip(batch, results, strict=True):
+            if not future.done():
+                future.set_result(result)

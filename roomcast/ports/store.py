@@ -1,0 +1,125 @@
+"""The storage port: what the server needs from a database.
+
+Writes that happen per message (chat, edit, delete, reaction) are *operations*
+submitted to a group committer: many of them share one transaction, and each
+caller learns its own result once that transaction is committed. This keeps
+the "broadcast only what is committed" rule without one commit per message.
+Adapters (SQLite now, PostgreSQL later) implement :class:`Store`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from dataclasses import dataclass
+from typing import Protocol
+
+from roomcast.protocol import HistoryMessage
+
+# -- records -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Room:
+    id: int
+    name: str
+    private: bool
+    created_by: str | None
+    created_at: int
+    members: tuple[str, ...] = ()  # only kept for private rooms
+
+    def admits(self, user_id: str | None) -> bool:
+        return not self.private or (user_id is not None and user_id in self.members)
+
+
+# -- operations (group-committed writes) --------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class InsertMessage:
+    room_id: int
+    user_id: str
+    content: str
+    kind: str
+    created_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class EditMessage:
+    message_id: int
+    user_id: str
+    # The rooms the acting connection is in; a message elsewhere is forbidden.
+    rooms: frozenset[int]
+    content: str
+    edited_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteMessage:
+    message_id: int
+    user_id: str
+    # The rooms the acting connection is in; a message elsewhere is forbidden.
+    rooms: frozenset[int]
+    deleted_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class ToggleReaction:
+    message_id: int
+    user_id: str
+    # The rooms the acting connection is in; a message elsewhere is forbidden.
+    rooms: frozenset[int]
+    emoji: str
+    created_at: int
+
+
+Operation = InsertMessage | EditMessage | DeleteMessage | ToggleReaction
+
+
+class Outcome(enum.Enum):
+    DONE = "done"
+    NOT_FOUND = "not_found"
+    FORBIDDEN = "forbidden"
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """What an operation did. ``room_id`` is set when the message was found."""
+
+    outcome: Outcome
+    room_id: int = 0
+    message_id: int = 0
+    added: bool = False  # ToggleReaction: added (True) or removed (False)
+
+
+class StoreUnavailable(Exception):
+    """The database could not be reached or refused the transaction."""
+
+
+class Store(Protocol):
+    async def start(self) -> None:
+        """Connect and bring the schema up to date."""
+
+    async def close(self) -> None:
+        """Commit every submitted operation, then disconnect."""
+
+    def submit(self, op: Operation) -> asyncio.Future[Result]:
+        """Queue ``op`` for the next group commit; the future resolves once committed."""
+
+    async def ping(self) -> None:
+        """Raise :class:`StoreUnavailable` unless the database answers."""
+
+    async def get_room(self, room_id: int) -> Room | None: ...
+
+    async def ensure_room(self, room_id: int, created_by: str, now: int) -> Room:
+        """The room with this id, created as a public room if it does not exist."""
+
+    async def create_room(
+        self, name: str, private: bool, members: tuple[str, ...], created_by: str | None, now: int
+    ) -> Room: ...
+
+    async def list_rooms(self, user_id: str | None) -> list[Room]:
+        """Public rooms and the private rooms ``user_id`` belongs to."""
+
+    async def history(self, room_id: int, before: int | None, limit: int) -> list[HistoryMessage]:
+        """Up to ``limit`` live messages with ids below ``before``, oldest first."""

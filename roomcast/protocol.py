@@ -1,0 +1,391 @@
+"""The wire protocol: every message type, defined once.
+
+Every frame in either direction is a JSON text frame shaped
+``{"type": str, "payload": object, "timestamp": int}``. This module is the only
+place that turns bytes into typed messages and typed messages into bytes:
+
+* :func:`decode_client` reads a client frame into one of the ``*Request``
+  structs below, or raises :class:`ProtocolError` carrying the exact error code
+  and a message naming the offending field.
+* :func:`encode` turns a server payload struct into the bytes of a frame.
+
+Decoding is two-step: the envelope is read with its ``payload`` kept as raw
+JSON, then the payload is decoded by the struct registered for ``type``. Only
+one JSON parse happens and msgspec reports the precise path of a bad field.
+A client's ``timestamp`` is never trusted, so it is not decoded at all.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from typing import Annotated, Any, ClassVar, Final, Literal
+
+import msgspec
+
+# -- shared field types ------------------------------------------------------
+
+#: Database ids: positive and within a signed 64-bit integer.
+Id = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
+#: User ids are opaque strings chosen by the identity provider, without
+#: control characters so that they are safe to show and to log.
+USER_ID_PATTERN: Final = r"^[^\x00-\x1f\x7f]{1,64}\Z"
+UserId = Annotated[str, msgspec.Meta(pattern=USER_ID_PATTERN)]
+Status = Literal["online", "away", "busy", "offline"]
+MessageKind = Literal["text"]
+
+
+class ErrorCode(enum.StrEnum):
+    INVALID_JSON = "invalid_json"
+    INVALID_MESSAGE = "invalid_message"
+    UNKNOWN_TYPE = "unknown_type"
+    UNAUTHENTICATED = "unauthenticated"
+    FORBIDDEN = "forbidden"
+    NOT_FOUND = "not_found"
+    TOO_LARGE = "too_large"
+    RATE_LIMITED = "rate_limited"
+    INTERNAL = "internal"
+
+
+class ProtocolError(Exception):
+    """A request that is answered with an ``error`` frame.
+
+    ``type`` is the offending message type when it is known, so a client can
+    tell which of its requests failed.
+    """
+
+    def __init__(self, code: ErrorCode, message: str, type: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.type = type
+
+
+# -- client -> server ------------------------------------------------------------
+
+
+class Request(msgspec.Struct, kw_only=True):
+    """Base of every client payload. ``TYPE`` is the envelope ``type``."""
+
+    TYPE: ClassVar[str]
+
+    def claimed_user(self) -> str | None:
+        """The user id the payload names, if any (checked against the connection)."""
+        return None
+
+
+class ClaimsUser(Request, kw_only=True):
+    """Payloads that may name their sender, as the seed clients do."""
+
+    user_id: UserId | None = None
+    from_user_id: UserId | None = None
+
+    def claimed_user(self) -> str | None:
+        return self.user_id if self.user_id is not None else self.from_user_id
+
+
+class PingRequest(Request):
+    TYPE = "ping"
+
+
+class JoinRoomRequest(ClaimsUser):
+    TYPE = "join_room"
+    room_id: Id
+
+
+class LeaveRoomRequest(ClaimsUser):
+    TYPE = "leave_room"
+    room_id: Id | None = None
+
+
+class ChatRequest(ClaimsUser):
+    TYPE = "chat"
+    room_id: Id
+    content: str
+    type: MessageKind = "text"
+
+
+class MessageEditRequest(ClaimsUser):
+    TYPE = "message_edit"
+    message_id: Id
+    content: str
+
+
+class MessageDeleteRequest(ClaimsUser):
+    TYPE = "message_delete"
+    message_id: Id
+
+
+class MessageReactionRequest(ClaimsUser):
+    TYPE = "message_reaction"
+    message_id: Id
+    emoji: Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
+
+
+class TypingRequest(ClaimsUser):
+    TYPE = "typing"
+    room_id: Id
+    is_typing: bool
+
+
+class PresenceRequest(ClaimsUser):
+    TYPE = "presence"
+    status: Status
+
+
+CLIENT_TYPES: Final[dict[str, type[Request]]] = {
+    cls.TYPE: cls
+    for cls in (
+        PingRequest,
+        JoinRoomRequest,
+        LeaveRoomRequest,
+        ChatRequest,
+        MessageEditRequest,
+        MessageDeleteRequest,
+        MessageReactionRequest,
+        TypingRequest,
+        PresenceRequest,
+    )
+}
+
+
+# -- server -> client ------------------------------------------------------------
+
+
+class Event(msgspec.Struct, omit_defaults=False):
+    """Base of every server payload. ``TYPE`` is the envelope ``type``."""
+
+    TYPE: ClassVar[str]
+
+
+class Connected(Event):
+    TYPE = "connected"
+    connection_id: str
+    user_id: str | None
+
+
+class Error(Event, omit_defaults=True):
+    TYPE = "error"
+    code: ErrorCode
+    message: str
+    type: str | None = None
+
+
+class Pong(Event):
+    TYPE = "pong"
+
+
+class UserJoined(Event):
+    TYPE = "user_joined"
+    room_id: int
+    user_id: str
+
+
+class UserLeft(Event):
+    TYPE = "user_left"
+    room_id: int
+    user_id: str
+
+
+class RoomUser(msgspec.Struct):
+    user_id: str
+    status: Status
+
+
+class RoomUsers(Event):
+    TYPE = "room_users"
+    room_id: int
+    users: list[RoomUser]
+
+
+class ChatMessage(Event):
+    """A stored chat message; also the shape of the HTTP history items."""
+
+    TYPE = "chat"
+    id: int
+    room_id: int
+    user_id: str
+    content: str
+    type: MessageKind
+    created_at: int
+
+
+class MessageEdited(Event):
+    TYPE = "message_edit"
+    message_id: int
+    room_id: int
+    content: str
+    edited_at: int
+
+
+class MessageDeleted(Event):
+    TYPE = "message_delete"
+    message_id: int
+    room_id: int
+
+
+class MessageReaction(Event):
+    TYPE = "message_reaction"
+    message_id: int
+    room_id: int
+    user_id: str
+    emoji: str
+    action: Literal["added", "removed"]
+
+
+class Typing(Event):
+    TYPE = "typing"
+    room_id: int
+    user_id: str
+    is_typing: bool
+
+
+class Presence(Event):
+    TYPE = "presence"
+    user_id: str
+    status: Status
+
+
+SERVER_TYPES: Final[dict[str, type[Event]]] = {
+    cls.TYPE: cls
+    for cls in (
+        Connected,
+        Error,
+        Pong,
+        UserJoined,
+        UserLeft,
+        RoomUsers,
+        ChatMessage,
+        MessageEdited,
+        MessageDeleted,
+        MessageReaction,
+        Typing,
+        Presence,
+    )
+}
+
+
+# -- decoding --------------------------------------------------------------------
+
+
+class _Envelope(msgspec.Struct):
+    type: Annotated[str, msgspec.Meta(max_length=64)]
+    payload: msgspec.Raw = msgspec.Raw(b"{}")
+
+
+_envelope_decoder = msgspec.json.Decoder(_Envelope)
+_payload_decoders: dict[str, msgspec.json.Decoder[Any]] = {
+    name: msgspec.json.Decoder(cls) for name, cls in CLIENT_TYPES.items()
+}
+_PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+
+
+def _describe(error: msgspec.ValidationError, root: str) -> str:
+    """Rewrite msgspec's message so the path starts at ``root`` (e.g. ``payload``)."""
+    text = str(error)
+    match = _PATH.search(text)
+    if match is None:
+        return f"{root}: {text[0].lower()}{text[1:]}"
+    return f"{root}{match['path']}: {text[: match.start()][0].lower()}{text[1 : match.start()]}"
+
+
+def decode_client(data: bytes | str) -> Request:
+    """Decode one client frame, or raise :class:`ProtocolError`."""
+    try:
+        envelope = _envelope_decoder.decode(data)
+    except msgspec.ValidationError as exc:
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, _describe(exc, "message")) from None
+    except msgspec.DecodeError as exc:
+        raise ProtocolError(ErrorCode.INVALID_JSON, f"invalid JSON: {exc}") from None
+    decoder = _payload_decoders.get(envelope.type)
+    if decoder is None:
+        raise ProtocolError(
+            ErrorCode.UNKNOWN_TYPE, f"unknown message type {envelope.type!r}", envelope.type
+        )
+    try:
+        request: Request = decoder.decode(envelope.payload)
+    except msgspec.ValidationError as exc:
+        raise ProtocolError(
+            ErrorCode.INVALID_MESSAGE, _describe(exc, "payload"), envelope.type
+        ) from None
+    return request
+
+
+# -- encoding --------------------------------------------------------------------
+
+
+class _OutEnvelope(msgspec.Struct):
+    type: str
+    payload: Event
+    timestamp: int
+
+
+_encoder = msgspec.json.Encoder()
+
+
+def encode(event: Event, timestamp_ms: int) -> bytes:
+    """The JSON bytes of one server frame carrying ``event``."""
+    return _encoder.encode(_OutEnvelope(event.TYPE, event, timestamp_ms))
+
+
+def error_event(exc: ProtocolError) -> Error:
+    return Error(code=exc.code, message=exc.message, type=exc.type)
+
+
+def to_builtins(event: Event) -> dict[str, Any]:
+    """A payload as plain JSON-compatible objects (for HTTP responses)."""
+    result: dict[str, Any] = msgspec.to_builtins(event)
+    return result
+
+
+# -- HTTP bodies -------------------------------------------------------------------
+
+
+class CreateRoom(msgspec.Struct, forbid_unknown_fields=True):
+    """``POST /api/rooms`` body."""
+
+    name: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+    private: bool = False
+    members: Annotated[list[UserId], msgspec.Meta(max_length=1000)] = []
+
+
+class RoomInfo(msgspec.Struct):
+    id: int
+    name: str
+    private: bool
+    created_by: str | None
+    created_at: int
+    members: list[str]
+
+
+class HistoryMessage(msgspec.Struct):
+    """A stored message in history: the ``chat`` payload plus its edits and reactions."""
+
+    id: int
+    room_id: int
+    user_id: str
+    content: str
+    type: MessageKind
+    created_at: int
+    edited_at: int | None
+    reactions: dict[str, list[str]]
+
+
+class HistoryPage(msgspec.Struct):
+    messages: list[HistoryMessage]
+    next_before: int | None
+
+
+def decode_body(data: bytes, cls: type[msgspec.Struct]) -> Any:
+    """Decode an HTTP JSON body, raising :class:`ProtocolError` like a frame would."""
+    try:
+        return msgspec.json.decode(data, type=cls)
+    except msgspec.ValidationError as exc:
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, _describe(exc, "body")) from None
+    except msgspec.DecodeError as exc:
+        raise ProtocolError(ErrorCode.INVALID_JSON, f"invalid JSON: {exc}") from None
+
+
+def encode_json(value: Any) -> bytes:
+    """JSON bytes of any protocol value (HTTP responses)."""
+    return _encoder.encode(value)

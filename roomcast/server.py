@@ -1,0 +1,106 @@
+"""Wiring: settings in, a running server out.
+
+Everything is constructed explicitly here, in one place: store, broker,
+fan-out, service, endpoints and the aiohttp application. :func:`run` owns the
+process: it serves until SIGTERM or SIGINT, then shuts down in order —
+stop accepting, close every WebSocket with 1001 after its queued frames,
+commit every pending write, exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from roomcast.adapters.local_broker import LocalBroker
+from roomcast.adapters.sqlite_store import SQLiteStore
+from roomcast.auth import Authenticator
+from roomcast.config import Settings
+from roomcast.service import ChatService, Limits, wall_ms
+from roomcast.transport.http import HttpApi, protocol_errors
+from roomcast.transport.websocket import WebSocketEndpoint
+
+log = logging.getLogger("roomcast.server")
+
+
+def make_store(settings: Settings) -> SQLiteStore:
+    url = settings.database
+    if "://" in url and not url.startswith("sqlite://"):
+        raise ValueError(f"unsupported database URL {url!r} (expected sqlite:///path)")
+    return SQLiteStore(url, wall_ms, settings.commit_max_batch)
+
+
+@dataclass
+class Server:
+    settings: Settings
+    app: web.Application
+    service: ChatService
+    endpoint: WebSocketEndpoint
+    store: SQLiteStore
+
+    async def start(self) -> None:
+        await self.store.start()
+
+    async def stop(self) -> None:
+        await self.endpoint.close_all()
+        await self.store.close()
+        await self.service.broker.close()
+
+
+def build(settings: Settings) -> Server:
+    settings.check()
+    store = make_store(settings)
+    broker = LocalBroker()
+    auth = Authenticator(settings.auth_secret)
+    service = ChatService(
+        store,
+        broker,
+        Limits(
+            max_content_chars=settings.max_content_chars,
+            open_mode=settings.open_mode,
+            max_send_buffer=settings.max_send_buffer,
+        ),
+        typing_timeout=settings.typing_timeout,
+    )
+    endpoint = WebSocketEndpoint(service, auth, settings)
+    api = HttpApi(service, store, auth, settings.history_page_max)
+    app = web.Application(middlewares=[protocol_errors], client_max_size=settings.max_message_bytes)
+    app.add_routes([web.get("/ws", endpoint.handle), *api.routes()])
+    return Server(settings, app, service, endpoint, store)
+
+
+async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
+    """Serve until SIGTERM/SIGINT (or cancellation), then shut down gracefully."""
+    server = build(settings)
+    await server.start()
+    runner = web.AppRunner(server.app, handle_signals=False, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
+    await site.start()
+    log.info(
+        "listening host=%s port=%d database=%s mode=%s",
+        settings.host,
+        settings.port,
+        server.store.path,
+        "open" if settings.open_mode else "token",
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if ready is not None:
+        ready.set()
+    try:
+        await stop.wait()
+        log.info("shutdown signal received")
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        await site.stop()  # no new connections
+        await server.stop()
+        await runner.cleanup()
+        log.info("stopped")

@@ -1,0 +1,414 @@
+"""The chat service: requests in, store and core consulted, frames out.
+
+This is where I/O meets the rules. For each decoded request it checks what
+needs stored data (rooms, authors) against the store, lets the
+:class:`~roomcast.core.engine.ChatEngine` decide who is told what, encodes
+each resulting event once and publishes it through the broker.
+
+Chat messages are never awaited one by one: a chat request is submitted to the
+store's group commit and the connection moves on to its next request; the
+message is published when its transaction commits. Because commits resolve in
+submission order, delivery order equals id order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from roomcast.core.deliveries import Delivery, ToConnections, ToRoom
+from roomcast.core.engine import ChatEngine
+from roomcast.ports.broker import Broker
+from roomcast.ports.store import (
+    DeleteMessage,
+    EditMessage,
+    InsertMessage,
+    Operation,
+    Outcome,
+    Result,
+    Room,
+    Store,
+    StoreUnavailable,
+    ToggleReaction,
+)
+from roomcast.protocol import (
+    ChatMessage,
+    ChatRequest,
+    Connected,
+    ErrorCode,
+    Event,
+    JoinRoomRequest,
+    LeaveRoomRequest,
+    MessageDeleted,
+    MessageDeleteRequest,
+    MessageEdited,
+    MessageEditRequest,
+    MessageReaction,
+    MessageReactionRequest,
+    PingRequest,
+    Pong,
+    PresenceRequest,
+    ProtocolError,
+    Request,
+    TypingRequest,
+    decode_client,
+    encode,
+    error_event,
+)
+from roomcast.transport.fanout import FanOut, text_frame
+
+log = logging.getLogger("roomcast.service")
+
+#: WebSocket close code for policy violations (floods, slow consumers).
+CLOSE_POLICY_VIOLATION = 1008
+
+
+def wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(eq=False)
+class Connection:
+    """One WebSocket connection, as the service sees it."""
+
+    id: str
+    remote: str
+    close: Callable[[int, str], Coroutine[Any, Any, None]]
+    user_id: str | None = None
+    closed: bool = field(default=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_content_chars: int = 4000
+    open_mode: bool = True
+    # Unsent bytes a connection may hold before it is cut as a slow consumer.
+    max_send_buffer: int = 4 * 1024 * 1024
+
+
+class ChatService:
+    def __init__(
+        self,
+        store: Store,
+        broker: Broker,
+        limits: Limits,
+        typing_timeout: float = 3.0,
+        clock_ms: Callable[[], int] = wall_ms,
+    ) -> None:
+        self.store = store
+        self.broker = broker
+        self.fanout = FanOut(limits.max_send_buffer, self._slow_consumer)
+        self.limits = limits
+        self.engine = ChatEngine(typing_timeout)
+        self._clock_ms = clock_ms
+        self._connections: dict[str, Connection] = {}
+        self._typing_timer: asyncio.TimerHandle | None = None
+        self._background: set[asyncio.Task[None]] = set()
+        broker.attach(self)
+
+    # -- frame sink (what the broker delivers to this node) ---------------------------
+
+    def deliver_room(self, room_id: int, frame: bytes, except_user: str | None) -> None:
+        members = self.engine.rooms.connections(room_id)
+        if except_user is None:
+            self.fanout.send_room(room_id, members, frame)
+        else:
+            skip = set(self.engine.connections_of(except_user))
+            self.fanout.send([c for c in members if c not in skip], frame)
+
+    def deliver_connections(self, conn_ids: tuple[str, ...], frame: bytes) -> None:
+        self.fanout.send(conn_ids, frame)
+
+    # -- publishing ----------------------------------------------------------------------
+
+    def frame(self, event: Event) -> bytes:
+        return text_frame(encode(event, self._clock_ms()))
+
+    def send(self, conn: Connection, event: Event) -> None:
+        self.fanout.send((conn.id,), self.frame(event))
+
+    def publish(self, deliveries: list[Delivery]) -> None:
+        for delivery in deliveries:
+            frame = self.frame(delivery.event)
+            if isinstance(delivery, ToRoom):
+                self.broker.publish_room(delivery.room_id, frame, delivery.except_user)
+            elif isinstance(delivery, ToConnections):
+                self.broker.publish_connections(delivery.conn_ids, frame)
+        self._arm_typing_timer()
+
+    # -- connection lifecycle -------------------------------------------------------------
+
+    def open(
+        self,
+        remote: str,
+        close: Callable[[int, str], Coroutine[Any, Any, None]],
+        transport: object,
+        user_id: str | None,
+    ) -> Connection:
+        conn = Connection(id=uuid.uuid4().hex, remote=remote, close=close, user_id=user_id)
+        self._connections[conn.id] = conn
+        self.fanout.add(conn.id, transport)  # type: ignore[arg-type]
+        self.engine.open(conn.id, user_id)
+        log.info("connect conn=%s user=%s remote=%s", conn.id, user_id, remote)
+        self.send(conn, Connected(connection_id=conn.id, user_id=user_id))
+        return conn
+
+    def closed(self, conn: Connection, reason: str) -> None:
+        """The connection is gone: leave its rooms, end its typing, update presence."""
+        if conn.closed:
+            return
+        conn.closed = True
+        self._connections.pop(conn.id, None)
+        for room_id in self.engine.rooms.rooms_of(conn.id):
+            self.fanout.membership_changed(room_id)
+        self.fanout.remove(conn.id)
+        self.publish(self.engine.close(conn.id, self._now()))
+        log.info("disconnect conn=%s user=%s reason=%s", conn.id, conn.user_id, reason)
+
+    def _slow_consumer(self, conn_id: str) -> None:
+        conn = self._connections.get(conn_id)
+        if conn is None or conn.closed:
+            return
+        log.warning("slow consumer conn=%s user=%s", conn.id, conn.user_id)
+        task = asyncio.get_running_loop().create_task(
+            conn.close(CLOSE_POLICY_VIOLATION, "slow consumer")
+        )
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    def connections(self) -> list[Connection]:
+        return list(self._connections.values())
+
+    # -- requests ----------------------------------------------------------------------
+
+    async def receive(self, conn: Connection, data: bytes | str) -> None:
+        """Handle one client frame; every failure becomes an ``error`` frame."""
+        request_type: str | None = None
+        try:
+            request = decode_client(data)
+            request_type = request.TYPE
+            self._check_identity(conn, request)
+            await self._dispatch(conn, request)
+        except ProtocolError as exc:
+            self.reply_error(conn, exc)
+        except StoreUnavailable as exc:
+            log.error("store unavailable conn=%s type=%s error=%s", conn.id, request_type, exc)
+            self.reply_error(
+                conn, ProtocolError(ErrorCode.INTERNAL, "storage is unavailable", request_type)
+            )
+        except Exception:
+            log.exception("internal error conn=%s type=%s", conn.id, request_type)
+            self.reply_error(
+                conn, ProtocolError(ErrorCode.INTERNAL, "internal server error", request_type)
+            )
+
+    def reply_error(self, conn: Connection, exc: ProtocolError) -> None:
+        if conn.closed:
+            return
+        log.info("error conn=%s user=%s code=%s type=%s", conn.id, conn.user_id, exc.code, exc.type)
+        self.send(conn, error_event(exc))
+
+    def _check_identity(self, conn: Connection, request: Request) -> None:
+        claimed = request.claimed_user()
+        if conn.user_id is None:
+            if claimed is not None and self.limits.open_mode:
+                conn.user_id = claimed
+                self.engine.identify(conn.id, claimed)
+                log.info("identify conn=%s user=%s", conn.id, claimed)
+            elif not isinstance(request, PingRequest):
+                raise ProtocolError(
+                    ErrorCode.UNAUTHENTICATED,
+                    "no user is known for this connection: connect with ?user_id= or name user_id",
+                    request.TYPE,
+                )
+        elif claimed is not None and claimed != conn.user_id:
+            raise ProtocolError(
+                ErrorCode.FORBIDDEN,
+                f"this connection belongs to user {conn.user_id!r}, not {claimed!r}",
+                request.TYPE,
+            )
+
+    async def _dispatch(self, conn: Connection, request: Request) -> None:
+        if isinstance(request, PingRequest):
+            self.send(conn, Pong())
+        elif isinstance(request, ChatRequest):
+            self._chat(conn, request)
+        elif isinstance(request, TypingRequest):
+            self.publish(
+                self.engine.set_typing(conn.id, request.room_id, request.is_typing, self._now())
+            )
+        elif isinstance(request, JoinRoomRequest):
+            await self._join(conn, request)
+        elif isinstance(request, LeaveRoomRequest):
+            rooms = (
+                list(self.engine.rooms.rooms_of(conn.id))
+                if request.room_id is None
+                else [request.room_id]
+            )
+            deliveries = self.engine.leave(conn.id, request.room_id, self._now())
+            for room_id in rooms:
+                self.fanout.membership_changed(room_id)
+            self.publish(deliveries)
+        elif isinstance(request, PresenceRequest):
+            self.publish(self.engine.set_status(conn.id, request.status))
+        elif isinstance(
+            request, (MessageEditRequest, MessageDeleteRequest, MessageReactionRequest)
+        ):
+            self._message_op(conn, request)
+        else:  # pragma: no cover - decode_client only returns the types above
+            raise ProtocolError(ErrorCode.UNKNOWN_TYPE, "unhandled type", request.TYPE)
+
+    async def _join(self, conn: Connection, request: JoinRoomRequest) -> None:
+        user_id = conn.user_id
+        assert user_id is not None
+        room = await self._room_for(request.room_id, user_id)
+        if not room.admits(user_id):
+            raise ProtocolError(ErrorCode.FORBIDDEN, f"room {room.id} is private", request.TYPE)
+        if conn.closed:  # it went away while the room was looked up
+            return
+        self.fanout.membership_changed(room.id)
+        self.publish(self.engine.join(conn.id, room.id))
+
+    async def _room_for(self, room_id: int, user_id: str) -> Room:
+        room = await self.store.get_room(room_id)
+        if room is not None:
+            return room
+        if not self.limits.open_mode:
+            raise ProtocolError(ErrorCode.NOT_FOUND, f"room {room_id} does not exist", "join_room")
+        return await self.store.ensure_room(room_id, user_id, self._clock_ms())
+
+    def _content(self, request: ChatRequest | MessageEditRequest) -> str:
+        content = request.content
+        if not content.strip():
+            raise ProtocolError(
+                ErrorCode.INVALID_MESSAGE, "payload.content: must not be empty", request.TYPE
+            )
+        if len(content) > self.limits.max_content_chars:
+            raise ProtocolError(
+                ErrorCode.TOO_LARGE,
+                f"payload.content: longer than {self.limits.max_content_chars} characters",
+                request.TYPE,
+            )
+        return content
+
+    def _chat(self, conn: Connection, request: ChatRequest) -> None:
+        user_id = self.engine.require_member(conn.id, request.room_id, request.TYPE)
+        op = InsertMessage(
+            room_id=request.room_id,
+            user_id=user_id,
+            content=self._content(request),
+            kind=request.type,
+            created_at=self._clock_ms(),
+        )
+        self._submit(conn, op, request.TYPE)
+
+    def _message_op(
+        self,
+        conn: Connection,
+        request: MessageEditRequest | MessageDeleteRequest | MessageReactionRequest,
+    ) -> None:
+        user_id = conn.user_id
+        assert user_id is not None
+        rooms = frozenset(self.engine.rooms.rooms_of(conn.id))
+        now = self._clock_ms()
+        op: Operation
+        if isinstance(request, MessageEditRequest):
+            op = EditMessage(request.message_id, user_id, rooms, self._content(request), now)
+        elif isinstance(request, MessageDeleteRequest):
+            op = DeleteMessage(request.message_id, user_id, rooms, now)
+        else:
+            op = ToggleReaction(request.message_id, user_id, rooms, request.emoji, now)
+        self._submit(conn, op, request.TYPE)
+
+    def _submit(self, conn: Connection, op: Operation, request_type: str) -> None:
+        try:
+            future = self.store.submit(op)
+        except RuntimeError:
+            raise StoreUnavailable("the store is shutting down") from None
+        future.add_done_callback(lambda f: self._committed(conn, op, request_type, f))
+
+    def _committed(
+        self, conn: Connection, op: Operation, request_type: str, future: asyncio.Future[Result]
+    ) -> None:
+        """A group commit finished: publish what it did, or tell the sender why not."""
+        exc = future.exception()
+        if exc is not None:
+            self.reply_error(
+                conn,
+                ProtocolError(ErrorCode.INTERNAL, "the message could not be stored", request_type),
+            )
+            return
+        result = future.result()
+        if result.outcome is Outcome.NOT_FOUND:
+            self.reply_error(
+                conn,
+                ProtocolError(
+                    ErrorCode.NOT_FOUND, f"message {result.message_id} not found", request_type
+                ),
+            )
+            return
+        if result.outcome is Outcome.FORBIDDEN:
+            self.reply_error(
+                conn,
+                ProtocolError(
+                    ErrorCode.FORBIDDEN,
+                    f"message {result.message_id} belongs to another user",
+                    request_type,
+                ),
+            )
+            return
+        self.publish(self._events_for(op, result))
+
+    def _events_for(self, op: Operation, result: Result) -> list[Delivery]:
+        room_id, message_id = result.room_id, result.message_id
+        if isinstance(op, InsertMessage):
+            message = ChatMessage(
+                id=message_id,
+                room_id=room_id,
+                user_id=op.user_id,
+                content=op.content,
+                type="text",
+                created_at=op.created_at,
+            )
+            return self.engine.message_stored(message)
+        event: Event
+        if isinstance(op, EditMessage):
+            event = MessageEdited(
+                message_id=message_id, room_id=room_id, content=op.content, edited_at=op.edited_at
+            )
+        elif isinstance(op, DeleteMessage):
+            event = MessageDeleted(message_id=message_id, room_id=room_id)
+        else:
+            event = MessageReaction(
+                message_id=message_id,
+                room_id=room_id,
+                user_id=op.user_id,
+                emoji=op.emoji,
+                action="added" if result.added else "removed",
+            )
+        return [ToRoom(room_id, event)]
+
+    # -- typing timer ----------------------------------------------------------------------
+
+    def _now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def _arm_typing_timer(self) -> None:
+        deadline = self.engine.next_deadline()
+        if deadline is None:
+            return
+        timer = self._typing_timer
+        if timer is not None and not timer.cancelled() and timer.when() <= deadline:
+            return
+        if timer is not None:
+            timer.cancel()
+        self._typing_timer = asyncio.get_running_loop().call_at(deadline, self._typing_expired)
+
+    def _typing_expired(self) -> None:
+        self._typing_timer = None
+        self.publish(self.engine.expire(self._now()))

@@ -1,0 +1,179 @@
+"""Corked fan-out: each frame built once, each connection written once per loop turn.
+
+Sending one WebSocket frame per recipient per message costs one ``send()``
+system call each; at chat-room rates that, not Python, is the limit. Instead:
+
+* a server frame (header + JSON) is built once per message, whoever receives it;
+* frames for a room during one event-loop iteration go into one
+  :class:`RoomBatch`, shared by every member: at flush time the batch is
+  joined once and the same bytes object is written to each member;
+* directed frames (errors, ``room_users``, presence) are queued per
+  connection, in order with the room batches that connection is part of;
+* one ``call_soon`` per iteration flushes every connection that has output
+  with a single ``transport.write``.
+
+Ordering: a batch stays open for appends only while no member has received a
+directed frame after it. When a directed frame is queued for a connection,
+every still-open batch in that connection's queue is closed, so a later room
+frame starts a new batch and cannot overtake the directed one.
+
+Flow control is ours, since the library's writer is bypassed: after each
+flush a connection whose transport buffer exceeds ``max_buffer`` bytes is
+reported through ``on_overflow`` (the caller disconnects it as a slow
+consumer), so one stuck reader never grows the server's memory unboundedly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections.abc import Callable, Iterable
+from typing import Protocol
+
+
+def text_frame(payload: bytes) -> bytes:
+    """An unmasked, final, uncompressed text frame (server to client)."""
+    length = len(payload)
+    if length < 126:
+        header = bytes((0x81, length))
+    elif length < 65536:
+        header = struct.pack("!BBH", 0x81, 126, length)
+    else:
+        header = struct.pack("!BBQ", 0x81, 127, length)
+    return header + payload
+
+
+class Writable(Protocol):
+    def write(self, data: bytes) -> None: ...
+    def is_closing(self) -> bool: ...
+    def get_write_buffer_size(self) -> int: ...
+
+
+class RoomBatch:
+    __slots__ = ("_data", "frames", "room_id")
+
+    def __init__(self, room_id: int) -> None:
+        self.room_id = room_id
+        self.frames: list[bytes] = []
+        self._data: bytes | None = None
+
+    def data(self) -> bytes:
+        if self._data is None:
+            self._data = self.frames[0] if len(self.frames) == 1 else b"".join(self.frames)
+        return self._data
+
+
+class Outlet:
+    """One connection's outgoing side."""
+
+    __slots__ = ("conn_id", "queue", "sent_bytes", "transport")
+
+    def __init__(self, conn_id: str, transport: Writable) -> None:
+        self.conn_id = conn_id
+        self.transport = transport
+        self.queue: list[bytes | RoomBatch] = []
+        self.sent_bytes = 0
+
+
+class FanOut:
+    def __init__(
+        self,
+        max_buffer: int,
+        on_overflow: Callable[[str], None],
+    ) -> None:
+        self.max_buffer = max_buffer
+        self._on_overflow = on_overflow
+        self._outlets: dict[str, Outlet] = {}
+        self._open_batches: dict[int, RoomBatch] = {}
+        self._dirty: list[Outlet] = []
+        self._scheduled = False
+
+    # -- connections -------------------------------------------------------------
+
+    def add(self, conn_id: str, transport: Writable) -> None:
+        self._outlets[conn_id] = Outlet(conn_id, transport)
+
+    def remove(self, conn_id: str) -> None:
+        """Forget a connection; anything still queued for it is dropped."""
+        outlet = self._outlets.pop(conn_id, None)
+        if outlet is not None:
+            outlet.queue.clear()
+
+    def flush_connection(self, conn_id: str) -> None:
+        """Write what is queued for one connection now (before a close frame)."""
+        outlet = self._outlets.get(conn_id)
+        if outlet is not None and outlet.queue:
+            self._write(outlet)
+
+    # -- sending -------------------------------------------------------------------
+
+    def send(self, conn_ids: Iterable[str], frame: bytes) -> None:
+        """Queue one frame for each of ``conn_ids``, in order with their room traffic."""
+        for conn_id in conn_ids:
+            outlet = self._outlets.get(conn_id)
+            if outlet is None:
+                continue
+            for item in outlet.queue:
+                if isinstance(item, RoomBatch) and self._open_batches.get(item.room_id) is item:
+                    del self._open_batches[item.room_id]
+            self._enqueue(outlet, frame)
+
+    def send_room(self, room_id: int, conn_ids: Iterable[str], frame: bytes) -> None:
+        """Queue a frame for every member of a room, sharing one buffer among them."""
+        batch = self._open_batches.get(room_id)
+        if batch is not None:
+            batch.frames.append(frame)
+            return
+        batch = RoomBatch(room_id)
+        batch.frames.append(frame)
+        self._open_batches[room_id] = batch
+        for conn_id in conn_ids:
+            outlet = self._outlets.get(conn_id)
+            if outlet is not None:
+                self._enqueue(outlet, batch)
+
+    def membership_changed(self, room_id: int) -> None:
+        """Close the room's open batch: its recipient list is no longer current.
+
+        Without this a member who joined during this loop turn would miss the
+        rest of the batch, and one who left would still receive it.
+        """
+        self._open_batches.pop(room_id, None)
+
+    def _enqueue(self, outlet: Outlet, item: bytes | RoomBatch) -> None:
+        if not outlet.queue:
+            self._dirty.append(outlet)
+            if not self._scheduled:
+                self._scheduled = True
+                asyncio.get_running_loop().call_soon(self.flush)
+        outlet.queue.append(item)
+
+    # -- flushing ------------------------------------------------------------------
+
+    def flush(self) -> None:
+        self._scheduled = False
+        self._open_batches.clear()
+        dirty, self._dirty = self._dirty, []
+        for outlet in dirty:
+            if outlet.queue:
+                self._write(outlet)
+
+    def _write(self, outlet: Outlet) -> None:
+        queue = outlet.queue
+        outlet.queue = []
+        transport = outlet.transport
+        if transport.is_closing():
+            return
+        if len(queue) == 1:
+            item = queue[0]
+            data = item if isinstance(item, bytes) else item.data()
+        else:
+            data = b"".join(item if isinstance(item, bytes) else item.data() for item in queue)
+        # A fresh bytes object per write: the transport may keep a view of it.
+        transport.write(data)
+        outlet.sent_bytes += len(data)
+        if transport.get_write_buffer_size() > self.max_buffer:
+            self._on_overflow(outlet.conn_id)
+
+    def connection_count(self) -> int:
+        return len(self._outlets)

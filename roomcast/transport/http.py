@@ -1,0 +1,158 @@
+"""HTTP API: health, rooms, room users, message history, the AsyncAPI document.
+
+Authentication is the same as on the WebSocket: ``Authorization: Bearer`` when
+a secret is configured, otherwise open mode's ``?user_id=``. Errors use the
+WebSocket error codes in ``{"error": {"code", "message"}}`` bodies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from roomcast.asyncapi import asyncapi_document
+from roomcast.auth import Authenticator, AuthError
+from roomcast.ports.store import Room, Store, StoreUnavailable
+from roomcast.protocol import (
+    CreateRoom,
+    ErrorCode,
+    HistoryPage,
+    ProtocolError,
+    RoomInfo,
+    decode_body,
+    encode_json,
+)
+from roomcast.service import ChatService, wall_ms
+
+_STATUS = {
+    ErrorCode.INVALID_JSON: 400,
+    ErrorCode.INVALID_MESSAGE: 400,
+    ErrorCode.UNAUTHENTICATED: 401,
+    ErrorCode.FORBIDDEN: 403,
+    ErrorCode.NOT_FOUND: 404,
+    ErrorCode.TOO_LARGE: 413,
+    ErrorCode.RATE_LIMITED: 429,
+    ErrorCode.INTERNAL: 500,
+}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def json_response(value: Any, status: int = 200) -> web.Response:
+    return web.Response(body=encode_json(value), status=status, content_type="application/json")
+
+
+def error_response(code: ErrorCode, message: str) -> web.Response:
+    return json_response({"error": {"code": code, "message": message}}, _STATUS[code])
+
+
+@web.middleware
+async def protocol_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ProtocolError as exc:
+        return error_response(exc.code, exc.message)
+    except StoreUnavailable:
+        return error_response(ErrorCode.INTERNAL, "storage is unavailable")
+
+
+def room_info(room: Room, viewer: str | None) -> RoomInfo:
+    members = list(room.members) if room.admits(viewer) else []
+    return RoomInfo(room.id, room.name, room.private, room.created_by, room.created_at, members)
+
+
+class HttpApi:
+    def __init__(
+        self, service: ChatService, store: Store, auth: Authenticator, history_page_max: int
+    ) -> None:
+        self.service = service
+        self.store = store
+        self.auth = auth
+        self.history_page_max = history_page_max
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/health", self.health),
+            web.get("/asyncapi.json", self.asyncapi),
+            web.get("/api/rooms", self.list_rooms),
+            web.post("/api/rooms", self.create_room),
+            web.get("/api/rooms/{room_id}/users", self.room_users),
+            web.get("/api/rooms/{room_id}/messages", self.room_messages),
+        ]
+
+    # -- helpers --------------------------------------------------------------------
+
+    def _viewer(self, request: web.Request) -> str | None:
+        header = request.headers.get("Authorization", "")
+        token = header[7:].strip() if header[:7].lower() == "bearer " else None
+        try:
+            return self.auth.resolve(token, request.query.get("user_id"))
+        except AuthError as exc:
+            raise ProtocolError(ErrorCode.UNAUTHENTICATED, str(exc)) from None
+
+    def _user(self, request: web.Request) -> str:
+        user = self._viewer(request)
+        if user is None:
+            raise ProtocolError(ErrorCode.UNAUTHENTICATED, "name a user with ?user_id=")
+        return user
+
+    async def _visible_room(self, request: web.Request) -> tuple[Room, str | None]:
+        viewer = self._viewer(request)
+        room_id = _int_param(request.match_info["room_id"], "room_id", minimum=1)
+        room = await self.store.get_room(room_id)
+        if room is None:
+            raise ProtocolError(ErrorCode.NOT_FOUND, f"room {room_id} does not exist")
+        if not room.admits(viewer):
+            raise ProtocolError(ErrorCode.FORBIDDEN, f"room {room_id} is private")
+        return room, viewer
+
+    # -- handlers ---------------------------------------------------------------------
+
+    async def health(self, request: web.Request) -> web.Response:
+        try:
+            await self.store.ping()
+        except StoreUnavailable:
+            return json_response({"status": "unavailable", "database": "unreachable"}, 503)
+        return json_response({"status": "ok"})
+
+    async def asyncapi(self, request: web.Request) -> web.Response:
+        return json_response(asyncapi_document())
+
+    async def list_rooms(self, request: web.Request) -> web.Response:
+        viewer = self._viewer(request)
+        rooms = await self.store.list_rooms(viewer)
+        return json_response({"rooms": [room_info(room, viewer) for room in rooms]})
+
+    async def create_room(self, request: web.Request) -> web.Response:
+        user = self._user(request)
+        body: CreateRoom = decode_body(await request.read(), CreateRoom)
+        members = tuple(dict.fromkeys([user, *body.members])) if body.private else ()
+        room = await self.store.create_room(body.name, body.private, members, user, wall_ms())
+        return json_response(room_info(room, user), 201)
+
+    async def room_users(self, request: web.Request) -> web.Response:
+        room, _ = await self._visible_room(request)
+        return json_response(self.service.engine.room_users(room.id))
+
+    async def room_messages(self, request: web.Request) -> web.Response:
+        room, _ = await self._visible_room(request)
+        limit = _int_param(request.query.get("limit", "50"), "limit", 1, self.history_page_max)
+        before_text = request.query.get("before")
+        before = None if before_text is None else _int_param(before_text, "before", minimum=1)
+        items = await self.store.history(room.id, before, limit)
+        page = HistoryPage(messages=items, next_before=items[0].id if len(items) == limit else None)
+        return json_response(page)
+
+
+def _int_param(text: str, name: str, minimum: int, maximum: int = 2**63 - 1) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"{name}: expected an integer") from None
+    if not minimum <= value <= maximum:
+        raise ProtocolError(
+            ErrorCode.INVALID_MESSAGE, f"{name}: expected a value in {minimum}..{maximum}"
+        )
+    return value

@@ -1,0 +1,110 @@
+"""The ``/ws`` endpoint: aiohttp's WebSocket handshake and reader, our writer.
+
+aiohttp parses frames, answers pings and runs the heartbeat; outgoing frames
+go through the corked :class:`~roomcast.transport.fanout.FanOut` instead of
+``send_str`` (see that module for why). ``autoclose=False`` keeps aiohttp from
+answering a client's CLOSE before our queued frames are written, and
+``compress=False`` because the fan-out writes plain frames.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from roomcast.auth import Authenticator, AuthError
+from roomcast.config import Settings
+from roomcast.protocol import Error, ErrorCode, ProtocolError, encode
+from roomcast.service import ChatService, wall_ms
+
+log = logging.getLogger("roomcast.websocket")
+
+
+class WebSocketEndpoint:
+    def __init__(self, service: ChatService, auth: Authenticator, settings: Settings) -> None:
+        self.service = service
+        self.auth = auth
+        self.settings = settings
+        self.sockets: set[web.WebSocketResponse] = set()
+
+    def new_socket(self) -> web.WebSocketResponse:
+        # aiohttp pings after `heartbeat` seconds without input and closes the
+        # connection if no pong follows within half of that: a client silent
+        # for idle_timeout is gone.
+        return web.WebSocketResponse(
+            heartbeat=self.settings.idle_timeout / 1.5,
+            autoclose=False,
+            compress=False,
+            max_msg_size=self.settings.max_message_bytes,
+        )
+
+    async def handle(self, request: web.Request) -> web.WebSocketResponse:
+        ws = self.new_socket()
+        await ws.prepare(request)
+        transport = request.transport
+        if transport is None:
+            return ws
+        remote = request.remote or "?"
+        try:
+            user_id = self.auth.resolve(request.query.get("token"), request.query.get("user_id"))
+        except AuthError as exc:
+            await self._refuse(ws, str(exc))
+            return ws
+
+        async def close(code: int, reason: str) -> None:
+            service.fanout.flush_connection(conn.id)
+            await ws.close(code=code, message=reason.encode())
+
+        service = self.service
+        conn = service.open(remote, close, transport, user_id)
+        self.sockets.add(ws)
+        reason = "closed by client"
+        try:
+            async for message in ws:
+                if message.type is WSMsgType.TEXT:
+                    await service.receive(conn, message.data)
+                elif message.type is WSMsgType.BINARY:
+                    service.reply_error(
+                        conn,
+                        ProtocolError(
+                            ErrorCode.INVALID_MESSAGE, "frames must be JSON text, not binary"
+                        ),
+                    )
+                elif message.type is WSMsgType.CLOSE:
+                    service.fanout.flush_connection(conn.id)
+                    await ws.close()
+                    break
+                elif message.type is WSMsgType.ERROR:
+                    reason = f"error {ws.exception()!r}"
+                    break
+            else:
+                if ws.close_code is not None:
+                    reason = f"closed code={ws.close_code}"
+        except asyncio.CancelledError:
+            reason = "server shutdown"
+            raise
+        finally:
+            self.sockets.discard(ws)
+            service.closed(conn, reason)
+        return ws
+
+    async def _refuse(self, ws: web.WebSocketResponse, why: str) -> None:
+        """Tell the client why in a frame it can read, then close (1008)."""
+        log.info("refused reason=%s", why)
+        frame = encode(Error(code=ErrorCode.UNAUTHENTICATED, message=why), wall_ms())
+        await ws.send_str(frame.decode())
+        await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"unauthenticated")
+
+    async def close_all(self) -> None:
+        """Graceful shutdown: every client gets 1001 after its queued frames."""
+        for conn in self.service.connections():
+            self.service.fanout.flush_connection(conn.id)
+        await asyncio.gather(
+            *(
+                ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
+                for ws in list(self.sockets)
+            ),
+            return_exceptions=True,
+        )
