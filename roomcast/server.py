@@ -90,6 +90,8 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    # The handlers stay installed through shutdown: a second Ctrl-C or SIGTERM
+    # must not kill the process before pending writes are committed.
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     if ready is not None:
@@ -98,8 +100,6 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
         await stop.wait()
         log.info("shutdown signal received")
     finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
         await site.stop()  # no new connections
         await server.stop()
         await runner.cleanup()

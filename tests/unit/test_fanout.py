@@ -1,0 +1,84 @@
+"""The corked fan-out: one write per connection per loop turn, order kept."""
+
+from __future__ import annotations
+
+import asyncio
+
+from roomcast.transport.fanout import FanOut, text_frame
+
+
+class FakeTransport:
+    """Records writes; a stand-in for a socket, which this layer only writes to."""
+
+    def __init__(self, buffered: int = 0) -> None:
+        self.writes: list[bytes] = []
+        self.buffered = buffered
+        self.closing = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+
+def test_text_frame_headers() -> None:
+    assert text_frame(b"hi") == b"\x81\x02hi"
+    assert text_frame(b"x" * 200)[:4] == b"\x81\x7e\x00\xc8"
+    assert text_frame(b"x" * 70000)[:10] == b"\x81\x7f" + (70000).to_bytes(8, "big")
+
+
+async def test_room_frames_share_one_buffer_and_one_write_per_connection() -> None:
+    fanout = FanOut(1 << 20, lambda conn: None)
+    transports = {name: FakeTransport() for name in ("a", "b", "c")}
+    for name, transport in transports.items():
+        fanout.add(name, transport)
+    for i in range(5):
+        fanout.send_room(1, ["a", "b", "c"], f"m{i}".encode())
+    await asyncio.sleep(0)
+    writes = [t.writes for t in transports.values()]
+    assert all(len(w) == 1 for w in writes)
+    assert writes[0][0] == b"m0m1m2m3m4"
+    assert writes[0][0] is writes[1][0] is writes[2][0]  # built once, shared
+
+
+async def test_directed_frame_keeps_its_place_among_room_frames() -> None:
+    fanout = FanOut(1 << 20, lambda conn: None)
+    a, b = FakeTransport(), FakeTransport()
+    fanout.add("a", a)
+    fanout.add("b", b)
+    fanout.send_room(1, ["a", "b"], b"r1,")
+    fanout.send(["a"], b"direct,")
+    fanout.send_room(1, ["a", "b"], b"r2,")
+    await asyncio.sleep(0)
+    assert a.writes == [b"r1,direct,r2,"]
+    assert b.writes == [b"r1,r2,"]
+
+
+async def test_membership_change_starts_a_new_batch() -> None:
+    fanout = FanOut(1 << 20, lambda conn: None)
+    a, b = FakeTransport(), FakeTransport()
+    fanout.add("a", a)
+    fanout.add("b", b)
+    fanout.send_room(1, ["a"], b"before,")
+    fanout.membership_changed(1)
+    fanout.send_room(1, ["a", "b"], b"after,")
+    await asyncio.sleep(0)
+    assert a.writes == [b"before,after,"]
+    assert b.writes == [b"after,"]
+
+
+async def test_overflow_is_reported_and_removed_connections_get_nothing() -> None:
+    overflowed: list[str] = []
+    fanout = FanOut(100, overflowed.append)
+    slow, gone = FakeTransport(buffered=101), FakeTransport()
+    fanout.add("slow", slow)
+    fanout.add("gone", gone)
+    fanout.send(["slow", "gone"], b"x")
+    fanout.remove("gone")
+    await asyncio.sleep(0)
+    assert overflowed == ["slow"]
+    assert gone.writes == []
