@@ -31,6 +31,13 @@ _HELP = {
     "history_page_max": "largest history page over HTTP",
     "commit_max_batch": "most writes in one group commit",
     "max_send_buffer": "unsent bytes a connection may hold before it is cut",
+    "ring_timeout": "seconds a call rings before it ends with no_answer",
+    "allow_calls_outside_rooms": "let users call people they share no room with",
+    "max_signal_bytes": "largest SDP/ICE data relayed in a webrtc message",
+    "stun_urls": "comma-separated STUN URLs for /api/ice-servers",
+    "turn_urls": "comma-separated TURN URLs for /api/ice-servers",
+    "turn_secret": "TURN REST API shared secret (coturn use-auth-secret)",
+    "turn_ttl": "seconds a TURN credential stays valid",
 }
 
 

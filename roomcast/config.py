@@ -25,6 +25,17 @@ class Settings:
     commit_max_batch: int = 1024
     # Bytes a connection may have unsent before it is cut as a slow consumer.
     max_send_buffer: int = 4 * 1024 * 1024
+    # Calls: how long a call rings, whether caller and callee must share a
+    # room, and the largest SDP/ICE payload relayed.
+    ring_timeout: float = 30.0
+    allow_calls_outside_rooms: bool = False
+    max_signal_bytes: int = 32 * 1024
+    # ICE servers handed to clients: comma-separated URLs; TURN credentials
+    # are derived from turn_secret and expire after turn_ttl seconds.
+    stun_urls: str = ""
+    turn_urls: str = ""
+    turn_secret: str | None = None
+    turn_ttl: int = 24 * 3600
 
     @property
     def open_mode(self) -> bool:
@@ -40,6 +51,10 @@ class Settings:
             )
         if not 0 < self.port < 65536 and self.port != 0:
             raise ValueError(f"port {self.port} is out of range")
+
+
+def url_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 def is_loopback(host: str) -> bool:

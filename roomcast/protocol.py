@@ -32,6 +32,19 @@ Id = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
 USER_ID_PATTERN: Final = r"^[^\x00-\x1f\x7f]{1,64}\Z"
 UserId = Annotated[str, msgspec.Meta(pattern=USER_ID_PATTERN)]
 Status = Literal["online", "away", "busy", "offline"]
+#: Call ids are created by the server; clients echo them back.
+CallId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+SignalKind = Literal["offer", "answer", "ice_candidate"]
+CallEndReason = Literal[
+    "rejected",
+    "ended",
+    "no_answer",
+    "unavailable",
+    "busy",
+    "glare",
+    "disconnected",
+    "answered_elsewhere",
+]
 MessageKind = Literal["text"]
 
 
@@ -133,6 +146,36 @@ class PresenceRequest(ClaimsUser):
     status: Status
 
 
+class WebRTCRequest(ClaimsUser):
+    """Signaling: an offer without ``call_id`` starts a call; everything else is relayed.
+
+    ``data`` (SDP or ICE candidate) and ``media`` are opaque to the server and
+    passed through byte for byte; only their size is limited.
+    """
+
+    TYPE = "webrtc"
+    type: SignalKind
+    to_user_id: UserId
+    data: msgspec.Raw
+    call_id: CallId | None = None
+    media: msgspec.Raw | None = None
+
+
+class CallEndRequest(ClaimsUser):
+    """Hang up (either party) or cancel a call that is still ringing (the caller)."""
+
+    TYPE = "call_end"
+    call_id: CallId
+
+
+class CallRejectRequest(ClaimsUser):
+    """Decline a ringing call (the callee)."""
+
+    TYPE = "call_reject"
+    call_id: CallId
+    reason: Annotated[str, msgspec.Meta(max_length=200)] | None = None
+
+
 CLIENT_TYPES: Final[dict[str, type[Request]]] = {
     cls.TYPE: cls
     for cls in (
@@ -145,6 +188,9 @@ CLIENT_TYPES: Final[dict[str, type[Request]]] = {
         MessageReactionRequest,
         TypingRequest,
         PresenceRequest,
+        WebRTCRequest,
+        CallEndRequest,
+        CallRejectRequest,
     )
 }
 
@@ -246,6 +292,55 @@ class Presence(Event):
     status: Status
 
 
+class IncomingCall(Event):
+    """To every connection of the callee: a call is ringing."""
+
+    TYPE = "incoming_call"
+    call_id: str
+    from_user_id: str
+    to_user_id: str
+    media: msgspec.Raw | None
+
+
+class CallRinging(Event):
+    """To the caller's offering connection: the call exists and rings; here is its id."""
+
+    TYPE = "call_ringing"
+    call_id: str
+    from_user_id: str
+    to_user_id: str
+    media: msgspec.Raw | None
+
+
+class WebRTCSignal(Event):
+    """A relayed offer, answer or ICE candidate; ``data`` is untouched."""
+
+    TYPE = "webrtc"
+    type: SignalKind
+    call_id: str
+    from_user_id: str
+    to_user_id: str
+    data: msgspec.Raw
+
+
+class CallActive(Event):
+    """To both parties: the call was answered."""
+
+    TYPE = "call_active"
+    call_id: str
+    from_user_id: str
+    to_user_id: str
+
+
+class CallEnded(Event, omit_defaults=True):
+    """The call is over for this connection; ``reason`` says why, ``by`` who hung up."""
+
+    TYPE = "call_ended"
+    call_id: str
+    reason: CallEndReason
+    by: str | None = None
+
+
 SERVER_TYPES: Final[dict[str, type[Event]]] = {
     cls.TYPE: cls
     for cls in (
@@ -261,6 +356,11 @@ SERVER_TYPES: Final[dict[str, type[Event]]] = {
         MessageReaction,
         Typing,
         Presence,
+        IncomingCall,
+        CallRinging,
+        WebRTCSignal,
+        CallActive,
+        CallEnded,
     )
 }
 
@@ -374,6 +474,18 @@ class HistoryMessage(msgspec.Struct):
 class HistoryPage(msgspec.Struct):
     messages: list[HistoryMessage]
     next_before: int | None
+
+
+class CallInfo(msgspec.Struct):
+    """``GET /api/calls`` items: one call attempt, however it ended."""
+
+    call_id: str
+    caller: str
+    callee: str
+    started_at: int
+    answered_at: int | None
+    ended_at: int | None
+    end_reason: CallEndReason | None
 
 
 def decode_body(data: bytes, cls: type[msgspec.Struct]) -> Any:

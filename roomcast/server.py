@@ -20,7 +20,7 @@ from roomcast.adapters.local_broker import LocalBroker
 from roomcast.adapters.sqlite_store import SQLiteStore
 from roomcast.auth import Authenticator
 from roomcast.config import Settings
-from roomcast.service import ChatService, Limits, wall_ms
+from roomcast.service import ChatService, wall_ms
 from roomcast.transport.http import HttpApi, protocol_errors
 from roomcast.transport.websocket import WebSocketEndpoint
 
@@ -56,18 +56,9 @@ def build(settings: Settings) -> Server:
     store = make_store(settings)
     broker = LocalBroker()
     auth = Authenticator(settings.auth_secret)
-    service = ChatService(
-        store,
-        broker,
-        Limits(
-            max_content_chars=settings.max_content_chars,
-            open_mode=settings.open_mode,
-            max_send_buffer=settings.max_send_buffer,
-        ),
-        typing_timeout=settings.typing_timeout,
-    )
+    service = ChatService(store, broker, settings)
     endpoint = WebSocketEndpoint(service, auth, settings)
-    api = HttpApi(service, store, auth, settings.history_page_max)
+    api = HttpApi(service, store, auth, settings)
     app = web.Application(middlewares=[protocol_errors], client_max_size=settings.max_message_bytes)
     app.add_routes([web.get("/ws", endpoint.handle), *api.routes()])
     return Server(settings, app, service, endpoint, store)

@@ -21,6 +21,8 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from roomcast.config import Settings
+from roomcast.core.calls import CallEffect, CallRecord, CallRegistry
 from roomcast.core.deliveries import Delivery, ToConnections, ToRoom
 from roomcast.core.engine import ChatEngine
 from roomcast.ports.broker import Broker
@@ -37,6 +39,8 @@ from roomcast.ports.store import (
     ToggleReaction,
 )
 from roomcast.protocol import (
+    CallEndRequest,
+    CallRejectRequest,
     ChatMessage,
     ChatRequest,
     Connected,
@@ -56,6 +60,7 @@ from roomcast.protocol import (
     ProtocolError,
     Request,
     TypingRequest,
+    WebRTCRequest,
     decode_client,
     encode,
     error_event,
@@ -83,31 +88,28 @@ class Connection:
     closed: bool = field(default=False)
 
 
-@dataclass(frozen=True, slots=True)
-class Limits:
-    max_content_chars: int = 4000
-    open_mode: bool = True
-    # Unsent bytes a connection may hold before it is cut as a slow consumer.
-    max_send_buffer: int = 4 * 1024 * 1024
-
-
 class ChatService:
     def __init__(
         self,
         store: Store,
         broker: Broker,
-        limits: Limits,
-        typing_timeout: float = 3.0,
+        settings: Settings,
         clock_ms: Callable[[], int] = wall_ms,
     ) -> None:
         self.store = store
         self.broker = broker
-        self.fanout = FanOut(limits.max_send_buffer, self._slow_consumer)
-        self.limits = limits
-        self.engine = ChatEngine(typing_timeout)
+        self.settings = settings
+        self.fanout = FanOut(settings.max_send_buffer, self._slow_consumer)
+        self.engine = ChatEngine(settings.typing_timeout)
+        self.calls = CallRegistry(
+            self.engine,
+            new_id=lambda: uuid.uuid4().hex,
+            ring_timeout=settings.ring_timeout,
+            require_shared_room=not settings.allow_calls_outside_rooms,
+        )
         self._clock_ms = clock_ms
         self._connections: dict[str, Connection] = {}
-        self._typing_timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None
         self._background: set[asyncio.Task[None]] = set()
         broker.attach(self)
 
@@ -139,7 +141,7 @@ class ChatService:
                 self.broker.publish_room(delivery.room_id, frame, delivery.except_user)
             elif isinstance(delivery, ToConnections):
                 self.broker.publish_connections(delivery.conn_ids, frame)
-        self._arm_typing_timer()
+        self._arm_timer()
 
     # -- connection lifecycle -------------------------------------------------------------
 
@@ -167,6 +169,7 @@ class ChatService:
         for room_id in self.engine.rooms.rooms_of(conn.id):
             self.fanout.membership_changed(room_id)
         self.fanout.remove(conn.id)
+        self._apply_calls(self.calls.disconnected(conn.id, self._clock_ms()))
         self.publish(self.engine.close(conn.id, self._now()))
         log.info("disconnect conn=%s user=%s reason=%s", conn.id, conn.user_id, reason)
 
@@ -216,7 +219,7 @@ class ChatService:
     def _check_identity(self, conn: Connection, request: Request) -> None:
         claimed = request.claimed_user()
         if conn.user_id is None:
-            if claimed is not None and self.limits.open_mode:
+            if claimed is not None and self.settings.open_mode:
                 conn.user_id = claimed
                 self.engine.identify(conn.id, claimed)
                 log.info("identify conn=%s user=%s", conn.id, claimed)
@@ -278,7 +281,7 @@ class ChatService:
         room = await self.store.get_room(room_id)
         if room is not None:
             return room
-        if not self.limits.open_mode:
+        if not self.settings.open_mode:
             raise ProtocolError(ErrorCode.NOT_FOUND, f"room {room_id} does not exist", "join_room")
         return await self.store.ensure_room(room_id, user_id, self._clock_ms())
 
@@ -288,10 +291,10 @@ class ChatService:
             raise ProtocolError(
                 ErrorCode.INVALID_MESSAGE, "payload.content: must not be empty", request.TYPE
             )
-        if len(content) > self.limits.max_content_chars:
+        if len(content) > self.settings.max_content_chars:
             raise ProtocolError(
                 ErrorCode.TOO_LARGE,
-                f"payload.content: longer than {self.limits.max_content_chars} characters",
+                f"payload.content: longer than {self.settings.max_content_chars} characters",
                 request.TYPE,
             )
         return content
@@ -383,7 +386,7 @@ class ChatService:
             )
         elif isinstance(op, DeleteMessage):
             event = MessageDeleted(message_id=message_id, room_id=room_id)
-        else:
+        elif isinstance(op, ToggleReaction):
             event = MessageReaction(
                 message_id=message_id,
                 room_id=room_id,
@@ -391,24 +394,92 @@ class ChatService:
                 emoji=op.emoji,
                 action="added" if result.added else "removed",
             )
+        else:  # pragma: no cover - call records are not submitted from here
+            return []
         return [ToRoom(room_id, event)]
 
-    # -- typing timer ----------------------------------------------------------------------
+    # -- calls -------------------------------------------------------------------------
+
+    def _call_request(
+        self, conn: Connection, request: WebRTCRequest | CallEndRequest | CallRejectRequest
+    ) -> None:
+        user_id = conn.user_id
+        assert user_id is not None
+        wall = self._clock_ms()
+        calls = self.calls
+        if isinstance(request, CallEndRequest):
+            call = calls.find(request.call_id, user_id, None, request.TYPE)
+            self._apply_calls(calls.hang_up(conn.id, user_id, call, wall))
+            return
+        if isinstance(request, CallRejectRequest):
+            call = calls.find(request.call_id, user_id, None, request.TYPE)
+            self._apply_calls(calls.reject(conn.id, user_id, call, wall))
+            return
+        limit = self.settings.max_signal_bytes
+        if len(request.data) > limit or (request.media is not None and len(request.media) > 1024):
+            raise ProtocolError(
+                ErrorCode.TOO_LARGE, f"payload.data: larger than {limit} bytes", request.TYPE
+            )
+        if request.type == "offer" and request.call_id is None:
+            effects = calls.offer(
+                conn.id,
+                user_id,
+                request.to_user_id,
+                request.data,
+                request.media,
+                self._now(),
+                wall,
+            )
+        else:
+            call = calls.find(request.call_id, user_id, request.to_user_id, request.TYPE)
+            effects = calls.signal(conn.id, user_id, request.type, call, request.data, wall)
+        self._apply_calls(effects)
+
+    def _apply_calls(self, effects: list[CallEffect]) -> None:
+        deliveries: list[Delivery] = []
+        for effect in effects:
+            if isinstance(effect, CallRecord):
+                self._save_call(effect)
+            else:
+                deliveries.append(effect)
+        self.publish(deliveries)
+
+    def _save_call(self, record: CallRecord) -> None:
+        """Calls are logged in the background: signaling never waits for the disk."""
+        try:
+            future = self.store.submit(record)
+        except RuntimeError:
+            log.error("call not recorded, store closed call=%s", record.id)
+            return
+        future.add_done_callback(_log_unsaved_call)
+
+    # -- timers ----------------------------------------------------------------------
 
     def _now(self) -> float:
         return asyncio.get_running_loop().time()
 
-    def _arm_typing_timer(self) -> None:
-        deadline = self.engine.next_deadline()
-        if deadline is None:
+    def _arm_timer(self) -> None:
+        """One timer for the nearest deadline: typing auto-stop or a call's ringing."""
+        deadlines = [
+            d for d in (self.engine.next_deadline(), self.calls.next_deadline()) if d is not None
+        ]
+        if not deadlines:
             return
-        timer = self._typing_timer
+        deadline = min(deadlines)
+        timer = self._timer
         if timer is not None and not timer.cancelled() and timer.when() <= deadline:
             return
         if timer is not None:
             timer.cancel()
-        self._typing_timer = asyncio.get_running_loop().call_at(deadline, self._typing_expired)
+        self._timer = asyncio.get_running_loop().call_at(deadline, self._deadline_passed)
 
-    def _typing_expired(self) -> None:
-        self._typing_timer = None
-        self.publish(self.engine.expire(self._now()))
+    def _deadline_passed(self) -> None:
+        self._timer = None
+        now = self._now()
+        self._apply_calls(self.calls.expire(now, self._clock_ms()))
+        self.publish(self.engine.expire(now))
+
+
+def _log_unsaved_call(future: asyncio.Future[Result]) -> None:
+    if future.exception() is not None:
+        log.error("call not recorded error=%r", future.exception())

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from roomcast.adapters import migrations
+from roomcast.core.calls import CallRecord
 from roomcast.ports.group_commit import GroupCommitter
 from roomcast.ports.store import (
     DeleteMessage,
@@ -140,6 +141,23 @@ class SQLiteStore:
 
     @staticmethod
     def _apply(conn: sqlite3.Connection, op: Operation) -> Result:
+        if isinstance(op, CallRecord):
+            conn.execute(
+                "INSERT INTO calls (id, caller, callee, started_at, answered_at, ended_at, "
+                "end_reason) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+                "answered_at = excluded.answered_at, ended_at = excluded.ended_at, "
+                "end_reason = excluded.end_reason",
+                (
+                    op.id,
+                    op.caller,
+                    op.callee,
+                    op.started_at,
+                    op.answered_at,
+                    op.ended_at,
+                    op.end_reason,
+                ),
+            )
+            return Result(Outcome.DONE)
         if isinstance(op, InsertMessage):
             row = conn.execute(
                 "INSERT INTO messages (room_id, user_id, content, type, created_at) "
@@ -266,6 +284,17 @@ class SQLiteStore:
             return [room for room_id in ids if (room := self._room(conn, room_id)) is not None]
 
         return await self._on_reader(rooms)
+
+    async def list_calls(self, user_id: str, limit: int) -> list[CallRecord]:
+        def read() -> list[CallRecord]:
+            rows = self._r().execute(
+                "SELECT id, caller, callee, started_at, answered_at, ended_at, end_reason "
+                "FROM calls WHERE caller = ? OR callee = ? ORDER BY started_at DESC, id LIMIT ?",
+                (user_id, user_id, limit),
+            )
+            return [CallRecord(*row) for row in rows]
+
+        return await self._on_reader(read)
 
     # -- history ----------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ import enum
 from dataclasses import dataclass
 from typing import Protocol
 
+from roomcast.core.calls import CallRecord
 from roomcast.protocol import HistoryMessage
 
 # -- records -----------------------------------------------------------------------
@@ -73,7 +74,8 @@ class ToggleReaction:
     created_at: int
 
 
-Operation = InsertMessage | EditMessage | DeleteMessage | ToggleReaction
+#: A call snapshot from the core is stored as is (insert or update by id).
+Operation = InsertMessage | EditMessage | DeleteMessage | ToggleReaction | CallRecord
 
 
 class Outcome(enum.Enum):
@@ -120,6 +122,9 @@ class Store(Protocol):
 
     async def list_rooms(self, user_id: str | None) -> list[Room]:
         """Public rooms and the private rooms ``user_id`` belongs to."""
+
+    async def list_calls(self, user_id: str, limit: int) -> list[CallRecord]:
+        """The user's calls (as caller or callee), newest first."""
 
     async def history(self, room_id: int, before: int | None, limit: int) -> list[HistoryMessage]:
         """Up to ``limit`` live messages with ids below ``before``, oldest first."""

@@ -7,6 +7,7 @@ WebSocket error codes in ``{"error": {"code", "message"}}`` bodies.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -14,8 +15,11 @@ from aiohttp import web
 
 from roomcast.asyncapi import asyncapi_document
 from roomcast.auth import Authenticator, AuthError
+from roomcast.config import Settings, url_list
+from roomcast.ice import ice_servers
 from roomcast.ports.store import Room, Store, StoreUnavailable
 from roomcast.protocol import (
+    CallInfo,
     CreateRoom,
     ErrorCode,
     HistoryPage,
@@ -65,12 +69,12 @@ def room_info(room: Room, viewer: str | None) -> RoomInfo:
 
 class HttpApi:
     def __init__(
-        self, service: ChatService, store: Store, auth: Authenticator, history_page_max: int
+        self, service: ChatService, store: Store, auth: Authenticator, settings: Settings
     ) -> None:
         self.service = service
         self.store = store
         self.auth = auth
-        self.history_page_max = history_page_max
+        self.settings = settings
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -80,6 +84,8 @@ class HttpApi:
             web.post("/api/rooms", self.create_room),
             web.get("/api/rooms/{room_id}/users", self.room_users),
             web.get("/api/rooms/{room_id}/messages", self.room_messages),
+            web.get("/api/calls", self.list_calls),
+            web.get("/api/ice-servers", self.ice_servers),
         ]
 
     # -- helpers --------------------------------------------------------------------
@@ -138,12 +144,52 @@ class HttpApi:
 
     async def room_messages(self, request: web.Request) -> web.Response:
         room, _ = await self._visible_room(request)
-        limit = _int_param(request.query.get("limit", "50"), "limit", 1, self.history_page_max)
+        limit = _int_param(
+            request.query.get("limit", "50"), "limit", 1, self.settings.history_page_max
+        )
         before_text = request.query.get("before")
         before = None if before_text is None else _int_param(before_text, "before", minimum=1)
         items = await self.store.history(room.id, before, limit)
         page = HistoryPage(messages=items, next_before=items[0].id if len(items) == limit else None)
         return json_response(page)
+
+    async def list_calls(self, request: web.Request) -> web.Response:
+        user = self._user(request)
+        named = request.query.get("user_id")
+        if named is not None and named != user:
+            raise ProtocolError(ErrorCode.FORBIDDEN, "you can only list your own calls")
+        limit = _int_param(request.query.get("limit", "50"), "limit", 1, 500)
+        records = await self.store.list_calls(user, limit)
+        return json_response(
+            {
+                "calls": [
+                    CallInfo(
+                        call_id=r.id,
+                        caller=r.caller,
+                        callee=r.callee,
+                        started_at=r.started_at,
+                        answered_at=r.answered_at,
+                        ended_at=r.ended_at,
+                        end_reason=r.end_reason,
+                    )
+                    for r in records
+                ]
+            }
+        )
+
+    async def ice_servers(self, request: web.Request) -> web.Response:
+        user = self._user(request)
+        settings = self.settings
+        return json_response(
+            ice_servers(
+                user,
+                int(time.time()),
+                url_list(settings.stun_urls),
+                url_list(settings.turn_urls),
+                settings.turn_secret,
+                settings.turn_ttl,
+            )
+        )
 
 
 def _int_param(text: str, name: str, minimum: int, maximum: int = 2**63 - 1) -> int:
