@@ -292,24 +292,23 @@ class Presence(Event):
     status: Status
 
 
-class IncomingCall(Event):
+class _CallAnnouncement(Event):
+    call_id: str
+    from_user_id: str
+    to_user_id: str
+    media: msgspec.Raw | None
+
+
+class IncomingCall(_CallAnnouncement):
     """To every connection of the callee: a call is ringing."""
 
     TYPE = "incoming_call"
-    call_id: str
-    from_user_id: str
-    to_user_id: str
-    media: msgspec.Raw | None
 
 
-class CallRinging(Event):
+class CallRinging(_CallAnnouncement):
     """To the caller's offering connection: the call exists and rings; here is its id."""
 
     TYPE = "call_ringing"
-    call_id: str
-    from_user_id: str
-    to_user_id: str
-    media: msgspec.Raw | None
 
 
 class WebRTCSignal(Event):
@@ -432,12 +431,6 @@ def error_event(exc: ProtocolError) -> Error:
     return Error(code=exc.code, message=exc.message, type=exc.type)
 
 
-def to_builtins(event: Event) -> dict[str, Any]:
-    """A payload as plain JSON-compatible objects (for HTTP responses)."""
-    result: dict[str, Any] = msgspec.to_builtins(event)
-    return result
-
-
 # -- HTTP bodies -------------------------------------------------------------------
 
 
@@ -474,18 +467,6 @@ class HistoryMessage(msgspec.Struct):
 class HistoryPage(msgspec.Struct):
     messages: list[HistoryMessage]
     next_before: int | None
-
-
-class CallInfo(msgspec.Struct):
-    """``GET /api/calls`` items: one call attempt, however it ended."""
-
-    call_id: str
-    caller: str
-    callee: str
-    started_at: int
-    answered_at: int | None
-    ended_at: int | None
-    end_reason: CallEndReason | None
 
 
 def decode_body(data: bytes, cls: type[msgspec.Struct]) -> Any:

@@ -88,6 +88,13 @@ class Connection:
     closed: bool = field(default=False)
 
 
+#: Why the store refused an operation, as the client is told.
+_REFUSALS = {
+    Outcome.NOT_FOUND: (ErrorCode.NOT_FOUND, "message {id} not found"),
+    Outcome.FORBIDDEN: (ErrorCode.FORBIDDEN, "message {id} belongs to another user"),
+}
+
+
 class ChatService:
     def __init__(
         self,
@@ -347,22 +354,10 @@ class ChatService:
             )
             return
         result = future.result()
-        if result.outcome is Outcome.NOT_FOUND:
+        if result.outcome is not Outcome.DONE:
+            code, text = _REFUSALS[result.outcome]
             self.reply_error(
-                conn,
-                ProtocolError(
-                    ErrorCode.NOT_FOUND, f"message {result.message_id} not found", request_type
-                ),
-            )
-            return
-        if result.outcome is Outcome.FORBIDDEN:
-            self.reply_error(
-                conn,
-                ProtocolError(
-                    ErrorCode.FORBIDDEN,
-                    f"message {result.message_id} belongs to another user",
-                    request_type,
-                ),
+                conn, ProtocolError(code, text.format(id=result.message_id), request_type)
             )
             return
         self.publish(self._events_for(op, result))
@@ -449,7 +444,7 @@ class ChatService:
         try:
             future = self.store.submit(record)
         except RuntimeError:
-            log.error("call not recorded, store closed call=%s", record.id)
+            log.error("call not recorded, store closed call=%s", record.call_id)
             return
         future.add_done_callback(_log_unsaved_call)
 

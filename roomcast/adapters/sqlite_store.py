@@ -148,7 +148,7 @@ class SQLiteStore:
                 "answered_at = excluded.answered_at, ended_at = excluded.ended_at, "
                 "end_reason = excluded.end_reason",
                 (
-                    op.id,
+                    op.call_id,
                     op.caller,
                     op.callee,
                     op.started_at,

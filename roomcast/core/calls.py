@@ -85,9 +85,9 @@ class Call:
 
 @dataclass(frozen=True, slots=True)
 class CallRecord:
-    """A call as it should be stored now (insert or update by id)."""
+    """A call as it should be stored now (insert or update by id); also its HTTP shape."""
 
-    id: str
+    call_id: str
     caller: str
     callee: str
     started_at: int

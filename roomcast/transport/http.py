@@ -19,7 +19,6 @@ from roomcast.config import Settings, url_list
 from roomcast.ice import ice_servers
 from roomcast.ports.store import Room, Store, StoreUnavailable
 from roomcast.protocol import (
-    CallInfo,
     CreateRoom,
     ErrorCode,
     HistoryPage,
@@ -160,22 +159,7 @@ class HttpApi:
             raise ProtocolError(ErrorCode.FORBIDDEN, "you can only list your own calls")
         limit = _int_param(request.query.get("limit", "50"), "limit", 1, 500)
         records = await self.store.list_calls(user, limit)
-        return json_response(
-            {
-                "calls": [
-                    CallInfo(
-                        call_id=r.id,
-                        caller=r.caller,
-                        callee=r.callee,
-                        started_at=r.started_at,
-                        answered_at=r.answered_at,
-                        ended_at=r.ended_at,
-                        end_reason=r.end_reason,
-                    )
-                    for r in records
-                ]
-            }
-        )
+        return json_response({"calls": records})
 
     async def ice_servers(self, request: web.Request) -> web.Response:
         user = self._user(request)

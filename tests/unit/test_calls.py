@@ -65,7 +65,7 @@ def records(effects: Sequence[CallEffect]) -> list[CallRecord]:
 def ring(registry: CallRegistry, now: float = 0.0) -> str:
     effects = registry.offer("a1", "ann", "bob", SDP, None, now=now, wall_ms=1000)
     [record] = records(effects)
-    return record.id
+    return record.call_id
 
 
 def test_offer_rings_every_callee_connection_and_tells_the_caller_the_id(
@@ -187,7 +187,7 @@ def test_offline_callee_is_unavailable_before_room_rules(
     directory.shared.clear()
     effects = registry.offer("a1", "ann", "zed", SDP, None, 0, 1000)
     [record] = records(effects)
-    assert sent(effects) == [(("a1",), CallEnded(call_id=record.id, reason="unavailable"))]
+    assert sent(effects) == [(("a1",), CallEnded(call_id=record.call_id, reason="unavailable"))]
     assert record.end_reason == "unavailable" and record.ended_at == 1000
 
 
@@ -209,7 +209,7 @@ def test_calling_yourself_is_invalid(registry: CallRegistry) -> None:
 def test_busy_when_callee_rings_or_talks_or_caller_is_in_a_call(registry: CallRegistry) -> None:
     ring(registry)  # ann -> bob ringing
     busy = registry.offer("c1", "cy", "bob", SDP, None, 0, 0)
-    assert sent(busy)[0][1] == CallEnded(call_id=records(busy)[0].id, reason="busy")
+    assert sent(busy)[0][1] == CallEnded(call_id=records(busy)[0].call_id, reason="busy")
     busy_caller = registry.offer("a2", "ann", "cy", SDP, None, 0, 0)
     assert sent(busy_caller)[0][1].reason == "busy"  # type: ignore[union-attr]
 
@@ -219,7 +219,7 @@ def test_glare_refuses_the_later_call_and_keeps_the_first_ringing(
 ) -> None:
     first = ring(registry)  # ann -> bob
     effects = registry.offer("b1", "bob", "ann", SDP, None, 0, 0)
-    assert sent(effects) == [(("b1",), CallEnded(call_id=records(effects)[0].id, reason="glare"))]
+    assert sent(effects) == [(("b1",), CallEnded(call_id=records(effects)[0].call_id, reason="glare"))]
     assert registry.get(first).state is CallState.RINGING  # type: ignore[union-attr]
 
 
