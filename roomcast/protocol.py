@@ -35,6 +35,8 @@ Status = Literal["online", "away", "busy", "offline"]
 #: Call ids are created by the server; clients echo them back.
 CallId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 SignalKind = Literal["offer", "answer", "ice_candidate"]
+#: The raw JSON ``null``, for opaque fields that were not given.
+NULL: Final = msgspec.Raw(b"null")
 CallEndReason = Literal[
     "rejected",
     "ended",
@@ -158,7 +160,8 @@ class WebRTCRequest(ClaimsUser):
     to_user_id: UserId
     data: msgspec.Raw
     call_id: CallId | None = None
-    media: msgspec.Raw | None = None
+    # msgspec.Raw cannot be part of a union; JSON null is the "absent" value.
+    media: msgspec.Raw = NULL
 
 
 class CallEndRequest(ClaimsUser):
@@ -296,7 +299,7 @@ class _CallAnnouncement(Event):
     call_id: str
     from_user_id: str
     to_user_id: str
-    media: msgspec.Raw | None
+    media: msgspec.Raw
 
 
 class IncomingCall(_CallAnnouncement):

@@ -270,6 +270,8 @@ class ChatService:
             request, (MessageEditRequest, MessageDeleteRequest, MessageReactionRequest)
         ):
             self._message_op(conn, request)
+        elif isinstance(request, (WebRTCRequest, CallEndRequest, CallRejectRequest)):
+            self._call_request(conn, request)
         else:  # pragma: no cover - decode_client only returns the types above
             raise ProtocolError(ErrorCode.UNKNOWN_TYPE, "unhandled type", request.TYPE)
 
@@ -411,7 +413,7 @@ class ChatService:
             self._apply_calls(calls.reject(conn.id, user_id, call, wall))
             return
         limit = self.settings.max_signal_bytes
-        if len(request.data) > limit or (request.media is not None and len(request.media) > 1024):
+        if len(request.data) > limit or len(request.media) > 1024:
             raise ProtocolError(
                 ErrorCode.TOO_LARGE, f"payload.data: larger than {limit} bytes", request.TYPE
             )

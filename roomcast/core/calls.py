@@ -62,7 +62,7 @@ class Call:
     caller: str
     callee: str
     caller_conn: str
-    media: msgspec.Raw | None
+    media: msgspec.Raw
     started_at: int  # wall clock, ms
     ring_deadline: float  # monotonic
     ringing_conns: set[str] = field(default_factory=set)
@@ -173,7 +173,7 @@ class CallRegistry:
         caller: str,
         callee: str,
         data: msgspec.Raw,
-        media: msgspec.Raw | None,
+        media: msgspec.Raw,
         now: float,
         wall_ms: int,
     ) -> list[CallEffect]:

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from roomcast import __version__
 from roomcast.asyncapi import asyncapi_document
 from roomcast.auth import Authenticator, AuthError
 from roomcast.config import Settings, url_list
@@ -39,6 +41,9 @@ _STATUS = {
     ErrorCode.RATE_LIMITED: 429,
     ErrorCode.INTERNAL: 500,
 }
+
+#: The browser client, shipped inside the package.
+WEB_ROOT = Path(__file__).resolve().parent.parent / "web"
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -75,8 +80,11 @@ class HttpApi:
         self.auth = auth
         self.settings = settings
 
-    def routes(self) -> list[web.RouteDef]:
+    def routes(self) -> list[web.AbstractRouteDef]:
         return [
+            web.get("/", self.index),
+            web.static("/static", WEB_ROOT, append_version=False),
+            web.get("/api/info", self.info),
             web.get("/health", self.health),
             web.get("/asyncapi.json", self.asyncapi),
             web.get("/api/rooms", self.list_rooms),
@@ -121,6 +129,19 @@ class HttpApi:
         except StoreUnavailable:
             return json_response({"status": "unavailable", "database": "unreachable"}, 503)
         return json_response({"status": "ok"})
+
+    async def index(self, request: web.Request) -> web.FileResponse:
+        return web.FileResponse(WEB_ROOT / "index.html")
+
+    async def info(self, request: web.Request) -> web.Response:
+        """What a client needs before it can log in."""
+        return json_response(
+            {
+                "name": "roomcast",
+                "version": __version__,
+                "auth": "open" if self.auth.open_mode else "token",
+            }
+        )
 
     async def asyncapi(self, request: web.Request) -> web.Response:
         return json_response(asyncapi_document())
