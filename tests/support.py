@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -204,3 +204,54 @@ async def http_json(
 
 def users(room_users_payload: dict[str, Any]) -> Sequence[str]:
     return [entry["user_id"] for entry in room_users_payload["users"]]
+
+
+#: The ``connect`` fixture: ``await connect(user_id, **ws_connect_kwargs)``.
+Connect = Callable[..., Awaitable[Client]]
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+async def eventually_equal(
+    probe: Callable[[], Awaitable[Any]], expected: Any, timeout: float = 3.0
+) -> None:
+    """Poll ``probe`` until it returns ``expected``; fail with the last value after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await probe()
+        if value == expected:
+            return
+        if time.monotonic() >= deadline:
+            assert value == expected
+        await asyncio.sleep(0.02)
+
+
+async def expect_close(client: Client, code: int, timeout: float = 3.0) -> None:
+    """The server closes ``client`` with ``code`` and sends no other frame before that."""
+    message = await asyncio.wait_for(client.ws.receive(), timeout)
+    closing = (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED)
+    assert message.type in closing, f"expected a close, got {message.type!r} {message.data!r}"
+    assert client.ws.close_code == code, (client.ws.close_code, message)
+
+
+async def http_request(
+    method: str,
+    url: str,
+    *,
+    json_body: Any = None,
+    data: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, str, Any]:
+    """Any HTTP request: status, content type, and the body (parsed if it is JSON)."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request(method, url, json=json_body, data=data, headers=headers) as response,
+    ):
+        body: Any = await response.read()
+        if response.content_type == "application/json":
+            body = json.loads(body)
+        else:
+            body = body.decode(errors="replace")
+        return response.status, response.content_type, body
