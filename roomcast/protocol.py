@@ -161,7 +161,8 @@ class WebRTCRequest(ClaimsUser):
     data: msgspec.Raw
     call_id: CallId | None = None
     # msgspec.Raw cannot be part of a union; JSON null is the "absent" value.
-    media: msgspec.Raw = NULL
+    # (A factory, because a Raw default cannot be written into the JSON schema.)
+    media: msgspec.Raw = msgspec.field(default_factory=lambda: NULL)
 
 
 class CallEndRequest(ClaimsUser):

@@ -34,6 +34,9 @@ class ChatEngine:
         self.rooms = RoomRegistry()
         self.presence = PresenceBook()
         self.typing = TypingTracker(typing_timeout)
+        # Which connection last said "typing" for (room, user): when it closes,
+        # the indicator ends even if the user is still there on another tab.
+        self._typing_conn: dict[tuple[int, str], str] = {}
         self._user_of: dict[str, str | None] = {}
         self._connections_of: dict[str, set[str]] = {}
 
@@ -67,7 +70,11 @@ class ChatEngine:
         if user_id is None:
             return []
         audience = self._audience(user_id)
-        deliveries = self._leave_rooms(conn_id, user_id, list(self.rooms.rooms_of(conn_id)), now)
+        deliveries: list[Delivery] = []
+        for room_id in sorted(self.rooms.rooms_of(conn_id)):
+            if self._typing_conn.get((room_id, user_id)) == conn_id:
+                deliveries.extend(self._stop_typing(room_id, user_id))
+        deliveries += self._leave_rooms(conn_id, user_id, list(self.rooms.rooms_of(conn_id)), now)
         conns = self._connections_of[user_id]
         conns.discard(conn_id)
         if not conns:
@@ -151,20 +158,25 @@ class ChatEngine:
         user_id = self.require_member(conn_id, room_id, "typing")
         if not is_typing:
             return self._stop_typing(room_id, user_id)
+        self._typing_conn[(room_id, user_id)] = conn_id
         if not self.typing.start((room_id, user_id), now):
             return []
         return [ToRoom(room_id, Typing(room_id=room_id, user_id=user_id, is_typing=True), user_id)]
 
     def _stop_typing(self, room_id: int, user_id: str) -> list[Delivery]:
+        self._typing_conn.pop((room_id, user_id), None)
         if not self.typing.stop((room_id, user_id)):
             return []
         return [ToRoom(room_id, Typing(room_id=room_id, user_id=user_id, is_typing=False), user_id)]
 
     def expire(self, now: float) -> list[Delivery]:
         """Typing indicators whose 3 s passed without a new ``true`` end here."""
+        expired = self.typing.expire(now)
+        for key in expired:
+            self._typing_conn.pop(key, None)
         return [
             ToRoom(room_id, Typing(room_id=room_id, user_id=user_id, is_typing=False), user_id)
-            for room_id, user_id in self.typing.expire(now)
+            for room_id, user_id in expired
         ]
 
     def next_deadline(self) -> float | None:

@@ -103,6 +103,7 @@ class FanOut:
         """Write what is queued for one connection now (before a close frame)."""
         outlet = self._outlets.get(conn_id)
         if outlet is not None and outlet.queue:
+            self._seal(outlet)  # its batches are joined now; later frames need new ones
             self._write(outlet)
 
     # -- sending -------------------------------------------------------------------
@@ -113,9 +114,7 @@ class FanOut:
             outlet = self._outlets.get(conn_id)
             if outlet is None:
                 continue
-            for item in outlet.queue:
-                if isinstance(item, RoomBatch) and self._open_batches.get(item.room_id) is item:
-                    del self._open_batches[item.room_id]
+            self._seal(outlet)
             self._enqueue(outlet, frame)
 
     def send_room(self, room_id: int, conn_ids: Iterable[str], frame: bytes) -> None:
@@ -131,6 +130,12 @@ class FanOut:
             outlet = self._outlets.get(conn_id)
             if outlet is not None:
                 self._enqueue(outlet, batch)
+
+    def _seal(self, outlet: Outlet) -> None:
+        """Close every batch still open in this connection's queue to further frames."""
+        for item in outlet.queue:
+            if isinstance(item, RoomBatch) and self._open_batches.get(item.room_id) is item:
+                del self._open_batches[item.room_id]
 
     def membership_changed(self, room_id: int) -> None:
         """Close the room's open batch: its recipient list is no longer current.

@@ -165,3 +165,21 @@ def test_shares_room() -> None:
     engine.join("c1", 2)
     assert engine.shares_room("alice", "bob")
     assert not engine.shares_room("alice", "carol")
+
+
+def test_closing_the_typing_tab_ends_typing_though_another_tab_stays() -> None:
+    engine = engine_with(("a1", "alice"), ("a2", "alice"), ("b1", "bob"))
+    for conn in ("a1", "a2", "b1"):
+        engine.join(conn, 1)
+    engine.set_typing("a1", 1, True, now=0)
+    assert engine.close("a1", now=1) == [typing_event(1, "alice", False)]  # a2 stays
+    assert engine.expire(100) == []
+
+
+def test_closing_another_tab_leaves_typing_alone() -> None:
+    engine = engine_with(("a1", "alice"), ("a2", "alice"), ("a3", "alice"))
+    for conn in ("a1", "a2", "a3"):
+        engine.join(conn, 1)
+    engine.set_typing("a1", 1, True, now=0)
+    assert engine.close("a2", now=1) == []
+    assert engine.typing.is_typing((1, "alice"))

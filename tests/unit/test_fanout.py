@@ -82,3 +82,16 @@ async def test_overflow_is_reported_and_removed_connections_get_nothing() -> Non
     await asyncio.sleep(0)
     assert overflowed == ["slow"]
     assert gone.writes == []
+
+
+async def test_flushing_one_connection_does_not_cut_the_others_short() -> None:
+    fanout = FanOut(1 << 20, lambda conn: None)
+    a, b = FakeTransport(), FakeTransport()
+    fanout.add("a", a)
+    fanout.add("b", b)
+    fanout.send_room(1, ["a", "b"], b"one,")
+    fanout.flush_connection("a")  # e.g. a is being closed
+    fanout.send_room(1, ["a", "b"], b"two,")
+    await asyncio.sleep(0)
+    assert b"".join(b.writes) == b"one,two,"
+    assert b"".join(a.writes) == b"one,two,"
