@@ -47,11 +47,18 @@ def _env_default(name: str, default: object) -> object:
         return default
     if isinstance(default, bool):
         return raw.strip().lower() in {"1", "true", "yes", "on"}
-    if isinstance(default, int):
-        return int(raw)
-    if isinstance(default, float):
-        return float(raw)
-    return raw
+    kind = type(default) if isinstance(default, int | float) else None
+    if kind is None:
+        return raw
+    try:
+        return kind(raw)
+    except ValueError:
+        expected = "an integer" if kind is int else "a number"
+        raise BadEnvironment(f"ROOMCAST_{name.upper()}={raw!r}: expected {expected}") from None
+
+
+class BadEnvironment(Exception):
+    """A ``ROOMCAST_*`` variable that cannot be read; reported like a bad flag."""
 
 
 def _add_settings(parser: argparse.ArgumentParser) -> None:
@@ -78,8 +85,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="roomcast", description="Real-time chat and calls.")
     parser.add_argument("--version", action="version", version=f"roomcast {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    _add_settings(commands.add_parser("serve", help="run the server"))
-    _add_settings(commands.add_parser("migrate", help="bring the database schema up to date"))
+    try:
+        _add_settings(commands.add_parser("serve", help="run the server"))
+        _add_settings(commands.add_parser("migrate", help="bring the database schema up to date"))
+    except BadEnvironment as exc:
+        parser.error(str(exc))
     args = parser.parse_args(argv)
     settings = _settings(args)
     configure(settings.log_level)

@@ -29,7 +29,9 @@ import msgspec
 Id = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
 #: User ids are opaque strings chosen by the identity provider, without
 #: control characters so that they are safe to show and to log.
-USER_ID_PATTERN: Final = r"^[^\x00-\x1f\x7f]{1,64}\Z"
+#: (The lookahead ends the string in Python and in JSON Schema's ECMA-262 regexes
+#: alike; ``$`` would let a trailing newline through in Python.)
+USER_ID_PATTERN: Final = r"^[^\x00-\x1f\x7f]{1,64}(?![\s\S])"
 UserId = Annotated[str, msgspec.Meta(pattern=USER_ID_PATTERN)]
 Status = Literal["online", "away", "busy", "offline"]
 #: Call ids are created by the server; clients echo them back.
@@ -84,9 +86,9 @@ class Request(msgspec.Struct, kw_only=True):
 
     TYPE: ClassVar[str]
 
-    def claimed_user(self) -> str | None:
-        """The user id the payload names, if any (checked against the connection)."""
-        return None
+    def claimed_users(self) -> tuple[str, ...]:
+        """The user ids the payload names (each is checked against the connection)."""
+        return ()
 
 
 class ClaimsUser(Request, kw_only=True):
@@ -95,8 +97,8 @@ class ClaimsUser(Request, kw_only=True):
     user_id: UserId | None = None
     from_user_id: UserId | None = None
 
-    def claimed_user(self) -> str | None:
-        return self.user_id if self.user_id is not None else self.from_user_id
+    def claimed_users(self) -> tuple[str, ...]:
+        return tuple(u for u in (self.user_id, self.from_user_id) if u is not None)
 
 
 class PingRequest(Request):

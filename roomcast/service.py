@@ -224,24 +224,31 @@ class ChatService:
         self.send(conn, error_event(exc))
 
     def _check_identity(self, conn: Connection, request: Request) -> None:
-        claimed = request.claimed_user()
+        claimed = request.claimed_users()
         if conn.user_id is None:
-            if claimed is not None and self.settings.open_mode:
-                conn.user_id = claimed
-                self.engine.identify(conn.id, claimed)
-                log.info("identify conn=%s user=%s", conn.id, claimed)
+            if claimed and self.settings.open_mode and len(set(claimed)) == 1:
+                conn.user_id = claimed[0]
+                self.engine.identify(conn.id, claimed[0])
+                log.info("identify conn=%s user=%s", conn.id, claimed[0])
+            elif claimed and self.settings.open_mode:
+                raise ProtocolError(
+                    ErrorCode.FORBIDDEN,
+                    "payload.user_id and payload.from_user_id name different users",
+                    request.TYPE,
+                )
             elif not isinstance(request, PingRequest):
                 raise ProtocolError(
                     ErrorCode.UNAUTHENTICATED,
                     "no user is known for this connection: connect with ?user_id= or name user_id",
                     request.TYPE,
                 )
-        elif claimed is not None and claimed != conn.user_id:
-            raise ProtocolError(
-                ErrorCode.FORBIDDEN,
-                f"this connection belongs to user {conn.user_id!r}, not {claimed!r}",
-                request.TYPE,
-            )
+        for name in claimed:
+            if name != conn.user_id:
+                raise ProtocolError(
+                    ErrorCode.FORBIDDEN,
+                    f"this connection belongs to user {conn.user_id!r}, not {name!r}",
+                    request.TYPE,
+                )
 
     async def _dispatch(self, conn: Connection, request: Request) -> None:
         if isinstance(request, PingRequest):

@@ -64,6 +64,8 @@ async def protocol_errors(request: web.Request, handler: Handler) -> web.StreamR
         return error_response(exc.code, exc.message)
     except StoreUnavailable:
         return error_response(ErrorCode.INTERNAL, "storage is unavailable")
+    except web.HTTPRequestEntityTooLarge as exc:
+        return error_response(ErrorCode.TOO_LARGE, exc.text or "request body too large")
 
 
 def room_info(room: Room, viewer: str | None) -> RoomInfo:
@@ -169,8 +171,11 @@ class HttpApi:
         )
         before_text = request.query.get("before")
         before = None if before_text is None else _int_param(before_text, "before", minimum=1)
-        items = await self.store.history(room.id, before, limit)
-        page = HistoryPage(messages=items, next_before=items[0].id if len(items) == limit else None)
+        # One more than asked: a full page is the last one unless something is older.
+        items = await self.store.history(room.id, before, limit + 1)
+        older = len(items) > limit
+        items = items[-limit:]
+        page = HistoryPage(messages=items, next_before=items[0].id if older else None)
         return json_response(page)
 
     async def list_calls(self, request: web.Request) -> web.Response:

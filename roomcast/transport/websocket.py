@@ -37,7 +37,8 @@ class WebSocketEndpoint:
             heartbeat=self.settings.idle_timeout / 1.5,
             autoclose=False,
             compress=False,
-            max_msg_size=self.settings.max_message_bytes,
+            # aiohttp refuses a frame of max_msg_size bytes; ours is the largest allowed.
+            max_msg_size=self.settings.max_message_bytes + 1,
         )
 
     async def handle(self, request: web.Request) -> web.WebSocketResponse:

@@ -11,6 +11,7 @@ import pytest
 from roomcast.core.calls import CallEffect, CallRecord, CallRegistry, CallState
 from roomcast.core.deliveries import ToConnections
 from roomcast.protocol import (
+    NULL,
     CallActive,
     CallEnded,
     CallRinging,
@@ -63,7 +64,7 @@ def records(effects: Sequence[CallEffect]) -> list[CallRecord]:
 
 
 def ring(registry: CallRegistry, now: float = 0.0) -> str:
-    effects = registry.offer("a1", "ann", "bob", SDP, None, now=now, wall_ms=1000)
+    effects = registry.offer("a1", "ann", "bob", SDP, NULL, now=now, wall_ms=1000)
     [record] = records(effects)
     return record.call_id
 
@@ -71,12 +72,12 @@ def ring(registry: CallRegistry, now: float = 0.0) -> str:
 def test_offer_rings_every_callee_connection_and_tells_the_caller_the_id(
     registry: CallRegistry,
 ) -> None:
-    effects = registry.offer("a1", "ann", "bob", SDP, None, now=0, wall_ms=1000)
+    effects = registry.offer("a1", "ann", "bob", SDP, NULL, now=0, wall_ms=1000)
     assert sent(effects) == [
-        (("a1",), CallRinging(call_id="call1", from_user_id="ann", to_user_id="bob", media=None)),
+        (("a1",), CallRinging(call_id="call1", from_user_id="ann", to_user_id="bob", media=NULL)),
         (
             ("b1", "b2"),
-            IncomingCall(call_id="call1", from_user_id="ann", to_user_id="bob", media=None),
+            IncomingCall(call_id="call1", from_user_id="ann", to_user_id="bob", media=NULL),
         ),
         (
             ("b1", "b2"),
@@ -185,7 +186,7 @@ def test_offline_callee_is_unavailable_before_room_rules(
     registry: CallRegistry, directory: Directory
 ) -> None:
     directory.shared.clear()
-    effects = registry.offer("a1", "ann", "zed", SDP, None, 0, 1000)
+    effects = registry.offer("a1", "ann", "zed", SDP, NULL, 0, 1000)
     [record] = records(effects)
     assert sent(effects) == [(("a1",), CallEnded(call_id=record.call_id, reason="unavailable"))]
     assert record.end_reason == "unavailable" and record.ended_at == 1000
@@ -194,23 +195,23 @@ def test_offline_callee_is_unavailable_before_room_rules(
 def test_callee_sharing_no_room_is_forbidden(registry: CallRegistry, directory: Directory) -> None:
     directory.shared.discard(frozenset(("ann", "bob")))
     with pytest.raises(ProtocolError) as info:
-        registry.offer("a1", "ann", "bob", SDP, None, 0, 0)
+        registry.offer("a1", "ann", "bob", SDP, NULL, 0, 0)
     assert info.value.code is ErrorCode.FORBIDDEN
     open_registry = CallRegistry(directory, lambda: "x", require_shared_room=False)
-    assert sent(open_registry.offer("a1", "ann", "bob", SDP, None, 0, 0))
+    assert sent(open_registry.offer("a1", "ann", "bob", SDP, NULL, 0, 0))
 
 
 def test_calling_yourself_is_invalid(registry: CallRegistry) -> None:
     with pytest.raises(ProtocolError) as info:
-        registry.offer("a1", "ann", "ann", SDP, None, 0, 0)
+        registry.offer("a1", "ann", "ann", SDP, NULL, 0, 0)
     assert info.value.code is ErrorCode.INVALID_MESSAGE
 
 
 def test_busy_when_callee_rings_or_talks_or_caller_is_in_a_call(registry: CallRegistry) -> None:
     ring(registry)  # ann -> bob ringing
-    busy = registry.offer("c1", "cy", "bob", SDP, None, 0, 0)
+    busy = registry.offer("c1", "cy", "bob", SDP, NULL, 0, 0)
     assert sent(busy)[0][1] == CallEnded(call_id=records(busy)[0].call_id, reason="busy")
-    busy_caller = registry.offer("a2", "ann", "cy", SDP, None, 0, 0)
+    busy_caller = registry.offer("a2", "ann", "cy", SDP, NULL, 0, 0)
     assert sent(busy_caller)[0][1].reason == "busy"  # type: ignore[union-attr]
 
 
@@ -218,8 +219,10 @@ def test_glare_refuses_the_later_call_and_keeps_the_first_ringing(
     registry: CallRegistry,
 ) -> None:
     first = ring(registry)  # ann -> bob
-    effects = registry.offer("b1", "bob", "ann", SDP, None, 0, 0)
-    assert sent(effects) == [(("b1",), CallEnded(call_id=records(effects)[0].call_id, reason="glare"))]
+    effects = registry.offer("b1", "bob", "ann", SDP, NULL, 0, 0)
+    assert sent(effects) == [
+        (("b1",), CallEnded(call_id=records(effects)[0].call_id, reason="glare"))
+    ]
     assert registry.get(first).state is CallState.RINGING  # type: ignore[union-attr]
 
 

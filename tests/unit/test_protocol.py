@@ -39,7 +39,7 @@ def test_decodes_typed_requests_and_ignores_client_timestamp() -> None:
     assert decode_client(frame("leave_room")) == LeaveRoomRequest(room_id=None)
     chat = decode_client(frame("chat", {"room_id": 1, "content": "hi", "user_id": "al"}))
     assert isinstance(chat, ChatRequest)
-    assert chat.claimed_user() == "al"
+    assert chat.claimed_users() == ("al",)
 
 
 @pytest.mark.parametrize(
