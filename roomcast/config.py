@@ -5,6 +5,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+from roomcast.core.limits import parse_rates
+
 
 @dataclass(frozen=True, slots=True)
 class Settings:
@@ -36,6 +38,17 @@ class Settings:
     turn_urls: str = ""
     turn_secret: str | None = None
     turn_ttl: int = 24 * 3600
+    # Rate limits: "off", or overrides like "chat=5/30,typing=5/20" (per second
+    # / burst, per connection; a user gets twice that across connections).
+    rate_limits: str = "default"
+    # Refusals a connection may collect (one forgiven per second) before it is
+    # disconnected as a flood (close 1008).
+    flood_strikes: int = 50
+    max_rooms_per_connection: int = 100
+    max_connections_per_user: int = 20
+    max_connections_per_ip: int = 1000
+    # Beyond this many connections new ones are refused with close 1013.
+    max_connections: int = 100_000
 
     @property
     def open_mode(self) -> bool:
@@ -49,8 +62,10 @@ class Settings:
                 f"not {self.host!r}; "
                 "set an auth secret, or pass --insecure-open to accept anyone as any user"
             )
-        if not 0 < self.port < 65536 and self.port != 0:
+        if not 0 <= self.port < 65536:
             raise ValueError(f"port {self.port} is out of range")
+        if self.rate_limits not in ("off", "default"):
+            parse_rates(self.rate_limits)
 
 
 def url_list(text: str) -> list[str]:

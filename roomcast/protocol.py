@@ -71,11 +71,18 @@ class ProtocolError(Exception):
     tell which of its requests failed.
     """
 
-    def __init__(self, code: ErrorCode, message: str, type: str | None = None) -> None:
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str,
+        type: str | None = None,
+        retry_after_ms: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.type = type
+        self.retry_after_ms = retry_after_ms
 
 
 # -- client -> server ------------------------------------------------------------
@@ -136,7 +143,8 @@ class MessageDeleteRequest(ClaimsUser):
 class MessageReactionRequest(ClaimsUser):
     TYPE = "message_reaction"
     message_id: Id
-    emoji: Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
+    # One short token: no spaces or control characters (normalised to NFC).
+    emoji: Annotated[str, msgspec.Meta(pattern=r"^[^\s\x00-\x1f\x7f]{1,32}(?![\s\S])")]
 
 
 class TypingRequest(ClaimsUser):
@@ -221,6 +229,7 @@ class Error(Event, omit_defaults=True):
     code: ErrorCode
     message: str
     type: str | None = None
+    retry_after_ms: int | None = None  # with rate_limited: when to try again
 
 
 class Pong(Event):
@@ -434,7 +443,9 @@ def encode(event: Event, timestamp_ms: int) -> bytes:
 
 
 def error_event(exc: ProtocolError) -> Error:
-    return Error(code=exc.code, message=exc.message, type=exc.type)
+    return Error(
+        code=exc.code, message=exc.message, type=exc.type, retry_after_ms=exc.retry_after_ms
+    )
 
 
 # -- HTTP bodies -------------------------------------------------------------------

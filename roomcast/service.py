@@ -15,16 +15,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import re
 import time
+import unicodedata
 import uuid
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from roomcast.config import Settings
 from roomcast.core.calls import CallEffect, CallRecord, CallRegistry
 from roomcast.core.deliveries import Delivery, ToConnections, ToRoom
 from roomcast.core.engine import ChatEngine
+from roomcast.core.limits import CLASS_OF_TYPE, MessageClass, RateLimiter, parse_rates
 from roomcast.ports.broker import Broker
 from roomcast.ports.store import (
     DeleteMessage,
@@ -65,7 +69,7 @@ from roomcast.protocol import (
     encode,
     error_event,
 )
-from roomcast.transport.fanout import FanOut, text_frame
+from roomcast.transport.fanout import FanOut, Writable, text_frame
 
 log = logging.getLogger("roomcast.service")
 
@@ -84,9 +88,13 @@ class Connection:
     id: str
     remote: str
     close: Callable[[int, str], Coroutine[Any, Any, None]]
+    abort: Callable[[], None]
     user_id: str | None = None
-    closed: bool = field(default=False)
+    closing: bool = False  # a close frame is on its way: nothing more is sent or read
+    closed: bool = False
 
+
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 #: Why the store refused an operation, as the client is told.
 _REFUSALS = {
@@ -107,6 +115,14 @@ class ChatService:
         self.broker = broker
         self.settings = settings
         self.fanout = FanOut(settings.max_send_buffer, self._slow_consumer)
+        self.limiter = (
+            None
+            if settings.rate_limits == "off"
+            else RateLimiter(
+                parse_rates("" if settings.rate_limits == "default" else settings.rate_limits),
+                flood_strikes=settings.flood_strikes,
+            )
+        )
         self.engine = ChatEngine(settings.typing_timeout)
         self.calls = CallRegistry(
             self.engine,
@@ -156,12 +172,18 @@ class ChatService:
         self,
         remote: str,
         close: Callable[[int, str], Coroutine[Any, Any, None]],
-        transport: object,
+        transport: Writable,
         user_id: str | None,
     ) -> Connection:
-        conn = Connection(id=uuid.uuid4().hex, remote=remote, close=close, user_id=user_id)
+        conn = Connection(
+            id=uuid.uuid4().hex,
+            remote=remote,
+            close=close,
+            abort=transport.abort,
+            user_id=user_id,
+        )
         self._connections[conn.id] = conn
-        self.fanout.add(conn.id, transport)  # type: ignore[arg-type]
+        self.fanout.add(conn.id, transport)
         self.engine.open(conn.id, user_id)
         log.info("connect conn=%s user=%s remote=%s", conn.id, user_id, remote)
         self.send(conn, Connected(connection_id=conn.id, user_id=user_id))
@@ -178,16 +200,34 @@ class ChatService:
         self.fanout.remove(conn.id)
         self._apply_calls(self.calls.disconnected(conn.id, self._clock_ms()))
         self.publish(self.engine.close(conn.id, self._now()))
+        if self.limiter is not None:
+            self.limiter.forget_connection(conn.id)
+            if conn.user_id is not None and not self.engine.presence.is_online(conn.user_id):
+                self.limiter.forget_user(conn.user_id)
         log.info("disconnect conn=%s user=%s reason=%s", conn.id, conn.user_id, reason)
 
     def _slow_consumer(self, conn_id: str) -> None:
+        """A client that does not read: drop it at once, the room must not wait.
+
+        It cannot read a close frame either, so the socket is aborted; the
+        usual cleanup follows when the endpoint sees the connection end.
+        """
         conn = self._connections.get(conn_id)
         if conn is None or conn.closed:
             return
         log.warning("slow consumer conn=%s user=%s", conn.id, conn.user_id)
-        task = asyncio.get_running_loop().create_task(
-            conn.close(CLOSE_POLICY_VIOLATION, "slow consumer")
-        )
+        self.fanout.remove(conn.id)
+        conn.abort()
+
+    def stop_sending(self, conn: Connection) -> None:
+        """Write what is queued for the connection, then nothing: its close frame follows."""
+        conn.closing = True
+        self.fanout.flush_connection(conn.id)
+        self.fanout.remove(conn.id)
+
+    def close_soon(self, conn: Connection, code: int, reason: str) -> None:
+        """Close a connection after what is queued for it, without awaiting here."""
+        task = asyncio.get_running_loop().create_task(conn.close(code, reason))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -198,10 +238,17 @@ class ChatService:
 
     async def receive(self, conn: Connection, data: bytes | str) -> None:
         """Handle one client frame; every failure becomes an ``error`` frame."""
+        if conn.closing:
+            return
         request_type: str | None = None
         try:
-            request = decode_client(data)
+            try:
+                request = decode_client(data)
+            except ProtocolError as exc:
+                self._limit(conn, MessageClass.OTHER, exc.type)  # garbage counts too
+                raise
             request_type = request.TYPE
+            self._limit(conn, CLASS_OF_TYPE.get(request_type, MessageClass.OTHER), request_type)
             self._check_identity(conn, request)
             await self._dispatch(conn, request)
         except ProtocolError as exc:
@@ -217,8 +264,26 @@ class ChatService:
                 conn, ProtocolError(ErrorCode.INTERNAL, "internal server error", request_type)
             )
 
+    def _limit(self, conn: Connection, cls: MessageClass, request_type: str | None) -> None:
+        """Take a token for this message, or refuse it (and cut a flooding client)."""
+        if self.limiter is None:
+            return
+        now = self._now()
+        wait = self.limiter.check(conn.id, conn.user_id, cls, now)
+        if not wait:
+            return
+        if self.limiter.strike(conn.id, now):
+            log.warning("flood conn=%s user=%s class=%s", conn.id, conn.user_id, cls)
+            self.close_soon(conn, CLOSE_POLICY_VIOLATION, "flooding")
+        raise ProtocolError(
+            ErrorCode.RATE_LIMITED,
+            f"too many {cls} messages; slow down",
+            request_type,
+            retry_after_ms=math.ceil(wait * 1000),
+        )
+
     def reply_error(self, conn: Connection, exc: ProtocolError) -> None:
-        if conn.closed:
+        if conn.closing or conn.closed:
             return
         log.info("error conn=%s user=%s code=%s type=%s", conn.id, conn.user_id, exc.code, exc.type)
         self.send(conn, error_event(exc))
@@ -290,6 +355,13 @@ class ChatService:
             raise ProtocolError(ErrorCode.FORBIDDEN, f"room {room.id} is private", request.TYPE)
         if conn.closed:  # it went away while the room was looked up
             return
+        rooms = self.engine.rooms.rooms_of(conn.id)
+        if room.id not in rooms and len(rooms) >= self.settings.max_rooms_per_connection:
+            raise ProtocolError(
+                ErrorCode.FORBIDDEN,
+                f"a connection can be in at most {self.settings.max_rooms_per_connection} rooms",
+                request.TYPE,
+            )
         self.fanout.membership_changed(room.id)
         self.publish(self.engine.join(conn.id, room.id))
 
@@ -302,7 +374,9 @@ class ChatService:
         return await self.store.ensure_room(room_id, user_id, self._clock_ms())
 
     def _content(self, request: ChatRequest | MessageEditRequest) -> str:
-        content = request.content
+        # Control characters (but newline and tab) are dropped: they can only
+        # confuse the terminals, logs and renderers that show the text later.
+        content = _CONTROL_CHARACTERS.sub("", request.content.replace("\r\n", "\n"))
         if not content.strip():
             raise ProtocolError(
                 ErrorCode.INVALID_MESSAGE, "payload.content: must not be empty", request.TYPE
@@ -341,7 +415,8 @@ class ChatService:
         elif isinstance(request, MessageDeleteRequest):
             op = DeleteMessage(request.message_id, user_id, rooms, now)
         else:
-            op = ToggleReaction(request.message_id, user_id, rooms, request.emoji, now)
+            emoji = unicodedata.normalize("NFC", request.emoji)
+            op = ToggleReaction(request.message_id, user_id, rooms, emoji, now)
         self._submit(conn, op, request.TYPE)
 
     def _submit(self, conn: Connection, op: Operation, request_type: str) -> None:

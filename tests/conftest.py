@@ -15,7 +15,8 @@ _room_ids = itertools.count(1000)
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """One shared open-mode server; tests isolate themselves by room id and user name."""
     database = tmp_path_factory.mktemp("shared") / "roomcast.db"
-    process = ServerProcess(database, "--typing-timeout", "0.5").start()
+    # Tests send bursts no person would; rate limits are tested on their own servers.
+    process = ServerProcess(database, "--typing-timeout", "0.5", "--rate-limits", "off").start()
     yield process
     process.stop()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 
 from aiohttp import WSCloseCode, WSMsgType, web
 
@@ -28,6 +29,7 @@ class WebSocketEndpoint:
         self.auth = auth
         self.settings = settings
         self.sockets: set[web.WebSocketResponse] = set()
+        self._per_address: Counter[str] = Counter()
 
     def new_socket(self) -> web.WebSocketResponse:
         # aiohttp pings after `heartbeat` seconds without input and closes the
@@ -51,16 +53,22 @@ class WebSocketEndpoint:
         try:
             user_id = self.auth.resolve(request.query.get("token"), request.query.get("user_id"))
         except AuthError as exc:
-            await self._refuse(ws, str(exc))
+            await self._refuse(ws, ErrorCode.UNAUTHENTICATED, str(exc))
+            return ws
+        refusal = self._over_limit(remote, user_id)
+        if refusal is not None:
+            code, why = refusal
+            await self._refuse(ws, ErrorCode.RATE_LIMITED, why, close_code=code)
             return ws
 
         async def close(code: int, reason: str) -> None:
-            service.fanout.flush_connection(conn.id)
+            service.stop_sending(conn)
             await ws.close(code=code, message=reason.encode())
 
         service = self.service
         conn = service.open(remote, close, transport, user_id)
         self.sockets.add(ws)
+        self._per_address[remote] += 1
         reason = "closed by client"
         try:
             async for message in ws:
@@ -74,7 +82,7 @@ class WebSocketEndpoint:
                         ),
                     )
                 elif message.type is WSMsgType.CLOSE:
-                    service.fanout.flush_connection(conn.id)
+                    service.stop_sending(conn)
                     await ws.close()
                     break
                 elif message.type is WSMsgType.ERROR:
@@ -88,24 +96,46 @@ class WebSocketEndpoint:
             raise
         finally:
             self.sockets.discard(ws)
+            self._per_address[remote] -= 1
+            if not self._per_address[remote]:
+                del self._per_address[remote]
             service.closed(conn, reason)
         return ws
 
-    async def _refuse(self, ws: web.WebSocketResponse, why: str) -> None:
-        """Tell the client why in a frame it can read, then close (1008)."""
-        log.info("refused reason=%s", why)
-        frame = encode(Error(code=ErrorCode.UNAUTHENTICATED, message=why), wall_ms())
+    def _over_limit(self, remote: str, user_id: str | None) -> tuple[int, str] | None:
+        """Why a new connection may not stay, with its close code; None if it may."""
+        settings = self.settings
+        if len(self.sockets) >= settings.max_connections:
+            return WSCloseCode.TRY_AGAIN_LATER, "the server is full; try again later"
+        if self._per_address[remote] >= settings.max_connections_per_ip:
+            return WSCloseCode.POLICY_VIOLATION, "too many connections from this address"
+        if (
+            user_id is not None
+            and len(self.service.engine.connections_of(user_id))
+            >= settings.max_connections_per_user
+        ):
+            return WSCloseCode.POLICY_VIOLATION, "too many connections for this user"
+        return None
+
+    async def _refuse(
+        self,
+        ws: web.WebSocketResponse,
+        code: ErrorCode,
+        why: str,
+        close_code: int = WSCloseCode.POLICY_VIOLATION,
+    ) -> None:
+        """Tell the client why in a frame it can read, then close."""
+        log.info("refused code=%s reason=%s", code, why)
+        frame = encode(Error(code=code, message=why), wall_ms())
         await ws.send_str(frame.decode())
-        await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"unauthenticated")
+        await ws.close(code=close_code, message=code.encode())
 
     async def close_all(self) -> None:
         """Graceful shutdown: every client gets 1001 after its queued frames."""
-        for conn in self.service.connections():
-            self.service.fanout.flush_connection(conn.id)
         await asyncio.gather(
             *(
-                ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
-                for ws in list(self.sockets)
+                conn.close(WSCloseCode.GOING_AWAY, "server shutdown")
+                for conn in self.service.connections()
             ),
             return_exceptions=True,
         )

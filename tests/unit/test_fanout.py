@@ -24,6 +24,9 @@ class FakeTransport:
     def get_write_buffer_size(self) -> int:
         return self.buffered
 
+    def abort(self) -> None:
+        self.closing = True
+
 
 def test_text_frame_headers() -> None:
     assert text_frame(b"hi") == b"\x81\x02hi"
