@@ -45,6 +45,8 @@ class Settings:
     # disconnected as a flood (close 1008).
     flood_strikes: int = 50
     max_rooms_per_connection: int = 100
+    # A join_room with "since" replays at most this many missed messages.
+    resume_max_messages: int = 200
     max_connections_per_user: int = 20
     max_connections_per_ip: int = 1000
     # Beyond this many connections new ones are refused with close 1013.
@@ -64,6 +66,8 @@ class Settings:
             )
         if not 0 <= self.port < 65536:
             raise ValueError(f"port {self.port} is out of range")
+        if self.resume_max_messages < 1:
+            raise ValueError("resume_max_messages must be at least 1")
         if self.rate_limits not in ("off", "default"):
             parse_rates(self.rate_limits)
 

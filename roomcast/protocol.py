@@ -113,8 +113,11 @@ class PingRequest(Request):
 
 
 class JoinRoomRequest(ClaimsUser):
+    """Join a room; with ``since`` (the last message id seen), get what was missed first."""
+
     TYPE = "join_room"
     room_id: Id
+    since: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] | None = None
 
 
 class LeaveRoomRequest(ClaimsUser):
@@ -123,10 +126,13 @@ class LeaveRoomRequest(ClaimsUser):
 
 
 class ChatRequest(ClaimsUser):
+    """Post a message. ``client_msg_id`` makes a retry safe: it is stored once."""
+
     TYPE = "chat"
     room_id: Id
     content: str
     type: MessageKind = "text"
+    client_msg_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
 
 
 class MessageEditRequest(ClaimsUser):
@@ -259,8 +265,8 @@ class RoomUsers(Event):
     users: list[RoomUser]
 
 
-class ChatMessage(Event):
-    """A stored chat message; also the shape of the HTTP history items."""
+class ChatMessage(Event, omit_defaults=True):
+    """A stored chat message; ``client_msg_id`` only when the sender gave one."""
 
     TYPE = "chat"
     id: int
@@ -269,6 +275,20 @@ class ChatMessage(Event):
     content: str
     type: MessageKind
     created_at: int
+    client_msg_id: str | None = None
+
+
+class HistoryGap(Event):
+    """After a ``join_room`` with ``since``: more was missed than is replayed.
+
+    The replayed messages start at ``before``; fetch the older ones with
+    ``GET /api/rooms/{room_id}/messages?before=<before>`` back to ``since``.
+    """
+
+    TYPE = "history_gap"
+    room_id: int
+    since: int
+    before: int
 
 
 class MessageEdited(Event):
@@ -365,6 +385,7 @@ SERVER_TYPES: Final[dict[str, type[Event]]] = {
         UserLeft,
         RoomUsers,
         ChatMessage,
+        HistoryGap,
         MessageEdited,
         MessageDeleted,
         MessageReaction,

@@ -36,6 +36,7 @@ from roomcast.ports.store import (
     InsertMessage,
     Operation,
     Outcome,
+    ReadSince,
     Result,
     Room,
     Store,
@@ -50,6 +51,7 @@ from roomcast.protocol import (
     Connected,
     ErrorCode,
     Event,
+    HistoryGap,
     JoinRoomRequest,
     LeaveRoomRequest,
     MessageDeleted,
@@ -362,8 +364,24 @@ class ChatService:
                 f"a connection can be in at most {self.settings.max_rooms_per_connection} rooms",
                 request.TYPE,
             )
+        if request.since is None:
+            self.fanout.membership_changed(room.id)
+            self.publish(self.engine.join(conn.id, room.id))
+            return
+        # Joining and reading the backlog happen at one point of the commit order.
+        limit = self.settings.resume_max_messages
+        backlog = await self.store.submit(ReadSince(room.id, request.since, limit))
+        if conn.closing or conn.closed:
+            return
         self.fanout.membership_changed(room.id)
         self.publish(self.engine.join(conn.id, room.id))
+        if backlog.truncated:
+            self.send(
+                conn,
+                HistoryGap(room_id=room.id, since=request.since, before=backlog.messages[0].id),
+            )
+        for message in backlog.messages:
+            self.send(conn, message)
 
     async def _room_for(self, room_id: int, user_id: str) -> Room:
         room = await self.store.get_room(room_id)
@@ -397,6 +415,7 @@ class ChatService:
             content=self._content(request),
             kind=request.type,
             created_at=self._clock_ms(),
+            client_msg_id=request.client_msg_id,
         )
         self._submit(conn, op, request.TYPE)
 
@@ -444,6 +463,10 @@ class ChatService:
                 conn, ProtocolError(code, text.format(id=result.message_id), request_type)
             )
             return
+        if result.duplicate_of is not None:
+            # A retry of a stored message: the sender gets it again, nobody else does.
+            self.send(conn, result.duplicate_of)
+            return
         self.publish(self._events_for(op, result))
 
     def _events_for(self, op: Operation, result: Result) -> list[Delivery]:
@@ -456,6 +479,7 @@ class ChatService:
                 content=op.content,
                 type="text",
                 created_at=op.created_at,
+                client_msg_id=op.client_msg_id,
             )
             return self.engine.message_stored(message)
         event: Event

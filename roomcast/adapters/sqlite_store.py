@@ -17,7 +17,7 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from roomcast.adapters import migrations
 from roomcast.core.calls import CallRecord
@@ -28,14 +28,29 @@ from roomcast.ports.store import (
     InsertMessage,
     Operation,
     Outcome,
+    ReadSince,
     Result,
     Room,
     StoreUnavailable,
     ToggleReaction,
 )
-from roomcast.protocol import HistoryMessage
+from roomcast.protocol import ChatMessage, HistoryMessage
 
 T = TypeVar("T")
+
+_MESSAGE_COLUMNS = "id, room_id, user_id, content, type, created_at, client_msg_id"
+
+
+def _chat_message(row: tuple[Any, ...]) -> ChatMessage:
+    return ChatMessage(
+        id=row[0],
+        room_id=row[1],
+        user_id=row[2],
+        content=row[3],
+        type=row[4],
+        created_at=row[5],
+        client_msg_id=row[6],
+    )
 
 
 def sqlite_path(url: str) -> str:
@@ -159,12 +174,36 @@ class SQLiteStore:
             )
             return Result(Outcome.DONE)
         if isinstance(op, InsertMessage):
+            if op.client_msg_id is not None:
+                stored = conn.execute(
+                    f"SELECT {_MESSAGE_COLUMNS} FROM messages "
+                    "WHERE user_id = ? AND client_msg_id = ?",
+                    (op.user_id, op.client_msg_id),
+                ).fetchone()
+                if stored is not None:
+                    if stored[3] is None:  # stored, then deleted: it stays deleted
+                        return Result(Outcome.NOT_FOUND, message_id=stored[0])
+                    return Result(
+                        Outcome.DONE,
+                        room_id=stored[1],
+                        message_id=stored[0],
+                        duplicate_of=_chat_message(stored),
+                    )
             row = conn.execute(
-                "INSERT INTO messages (room_id, user_id, content, type, created_at) "
-                "VALUES (?, ?, ?, ?, ?) RETURNING id",
-                (op.room_id, op.user_id, op.content, op.kind, op.created_at),
+                "INSERT INTO messages (room_id, user_id, content, type, created_at, client_msg_id) "
+                "VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+                (op.room_id, op.user_id, op.content, op.kind, op.created_at, op.client_msg_id),
             ).fetchone()
             return Result(Outcome.DONE, room_id=op.room_id, message_id=row[0])
+        if isinstance(op, ReadSince):
+            rows = conn.execute(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE room_id = ? AND id > ? "
+                "AND deleted_at IS NULL ORDER BY id DESC LIMIT ?",
+                (op.room_id, op.since, op.limit + 1),
+            ).fetchall()
+            truncated = len(rows) > op.limit
+            messages = tuple(_chat_message(row) for row in reversed(rows[: op.limit]))
+            return Result(Outcome.DONE, room_id=op.room_id, messages=messages, truncated=truncated)
         found = conn.execute(
             "SELECT room_id, user_id FROM messages WHERE id = ? AND deleted_at IS NULL",
             (op.message_id,),

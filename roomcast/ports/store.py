@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from roomcast.core.calls import CallRecord
-from roomcast.protocol import HistoryMessage
+from roomcast.protocol import ChatMessage, HistoryMessage
 
 # -- records -----------------------------------------------------------------------
 
@@ -43,6 +43,22 @@ class InsertMessage:
     content: str
     kind: str
     created_at: int
+    client_msg_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReadSince:
+    """The newest ``limit`` messages of a room after ``since``, read in commit order.
+
+    Run through the group committer, the read sees exactly the messages whose
+    broadcast came before it; everything committed later is broadcast after.
+    That is what lets a re-joining client get the backlog, then live traffic,
+    with nothing missed or doubled.
+    """
+
+    room_id: int
+    since: int
+    limit: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +91,7 @@ class ToggleReaction:
 
 
 #: A call snapshot from the core is stored as is (insert or update by id).
-Operation = InsertMessage | EditMessage | DeleteMessage | ToggleReaction | CallRecord
+Operation = InsertMessage | EditMessage | DeleteMessage | ToggleReaction | CallRecord | ReadSince
 
 
 class Outcome(enum.Enum):
@@ -92,6 +108,11 @@ class Result:
     room_id: int = 0
     message_id: int = 0
     added: bool = False  # ToggleReaction: added (True) or removed (False)
+    # InsertMessage retried with a known client_msg_id: the message stored before.
+    duplicate_of: ChatMessage | None = None
+    # ReadSince: the messages, oldest first, and whether older ones were left out.
+    messages: tuple[ChatMessage, ...] = ()
+    truncated: bool = False
 
 
 class StoreUnavailable(Exception):
