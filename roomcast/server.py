@@ -20,6 +20,7 @@ from roomcast.adapters.local_broker import LocalBroker
 from roomcast.adapters.sqlite_store import SQLiteStore
 from roomcast.auth import Authenticator
 from roomcast.config import Settings
+from roomcast.metrics import Metrics
 from roomcast.service import ChatService, wall_ms
 from roomcast.transport.http import HttpApi, protocol_errors
 from roomcast.transport.websocket import WebSocketEndpoint
@@ -27,11 +28,12 @@ from roomcast.transport.websocket import WebSocketEndpoint
 log = logging.getLogger("roomcast.server")
 
 
-def make_store(settings: Settings) -> SQLiteStore:
+def make_store(settings: Settings, metrics: Metrics | None = None) -> SQLiteStore:
     url = settings.database
     if "://" in url and not url.startswith("sqlite://"):
         raise ValueError(f"unsupported database URL {url!r} (expected sqlite:///path)")
-    return SQLiteStore(url, wall_ms, settings.commit_max_batch)
+    on_commit = metrics.observe_commit if metrics is not None else None
+    return SQLiteStore(url, wall_ms, settings.commit_max_batch, on_commit)
 
 
 @dataclass
@@ -53,10 +55,11 @@ class Server:
 
 def build(settings: Settings) -> Server:
     settings.check()
-    store = make_store(settings)
+    metrics = Metrics()
+    store = make_store(settings, metrics)
     broker = LocalBroker()
     auth = Authenticator(settings.auth_secret)
-    service = ChatService(store, broker, settings)
+    service = ChatService(store, broker, settings, metrics)
     endpoint = WebSocketEndpoint(service, auth, settings)
     api = HttpApi(service, store, auth, settings)
     app = web.Application(middlewares=[protocol_errors], client_max_size=settings.max_message_bytes)

@@ -29,6 +29,7 @@ from roomcast.core.calls import CallEffect, CallRecord, CallRegistry
 from roomcast.core.deliveries import Delivery, ToConnections, ToRoom
 from roomcast.core.engine import ChatEngine
 from roomcast.core.limits import CLASS_OF_TYPE, MessageClass, RateLimiter, parse_rates
+from roomcast.metrics import Metrics
 from roomcast.ports.broker import Broker
 from roomcast.ports.store import (
     DeleteMessage,
@@ -111,11 +112,13 @@ class ChatService:
         store: Store,
         broker: Broker,
         settings: Settings,
+        metrics: Metrics | None = None,
         clock_ms: Callable[[], int] = wall_ms,
     ) -> None:
         self.store = store
         self.broker = broker
         self.settings = settings
+        self.metrics = metrics or Metrics()
         self.fanout = FanOut(settings.max_send_buffer, self._slow_consumer)
         self.limiter = (
             None
@@ -137,6 +140,16 @@ class ChatService:
         self._timer: asyncio.TimerHandle | None = None
         self._background: set[asyncio.Task[None]] = set()
         broker.attach(self)
+        self.metrics.gauge(
+            "roomcast_connections", "Open WebSocket connections.", lambda: len(self._connections)
+        )
+        self.metrics.gauge(
+            "roomcast_users", "Users with at least one connection.", self.engine.presence.user_count
+        )
+        self.metrics.gauge(
+            "roomcast_rooms", "Rooms with at least one connection.", self.engine.rooms.room_count
+        )
+        self.metrics.gauge("roomcast_calls", "Calls ringing or active.", self.calls.active_count)
 
     # -- frame sink (what the broker delivers to this node) ---------------------------
 
@@ -160,11 +173,16 @@ class ChatService:
         self.fanout.send((conn.id,), self.frame(event))
 
     def publish(self, deliveries: list[Delivery]) -> None:
+        out = self.metrics.messages_out
         for delivery in deliveries:
             frame = self.frame(delivery.event)
             if isinstance(delivery, ToRoom):
+                recipients = len(self.engine.rooms.connections(delivery.room_id))
+                self.metrics.fanout.observe(recipients)
+                out[delivery.event.TYPE] += recipients
                 self.broker.publish_room(delivery.room_id, frame, delivery.except_user)
             elif isinstance(delivery, ToConnections):
+                out[delivery.event.TYPE] += len(delivery.conn_ids)
                 self.broker.publish_connections(delivery.conn_ids, frame)
         self._arm_timer()
 
@@ -218,6 +236,7 @@ class ChatService:
         if conn is None or conn.closed:
             return
         log.warning("slow consumer conn=%s user=%s", conn.id, conn.user_id)
+        self.metrics.slow_consumer_disconnects += 1
         self.fanout.remove(conn.id)
         conn.abort()
 
@@ -247,9 +266,11 @@ class ChatService:
             try:
                 request = decode_client(data)
             except ProtocolError as exc:
+                self.metrics.messages_in["invalid"] += 1
                 self._limit(conn, MessageClass.OTHER, exc.type)  # garbage counts too
                 raise
             request_type = request.TYPE
+            self.metrics.messages_in[request_type] += 1
             self._limit(conn, CLASS_OF_TYPE.get(request_type, MessageClass.OTHER), request_type)
             self._check_identity(conn, request)
             await self._dispatch(conn, request)
@@ -274,7 +295,9 @@ class ChatService:
         wait = self.limiter.check(conn.id, conn.user_id, cls, now)
         if not wait:
             return
+        self.metrics.rate_limited[cls] += 1
         if self.limiter.strike(conn.id, now):
+            self.metrics.flood_disconnects += 1
             log.warning("flood conn=%s user=%s class=%s", conn.id, conn.user_id, cls)
             self.close_soon(conn, CLOSE_POLICY_VIOLATION, "flooding")
         raise ProtocolError(
@@ -288,6 +311,7 @@ class ChatService:
         if conn.closing or conn.closed:
             return
         log.info("error conn=%s user=%s code=%s type=%s", conn.id, conn.user_id, exc.code, exc.type)
+        self.metrics.errors[exc.code] += 1
         self.send(conn, error_event(exc))
 
     def _check_identity(self, conn: Connection, request: Request) -> None:

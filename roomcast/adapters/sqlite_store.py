@@ -64,7 +64,13 @@ def sqlite_path(url: str) -> str:
 
 
 class SQLiteStore:
-    def __init__(self, url: str, clock_ms: Callable[[], int], max_batch: int = 1024) -> None:
+    def __init__(
+        self,
+        url: str,
+        clock_ms: Callable[[], int],
+        max_batch: int = 1024,
+        on_commit: Callable[[int, float, bool], None] | None = None,
+    ) -> None:
         self.path = sqlite_path(url)
         self._clock_ms = clock_ms
         self._writer_thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
@@ -72,7 +78,7 @@ class SQLiteStore:
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         self._committer: GroupCommitter[Operation, Result] = GroupCommitter(
-            self._execute_batch, max_batch
+            self._execute_batch, max_batch, on_commit
         )
 
     # -- lifecycle ------------------------------------------------------------------

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
@@ -27,8 +28,11 @@ class GroupCommitter(Generic[OpT, ResultT]):
         self,
         execute: Callable[[Sequence[OpT]], Awaitable[Sequence[ResultT]]],
         max_batch: int = 1024,
+        on_commit: Callable[[int, float, bool], None] | None = None,
     ) -> None:
         self._execute = execute
+        # Told (batch size, seconds, succeeded) after every transaction.
+        self._on_commit = on_commit
         self._max_batch = max_batch
         self._queue: list[tuple[OpT, asyncio.Future[ResultT]]] = []
         self._wakeup = asyncio.Event()
@@ -68,14 +72,19 @@ class GroupCommitter(Generic[OpT, ResultT]):
                 return
 
     async def _commit(self, batch: list[tuple[OpT, asyncio.Future[ResultT]]]) -> None:
+        started = time.perf_counter()
         try:
             results = await self._execute([op for op, _ in batch])
         except Exception as exc:
+            if self._on_commit is not None:
+                self._on_commit(len(batch), time.perf_counter() - started, False)
             log.error("commit failed batch=%d error=%r", len(batch), exc)
             for _, future in batch:
                 if not future.done():
                     future.set_exception(exc)
             return
+        if self._on_commit is not None:
+            self._on_commit(len(batch), time.perf_counter() - started, True)
         for (_, future), result in zip(batch, results, strict=True):
             if not future.done():
                 future.set_result(result)

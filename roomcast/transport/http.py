@@ -19,6 +19,7 @@ from roomcast.asyncapi import asyncapi_document
 from roomcast.auth import Authenticator, AuthError
 from roomcast.config import Settings, url_list
 from roomcast.ice import ice_servers
+from roomcast.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from roomcast.ports.store import Room, Store, StoreUnavailable
 from roomcast.protocol import (
     CreateRoom,
@@ -88,6 +89,7 @@ class HttpApi:
             web.static("/static", WEB_ROOT, append_version=False),
             web.get("/api/info", self.info),
             web.get("/health", self.health),
+            web.get("/metrics", self.metrics),
             web.get("/asyncapi.json", self.asyncapi),
             web.get("/api/rooms", self.list_rooms),
             web.post("/api/rooms", self.create_room),
@@ -143,6 +145,12 @@ class HttpApi:
                 "version": __version__,
                 "auth": "open" if self.auth.open_mode else "token",
             }
+        )
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        """Prometheus text format."""
+        return web.Response(
+            body=self.service.metrics.render(), headers={"Content-Type": METRICS_CONTENT_TYPE}
         )
 
     async def asyncapi(self, request: web.Request) -> web.Response:
