@@ -83,6 +83,7 @@ class ProtocolError(Exception):
         self.message = message
         self.type = type
         self.retry_after_ms = retry_after_ms
+        self.client_msg_id: str | None = None
 
 
 # -- client -> server ------------------------------------------------------------
@@ -236,6 +237,7 @@ class Error(Event, omit_defaults=True):
     message: str
     type: str | None = None
     retry_after_ms: int | None = None  # with rate_limited: when to try again
+    client_msg_id: str | None = None  # the refused chat's own id, when it had one
 
 
 class Pong(Event):
@@ -465,7 +467,11 @@ def encode(event: Event, timestamp_ms: int) -> bytes:
 
 def error_event(exc: ProtocolError) -> Error:
     return Error(
-        code=exc.code, message=exc.message, type=exc.type, retry_after_ms=exc.retry_after_ms
+        code=exc.code,
+        message=exc.message,
+        type=exc.type,
+        retry_after_ms=exc.retry_after_ms,
+        client_msg_id=exc.client_msg_id,
     )
 
 

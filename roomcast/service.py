@@ -262,6 +262,7 @@ class ChatService:
         if conn.closing:
             return
         request_type: str | None = None
+        request: Request | None = None
         try:
             try:
                 request = decode_client(data)
@@ -274,18 +275,18 @@ class ChatService:
             self._limit(conn, CLASS_OF_TYPE.get(request_type, MessageClass.OTHER), request_type)
             self._check_identity(conn, request)
             await self._dispatch(conn, request)
+            return
         except ProtocolError as exc:
-            self.reply_error(conn, exc)
+            error = exc
         except StoreUnavailable as exc:
             log.error("store unavailable conn=%s type=%s error=%s", conn.id, request_type, exc)
-            self.reply_error(
-                conn, ProtocolError(ErrorCode.INTERNAL, "storage is unavailable", request_type)
-            )
+            error = ProtocolError(ErrorCode.INTERNAL, "storage is unavailable", request_type)
         except Exception:
             log.exception("internal error conn=%s type=%s", conn.id, request_type)
-            self.reply_error(
-                conn, ProtocolError(ErrorCode.INTERNAL, "internal server error", request_type)
-            )
+            error = ProtocolError(ErrorCode.INTERNAL, "internal server error", request_type)
+        if isinstance(request, ChatRequest):
+            error.client_msg_id = request.client_msg_id  # so the sender knows which one
+        self.reply_error(conn, error)
 
     def _limit(self, conn: Connection, cls: MessageClass, request_type: str | None) -> None:
         """Take a token for this message, or refuse it (and cut a flooding client)."""
@@ -473,19 +474,21 @@ class ChatService:
         self, conn: Connection, op: Operation, request_type: str, future: asyncio.Future[Result]
     ) -> None:
         """A group commit finished: publish what it did, or tell the sender why not."""
+        client_msg_id = op.client_msg_id if isinstance(op, InsertMessage) else None
         exc = future.exception()
         if exc is not None:
-            self.reply_error(
-                conn,
-                ProtocolError(ErrorCode.INTERNAL, "the message could not be stored", request_type),
+            error = ProtocolError(
+                ErrorCode.INTERNAL, "the message could not be stored", request_type
             )
+            error.client_msg_id = client_msg_id
+            self.reply_error(conn, error)
             return
         result = future.result()
         if result.outcome is not Outcome.DONE:
             code, text = _REFUSALS[result.outcome]
-            self.reply_error(
-                conn, ProtocolError(code, text.format(id=result.message_id), request_type)
-            )
+            error = ProtocolError(code, text.format(id=result.message_id), request_type)
+            error.client_msg_id = client_msg_id
+            self.reply_error(conn, error)
             return
         if result.duplicate_of is not None:
             # A retry of a stored message: the sender gets it again, nobody else does.

@@ -60,6 +60,7 @@ const state = {
   typingSent: false,
   typingIdleTimer: null,
   typingLastSent: 0,
+  outbox: new Map(), // client_msg_id -> {room, text}: sent but not yet seen back
   call: null,
 };
 
@@ -161,11 +162,22 @@ const HANDLERS = {
     setConnState("connected", "Connected");
     const status = $("status-select").value;
     if (status !== "online") send("presence", { status });
-    for (const id of state.joined) send("join_room", { room_id: id });
+    for (const id of state.joined) rejoin(id);
+    flushOutbox();
     refreshRooms();
-    if (state.current !== null) catchUp(state.current);
   },
   error(p) {
+    const pending = p.client_msg_id && state.outbox.get(p.client_msg_id);
+    if (pending && (p.code === "rate_limited" || p.code === "internal")) {
+      // Not stored: try this one again shortly (it keeps its client_msg_id).
+      setTimeout(() => {
+        if (!state.outbox.has(p.client_msg_id)) return;
+        send("chat", { room_id: pending.room, content: pending.text, type: "text", client_msg_id: p.client_msg_id });
+      }, Math.max(p.retry_after_ms || 0, 1000));
+      if (p.code === "internal") toast("The server could not store your message; retrying…");
+      return;
+    }
+    if (pending) state.outbox.delete(p.client_msg_id);
     toast(p.message || p.code);
   },
   pong() {},
@@ -193,7 +205,19 @@ const HANDLERS = {
     if (p.user_id === state.me && p.status !== "offline") $("status-select").value = p.status;
     renderMembers();
   },
+  history_gap(p) {
+    // More was missed than the server replays: start this room over from HTTP.
+    const view = room(p.room_id);
+    view.messages.clear();
+    view.order = [];
+    view.notices = [];
+    view.nextBefore = undefined;
+    loadOlder(view, true).then(() => {
+      if (p.room_id === state.current) renderMessages("force");
+    });
+  },
   chat(p) {
+    if (p.client_msg_id) state.outbox.delete(p.client_msg_id);
     const view = room(p.room_id);
     view.typing.delete(p.user_id);
     addMessage(view, { ...p, edited_at: null, reactions: {} });
@@ -335,24 +359,24 @@ async function loadOlder(view, initial) {
   }
 }
 
-async function catchUp(id) {
-  // After a reconnect: fetch the newest page again so nothing sent while we
-  // were away is missing (messages already shown are merged by id).
-  const view = room(id);
-  try {
-    const page = await api(`/api/rooms/${id}/messages?limit=${HISTORY_PAGE}`);
-    const live = new Set(page.messages.map((m) => m.id));
-    const oldest = page.messages.length ? page.messages[0].id : Infinity;
-    for (const known of [...view.order]) {
-      if (known >= oldest && !live.has(known)) view.messages.delete(known); // deleted meanwhile
-    }
-    view.order = view.order.filter((known) => view.messages.has(known));
-    for (const message of page.messages) addMessage(view, message);
-    if (view.nextBefore === undefined) view.nextBefore = page.next_before;
-  } catch {
-    return;
+function lastSeen(id) {
+  const order = room(id).order;
+  return order.length ? order[order.length - 1] : null;
+}
+
+function rejoin(id) {
+  // After a reconnect the server replays what this room missed since the last
+  // message we have (join_room "since"), then live traffic, each exactly once.
+  const since = lastSeen(id);
+  send("join_room", since === null ? { room_id: id } : { room_id: id, since });
+}
+
+function flushOutbox() {
+  // Messages typed while offline, or sent just before a drop, go (again) with
+  // their client_msg_id: the server stores each one once, however often sent.
+  for (const [clientMsgId, pending] of state.outbox) {
+    send("chat", { room_id: pending.room, content: pending.text, type: "text", client_msg_id: clientMsgId });
   }
-  if (id === state.current) renderMessages(true);
 }
 
 // -- rendering -------------------------------------------------------------------------------
@@ -548,12 +572,13 @@ function onSubmit(event) {
   const input = $("message-input");
   const text = input.value.trim();
   if (!text || state.current === null) return;
-  if (send("chat", { room_id: state.current, content: text, type: "text" })) {
-    input.value = "";
-    clearTimeout(state.typingIdleTimer);
-    state.typingSent = false; // the server ends typing when the message arrives
-  } else {
-    toast("Not connected — your message was not sent.");
+  const clientMsgId = crypto.randomUUID ? crypto.randomUUID() : `${Date.now()}-${Math.random()}`;
+  state.outbox.set(clientMsgId, { room: state.current, text });
+  input.value = "";
+  clearTimeout(state.typingIdleTimer);
+  state.typingSent = false; // the server ends typing when the message arrives
+  if (!send("chat", { room_id: state.current, content: text, type: "text", client_msg_id: clientMsgId })) {
+    toast("Offline — your message will be sent when the connection is back.");
   }
 }
 
