@@ -25,6 +25,9 @@ class Settings:
     max_content_chars: int = 4000
     history_page_max: int = 100
     commit_max_batch: int = 1024
+    # How long a write waits for a locked or busy database before it fails
+    # (its sender gets an "internal" error; nothing unstored is broadcast).
+    db_timeout: float = 5.0
     # Bytes a connection may have unsent before it is cut as a slow consumer.
     max_send_buffer: int = 4 * 1024 * 1024
     # Calls: how long a call rings, whether caller and callee must share a

@@ -33,7 +33,7 @@ def make_store(settings: Settings, metrics: Metrics | None = None) -> SQLiteStor
     if "://" in url and not url.startswith("sqlite://"):
         raise ValueError(f"unsupported database URL {url!r} (expected sqlite:///path)")
     on_commit = metrics.observe_commit if metrics is not None else None
-    return SQLiteStore(url, wall_ms, settings.commit_max_batch, on_commit)
+    return SQLiteStore(url, wall_ms, settings.commit_max_batch, on_commit, settings.db_timeout)
 
 
 @dataclass

@@ -70,8 +70,10 @@ class SQLiteStore:
         clock_ms: Callable[[], int],
         max_batch: int = 1024,
         on_commit: Callable[[int, float, bool], None] | None = None,
+        timeout: float = 5.0,
     ) -> None:
         self.path = sqlite_path(url)
+        self._timeout_ms = int(timeout * 1000)
         self._clock_ms = clock_ms
         self._writer_thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-writer")
         self._reader_thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-reader")
@@ -92,7 +94,7 @@ class SQLiteStore:
     def _connect(self) -> sqlite3.Connection:
         # isolation_level=None: transactions are opened explicitly below.
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA busy_timeout = 5000")
+        conn.execute(f"PRAGMA busy_timeout = {self._timeout_ms}")
         conn.execute("PRAGMA foreign_keys = ON")
         return conn
 
