@@ -1,0 +1,165 @@
+"""Soak test: a few hundred clients chatting and reconnecting for minutes.
+
+Starts its own ``roomcast serve`` on a free port with a fresh SQLite file,
+runs the clients for ``--seconds``, and samples the server's resident memory
+and open file descriptors. It passes when, after the clients are gone, open
+descriptors are back at their idle level and memory stopped growing (the
+second half of the run grew less than ``--max-growth-mb``), and every client
+saw each message of its room exactly once and in order.
+
+    .venv/bin/python scripts/soak.py --clients 300 --seconds 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.support import ServerProcess
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+class Stats:
+    def __init__(self) -> None:
+        self.sent = 0
+        self.received = 0
+        self.reconnects = 0
+        self.errors: list[str] = []
+        # (client, room) -> ids seen, for exactly-once and order checks
+        self.seen: dict[tuple[int, int], list[int]] = defaultdict(list)
+
+
+async def client(number: int, url: str, rooms: int, deadline: float, stats: Stats) -> None:
+    room = number % rooms + 1
+    user = f"soak-{number}"
+    last_id: int | None = None
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            try:
+                async with session.ws_connect(f"{url}?user_id={user}") as ws:
+                    join: dict[str, int] = {"room_id": room}
+                    if last_id is not None:
+                        join["since"] = last_id
+                    await ws.send_str(json.dumps({"type": "join_room", "payload": join}))
+                    stay = time.monotonic() + random.uniform(5, 30)
+                    next_send = time.monotonic() + random.uniform(0, 1)
+                    while time.monotonic() < min(stay, deadline):
+                        timeout = max(0.01, next_send - time.monotonic())
+                        try:
+                            message = await ws.receive(timeout=timeout)
+                        except TimeoutError:
+                            content = f"{user} {stats.sent}"
+                            await ws.send_str(
+                                json.dumps(
+                                    {
+                                        "type": "chat",
+                                        "payload": {"room_id": room, "content": content},
+                                    }
+                                )
+                            )
+                            stats.sent += 1
+                            next_send = time.monotonic() + random.uniform(0.5, 1.5)
+                            continue
+                        if message.type is not aiohttp.WSMsgType.TEXT:
+                            break
+                        frame = json.loads(message.data)
+                        if frame["type"] == "chat":
+                            stats.received += 1
+                            last_id = frame["payload"]["id"]
+                            stats.seen[(number, room)].append(last_id)
+                        elif frame["type"] == "error":
+                            stats.errors.append(frame["payload"]["code"])
+                stats.reconnects += 1
+            except (aiohttp.ClientError, OSError) as exc:
+                stats.errors.append(repr(exc))
+                await asyncio.sleep(0.5)
+
+
+async def soak(clients: int, seconds: float, rooms: int, max_growth_mb: float) -> int:
+    with tempfile.TemporaryDirectory() as folder:
+        server = ServerProcess(Path(folder) / "soak.db").start()
+        assert server.proc is not None
+        pid = server.proc.pid
+        idle_fds = open_fds(pid)
+        samples: list[tuple[float, float, int]] = []
+        stats = Stats()
+        deadline = time.monotonic() + seconds
+        tasks = [
+            asyncio.create_task(client(i, server.ws_url, rooms, deadline, stats))
+            for i in range(clients)
+        ]
+        started = time.monotonic()
+        while time.monotonic() < deadline:
+            await asyncio.sleep(min(5.0, max(0.1, deadline - time.monotonic())))
+            samples.append((time.monotonic() - started, rss_mb(pid), open_fds(pid)))
+            print(
+                f"t={samples[-1][0]:6.1f}s rss={samples[-1][1]:7.1f} MB fds={samples[-1][2]:5d} "
+                f"sent={stats.sent} received={stats.received} reconnects={stats.reconnects}",
+                flush=True,
+            )
+        await asyncio.gather(*tasks)
+        await asyncio.sleep(2)  # let the server notice every close
+        final_fds = open_fds(pid)
+        final_rss = rss_mb(pid)
+        server.stop()
+
+    half = [rss for t, rss, _ in samples if t >= seconds / 2]
+    growth = (max(half) - min(half)) if half else 0.0
+    duplicates = sum(len(ids) - len(set(ids)) for ids in stats.seen.values())
+    disordered = sum(1 for ids in stats.seen.values() if ids != sorted(ids))
+    unexpected = [e for e in stats.errors if e not in ("rate_limited",)]
+    print(
+        f"\nclients={clients} seconds={seconds:.0f} sent={stats.sent} received={stats.received} "
+        f"reconnects={stats.reconnects}\n"
+        f"fds idle={idle_fds} end={final_fds}; rss end={final_rss:.1f} MB, "
+        f"growth over the second half={growth:.1f} MB\n"
+        f"duplicates={duplicates} out_of_order={disordered} errors={len(unexpected)}"
+    )
+    ok = (
+        final_fds <= idle_fds + 2
+        and growth <= max_growth_mb
+        and duplicates == 0
+        and disordered == 0
+        and not unexpected
+    )
+    print("PASS" if ok else "FAIL")
+    return 0 if ok else 1
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--clients", type=int, default=300)
+    parser.add_argument("--seconds", type=float, default=300)
+    parser.add_argument("--rooms", type=int, default=30)
+    parser.add_argument("--max-growth-mb", type=float, default=20.0)
+    args = parser.parse_args()
+    with contextlib.suppress(KeyboardInterrupt):
+        return asyncio.run(soak(args.clients, args.seconds, args.rooms, args.max_growth_mb))
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
