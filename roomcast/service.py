@@ -31,6 +31,7 @@ from roomcast.core.engine import ChatEngine
 from roomcast.core.limits import CLASS_OF_TYPE, MessageClass, RateLimiter, parse_rates
 from roomcast.metrics import Metrics
 from roomcast.ports.broker import Broker
+from roomcast.ports.group_commit import Done
 from roomcast.ports.store import (
     DeleteMessage,
     EditMessage,
@@ -393,20 +394,31 @@ class ChatService:
             self.fanout.membership_changed(room.id)
             self.publish(self.engine.join(conn.id, room.id))
             return
-        # Joining and reading the backlog happen at one point of the commit order.
-        limit = self.settings.resume_max_messages
-        backlog = await self.store.submit(ReadSince(room.id, request.since, limit))
-        if conn.closing or conn.closed:
-            return
-        self.fanout.membership_changed(room.id)
-        self.publish(self.engine.join(conn.id, room.id))
-        if backlog.truncated:
-            self.send(
-                conn,
-                HistoryGap(room_id=room.id, since=request.since, before=backlog.messages[0].id),
-            )
-        for message in backlog.messages:
-            self.send(conn, message)
+        # The join and the backlog read happen at one point of the commit order:
+        # the read sees every message broadcast before that point, and the
+        # connection is a member for every message broadcast after it.
+        since = request.since
+        joined: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def join_at_this_point(backlog: Result | None, error: BaseException | None) -> None:
+            if error is not None or backlog is None:
+                joined.set_exception(StoreUnavailable(str(error)))
+                return
+            joined.set_result(None)
+            if conn.closing or conn.closed:
+                return
+            self.fanout.membership_changed(room.id)
+            self.publish(self.engine.join(conn.id, room.id))
+            if backlog.truncated:
+                gap = HistoryGap(room_id=room.id, since=since, before=backlog.messages[0].id)
+                self.send(conn, gap)
+            for message in backlog.messages:
+                self.send(conn, message)
+
+        self._store_submit(
+            ReadSince(room.id, since, self.settings.resume_max_messages), join_at_this_point
+        )
+        await joined  # this connection's next request waits for the join
 
     async def _room_for(self, room_id: int, user_id: str) -> Room:
         room = await self.store.get_room(room_id)
@@ -463,27 +475,34 @@ class ChatService:
             op = ToggleReaction(request.message_id, user_id, rooms, emoji, now)
         self._submit(conn, op, request.TYPE)
 
-    def _submit(self, conn: Connection, op: Operation, request_type: str) -> None:
+    def _store_submit(self, op: Operation, done: Done[Result]) -> None:
         try:
-            future = self.store.submit(op)
+            self.store.submit(op, done)
         except RuntimeError:
             raise StoreUnavailable("the store is shutting down") from None
-        future.add_done_callback(lambda f: self._committed(conn, op, request_type, f))
+
+    def _submit(self, conn: Connection, op: Operation, request_type: str) -> None:
+        self._store_submit(
+            op, lambda result, error: self._committed(conn, op, request_type, result, error)
+        )
 
     def _committed(
-        self, conn: Connection, op: Operation, request_type: str, future: asyncio.Future[Result]
+        self,
+        conn: Connection,
+        op: Operation,
+        request_type: str,
+        result: Result | None,
+        exc: BaseException | None,
     ) -> None:
         """A group commit finished: publish what it did, or tell the sender why not."""
         client_msg_id = op.client_msg_id if isinstance(op, InsertMessage) else None
-        exc = future.exception()
-        if exc is not None:
+        if exc is not None or result is None:
             error = ProtocolError(
                 ErrorCode.INTERNAL, "the message could not be stored", request_type
             )
             error.client_msg_id = client_msg_id
             self.reply_error(conn, error)
             return
-        result = future.result()
         if result.outcome is not Outcome.DONE:
             code, text = _REFUSALS[result.outcome]
             error = ProtocolError(code, text.format(id=result.message_id), request_type)
@@ -577,11 +596,9 @@ class ChatService:
     def _save_call(self, record: CallRecord) -> None:
         """Calls are logged in the background: signaling never waits for the disk."""
         try:
-            future = self.store.submit(record)
+            self.store.submit(record, _log_unsaved_call)
         except RuntimeError:
             log.error("call not recorded, store closed call=%s", record.call_id)
-            return
-        future.add_done_callback(_log_unsaved_call)
 
     # -- timers ----------------------------------------------------------------------
 
@@ -610,6 +627,6 @@ class ChatService:
         self.publish(self.engine.expire(now))
 
 
-def _log_unsaved_call(future: asyncio.Future[Result]) -> None:
-    if future.exception() is not None:
-        log.error("call not recorded error=%r", future.exception())
+def _log_unsaved_call(result: Result | None, error: BaseException | None) -> None:
+    if error is not None:
+        log.error("call not recorded error=%r", error)

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from roomcast.adapters import migrations
 from roomcast.core.calls import CallRecord
-from roomcast.ports.group_commit import GroupCommitter
+from roomcast.ports.group_commit import Done, GroupCommitter
 from roomcast.ports.store import (
     DeleteMessage,
     EditMessage,
@@ -144,8 +144,11 @@ class SQLiteStore:
 
     # -- group-committed writes -----------------------------------------------------
 
-    def submit(self, op: Operation) -> asyncio.Future[Result]:
-        return self._committer.submit(op)
+    def submit(self, op: Operation, done: Done[Result]) -> None:
+        self._committer.submit(op, done)
+
+    def run(self, op: Operation) -> asyncio.Future[Result]:
+        return self._committer.run(op)
 
     async def _execute_batch(self, ops: Sequence[Operation]) -> list[Result]:
         return await self._on_writer(lambda: self._transaction(ops))

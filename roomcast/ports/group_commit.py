@@ -23,6 +23,11 @@ ResultT = TypeVar("ResultT")
 log = logging.getLogger("roomcast.store")
 
 
+#: Called once per operation, in submission order, right after its transaction:
+#: with the result, or with the exception that failed the whole transaction.
+Done = Callable[[ResultT | None, BaseException | None], None]
+
+
 class GroupCommitter(Generic[OpT, ResultT]):
     def __init__(
         self,
@@ -34,7 +39,7 @@ class GroupCommitter(Generic[OpT, ResultT]):
         # Told (batch size, seconds, succeeded) after every transaction.
         self._on_commit = on_commit
         self._max_batch = max_batch
-        self._queue: list[tuple[OpT, asyncio.Future[ResultT]]] = []
+        self._queue: list[tuple[OpT, Done[ResultT]]] = []
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -42,12 +47,31 @@ class GroupCommitter(Generic[OpT, ResultT]):
     def start(self) -> None:
         self._task = asyncio.create_task(self._drain(), name="group-commit")
 
-    def submit(self, op: OpT) -> asyncio.Future[ResultT]:
+    def submit(self, op: OpT, done: Done[ResultT]) -> None:
+        """Queue ``op``; ``done`` runs synchronously, in queue order, once it is committed.
+
+        Running the callbacks directly (not through futures and ``call_soon``)
+        is what keeps their effects in commit order, and costs nothing extra
+        per message.
+        """
         if self._closing or self._task is None:
             raise RuntimeError("the store is not accepting writes")
-        future: asyncio.Future[ResultT] = asyncio.get_running_loop().create_future()
-        self._queue.append((op, future))
+        self._queue.append((op, done))
         self._wakeup.set()
+
+    def run(self, op: OpT) -> asyncio.Future[ResultT]:
+        """``submit`` for callers that want to await one result."""
+        future: asyncio.Future[ResultT] = asyncio.get_running_loop().create_future()
+
+        def resolve(result: ResultT | None, error: BaseException | None) -> None:
+            if future.done():
+                return
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)  # type: ignore[arg-type]
+
+        self.submit(op, resolve)
         return future
 
     def pending(self) -> int:
@@ -71,20 +95,18 @@ class GroupCommitter(Generic[OpT, ResultT]):
             if self._closing:
                 return
 
-    async def _commit(self, batch: list[tuple[OpT, asyncio.Future[ResultT]]]) -> None:
+    async def _commit(self, batch: list[tuple[OpT, Done[ResultT]]]) -> None:
         started = time.perf_counter()
         try:
-            results = await self._execute([op for op, _ in batch])
+            results: Sequence[ResultT | None] = await self._execute([op for op, _ in batch])
+            error: BaseException | None = None
         except Exception as exc:
-            if self._on_commit is not None:
-                self._on_commit(len(batch), time.perf_counter() - started, False)
             log.error("commit failed batch=%d error=%r", len(batch), exc)
-            for _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-            return
+            results, error = [None] * len(batch), exc
         if self._on_commit is not None:
-            self._on_commit(len(batch), time.perf_counter() - started, True)
-        for (_, future), result in zip(batch, results, strict=True):
-            if not future.done():
-                future.set_result(result)
+            self._on_commit(len(batch), time.perf_counter() - started, error is None)
+        for (_, done), result in zip(batch, results, strict=True):
+            try:
+                done(result, error)
+            except Exception:  # one bad callback must not lose the others' results
+                log.exception("commit callback failed")

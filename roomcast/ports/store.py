@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from roomcast.core.calls import CallRecord
+from roomcast.ports.group_commit import Done
 from roomcast.protocol import ChatMessage, HistoryMessage
 
 # -- records -----------------------------------------------------------------------
@@ -126,8 +127,11 @@ class Store(Protocol):
     async def close(self) -> None:
         """Commit every submitted operation, then disconnect."""
 
-    def submit(self, op: Operation) -> asyncio.Future[Result]:
-        """Queue ``op`` for the next group commit; the future resolves once committed."""
+    def submit(self, op: Operation, done: Done[Result]) -> None:
+        """Queue ``op`` for the next group commit; ``done`` runs, in order, once committed."""
+
+    def run(self, op: Operation) -> asyncio.Future[Result]:
+        """Queue ``op``; the future resolves once committed (for callers off the hot path)."""
 
     async def ping(self) -> None:
         """Raise :class:`StoreUnavailable` unless the database answers."""

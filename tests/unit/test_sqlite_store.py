@@ -45,7 +45,7 @@ async def test_concurrent_submissions_share_transactions_and_keep_order(
     store: SQLiteStore,
 ) -> None:
     await store.ensure_room(1, "al", 0)
-    futures = [store.submit(insert(1, "al", f"m{i}")) for i in range(500)]
+    futures = [store.run(insert(1, "al", f"m{i}")) for i in range(500)]
     results = await asyncio.gather(*futures)
     ids = [r.message_id for r in results]
     assert ids == sorted(ids) and len(set(ids)) == 500
@@ -55,27 +55,27 @@ async def test_concurrent_submissions_share_transactions_and_keep_order(
 
 async def test_edit_delete_and_reactions_follow_the_rules(store: SQLiteStore) -> None:
     await store.ensure_room(1, "al", 0)
-    mine = (await store.submit(insert(1, "al", "hello"))).message_id
+    mine = (await store.run(insert(1, "al", "hello"))).message_id
     rooms = frozenset({1})
 
-    other_edit = await store.submit(EditMessage(mine, "bo", rooms, "hacked", 2))
+    other_edit = await store.run(EditMessage(mine, "bo", rooms, "hacked", 2))
     assert other_edit.outcome is Outcome.FORBIDDEN
-    outside = await store.submit(EditMessage(mine, "al", frozenset({2}), "x", 2))
+    outside = await store.run(EditMessage(mine, "al", frozenset({2}), "x", 2))
     assert outside.outcome is Outcome.NOT_FOUND  # not in the room: not revealed
-    edit = await store.submit(EditMessage(mine, "al", rooms, "hello!", 3))
+    edit = await store.run(EditMessage(mine, "al", rooms, "hello!", 3))
     assert (edit.outcome, edit.room_id) == (Outcome.DONE, 1)
 
-    added = await store.submit(ToggleReaction(mine, "bo", rooms, "👍", 4))
+    added = await store.run(ToggleReaction(mine, "bo", rooms, "👍", 4))
     assert added.added is True
     [item] = await store.history(1, None, 10)
     assert (item.content, item.edited_at, item.reactions) == ("hello!", 3, {"👍": ["bo"]})
-    removed = await store.submit(ToggleReaction(mine, "bo", rooms, "👍", 5))
+    removed = await store.run(ToggleReaction(mine, "bo", rooms, "👍", 5))
     assert (removed.outcome, removed.added) == (Outcome.DONE, False)
 
-    assert (await store.submit(DeleteMessage(mine, "bo", rooms, 6))).outcome is Outcome.FORBIDDEN
-    assert (await store.submit(DeleteMessage(mine, "al", rooms, 6))).outcome is Outcome.DONE
+    assert (await store.run(DeleteMessage(mine, "bo", rooms, 6))).outcome is Outcome.FORBIDDEN
+    assert (await store.run(DeleteMessage(mine, "al", rooms, 6))).outcome is Outcome.DONE
     assert await store.history(1, None, 10) == []
-    gone = await store.submit(EditMessage(mine, "al", rooms, "back", 7))
+    gone = await store.run(EditMessage(mine, "al", rooms, "back", 7))
     assert gone.outcome is Outcome.NOT_FOUND
     raw = sqlite3.connect(store.path).execute("SELECT content FROM messages WHERE id = ?", (mine,))
     assert raw.fetchone() == (None,)  # the content is gone from storage
@@ -84,7 +84,7 @@ async def test_edit_delete_and_reactions_follow_the_rules(store: SQLiteStore) ->
 async def test_history_pages_walk_back_to_the_start(store: SQLiteStore) -> None:
     await store.ensure_room(3, "al", 0)
     for i in range(7):
-        await store.submit(insert(3, "al", str(i)))
+        await store.run(insert(3, "al", str(i)))
     page1 = await store.history(3, None, 3)
     page2 = await store.history(3, page1[0].id, 3)
     page3 = await store.history(3, page2[0].id, 3)
@@ -108,12 +108,12 @@ async def test_failed_transaction_fails_every_op_in_it_and_store_recovers(
     blocker.execute("PRAGMA busy_timeout = 0")
     blocker.execute("BEGIN EXCLUSIVE")
     store._w().execute("PRAGMA busy_timeout = 50")
-    futures = [store.submit(insert(1, "al", "lost?")) for _ in range(3)]
+    futures = [store.run(insert(1, "al", "lost?")) for _ in range(3)]
     for outcome in await asyncio.gather(*futures, return_exceptions=True):
         assert isinstance(outcome, StoreUnavailable)
     blocker.rollback()
     blocker.close()
-    assert (await store.submit(insert(1, "al", "kept"))).outcome is Outcome.DONE
+    assert (await store.run(insert(1, "al", "kept"))).outcome is Outcome.DONE
     assert [m.content for m in await store.history(1, None, 10)] == ["kept"]
 
 
@@ -121,7 +121,7 @@ async def test_close_commits_everything_submitted(tmp_path: Path) -> None:
     store = SQLiteStore(str(tmp_path / "c.db"), lambda: 0)
     await store.start()
     await store.ensure_room(1, "al", 0)
-    futures = [store.submit(insert(1, "al", str(i))) for i in range(50)]
+    futures = [store.run(insert(1, "al", str(i))) for i in range(50)]
     await store.close()
     assert all(f.done() and not f.exception() for f in futures)
     count = sqlite3.connect(tmp_path / "c.db").execute("SELECT count(*) FROM messages")
