@@ -185,7 +185,6 @@ class ChatService:
             elif isinstance(delivery, ToConnections):
                 out[delivery.event.TYPE] += len(delivery.conn_ids)
                 self.broker.publish_connections(delivery.conn_ids, frame)
-        self._arm_timer()
 
     # -- connection lifecycle -------------------------------------------------------------
 
@@ -352,6 +351,7 @@ class ChatService:
             self.publish(
                 self.engine.set_typing(conn.id, request.room_id, request.is_typing, self._now())
             )
+            self._arm_timer()
         elif isinstance(request, JoinRoomRequest):
             await self._join(conn, request)
         elif isinstance(request, LeaveRoomRequest):
@@ -592,6 +592,7 @@ class ChatService:
             else:
                 deliveries.append(effect)
         self.publish(deliveries)
+        self._arm_timer()
 
     def _save_call(self, record: CallRecord) -> None:
         """Calls are logged in the background: signaling never waits for the disk."""
@@ -623,8 +624,9 @@ class ChatService:
     def _deadline_passed(self) -> None:
         self._timer = None
         now = self._now()
-        self._apply_calls(self.calls.expire(now, self._clock_ms()))
+        self._apply_calls(self.calls.expire(now, self._clock_ms()))  # re-arms the timer
         self.publish(self.engine.expire(now))
+        self._arm_timer()
 
 
 def _log_unsaved_call(result: Result | None, error: BaseException | None) -> None:

@@ -7,19 +7,17 @@ encoded frame can be shared by every member.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import msgspec
 
 from roomcast.protocol import Event
 
 
-@dataclass(frozen=True, slots=True)
-class ToConnections:
+class ToConnections(msgspec.Struct, frozen=True):
     conn_ids: tuple[str, ...]
     event: Event
 
 
-@dataclass(frozen=True, slots=True)
-class ToRoom:
+class ToRoom(msgspec.Struct, frozen=True):
     room_id: int
     event: Event
     # Members who must not receive it (the sender of a typing indicator).

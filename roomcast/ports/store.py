@@ -14,6 +14,8 @@ import enum
 from dataclasses import dataclass
 from typing import Protocol
 
+import msgspec
+
 from roomcast.core.calls import CallRecord
 from roomcast.ports.group_commit import Done
 from roomcast.protocol import ChatMessage, HistoryMessage
@@ -37,8 +39,7 @@ class Room:
 # -- operations (group-committed writes) --------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class InsertMessage:
+class InsertMessage(msgspec.Struct, frozen=True, gc=False):
     room_id: int
     user_id: str
     content: str
@@ -47,8 +48,7 @@ class InsertMessage:
     client_msg_id: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class ReadSince:
+class ReadSince(msgspec.Struct, frozen=True, gc=False):
     """The newest ``limit`` messages of a room after ``since``, read in commit order.
 
     Run through the group committer, the read sees exactly the messages whose
@@ -62,8 +62,7 @@ class ReadSince:
     limit: int
 
 
-@dataclass(frozen=True, slots=True)
-class EditMessage:
+class EditMessage(msgspec.Struct, frozen=True, gc=False):
     message_id: int
     user_id: str
     # The rooms the acting connection is in; a message elsewhere is forbidden.
@@ -72,8 +71,7 @@ class EditMessage:
     edited_at: int
 
 
-@dataclass(frozen=True, slots=True)
-class DeleteMessage:
+class DeleteMessage(msgspec.Struct, frozen=True, gc=False):
     message_id: int
     user_id: str
     # The rooms the acting connection is in; a message elsewhere is forbidden.
@@ -81,8 +79,7 @@ class DeleteMessage:
     deleted_at: int
 
 
-@dataclass(frozen=True, slots=True)
-class ToggleReaction:
+class ToggleReaction(msgspec.Struct, frozen=True, gc=False):
     message_id: int
     user_id: str
     # The rooms the acting connection is in; a message elsewhere is forbidden.
@@ -101,8 +98,7 @@ class Outcome(enum.Enum):
     FORBIDDEN = "forbidden"
 
 
-@dataclass(frozen=True, slots=True)
-class Result:
+class Result(msgspec.Struct, frozen=True, gc=False):
     """What an operation did. ``room_id`` is set when the message was found."""
 
     outcome: Outcome

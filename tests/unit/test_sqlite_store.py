@@ -132,3 +132,24 @@ def test_migrations_apply_once(tmp_path: Path) -> None:
     conn = sqlite3.connect(tmp_path / "m.db", isolation_level=None)
     assert migrations.apply_sqlite(conn, 0) == [m.version for m in migrations.load()]
     assert migrations.apply_sqlite(conn, 0) == []
+
+
+async def test_mixed_batches_report_the_ids_that_were_stored(store: SQLiteStore) -> None:
+    await store.ensure_room(1, "al", 0)
+    await store.ensure_room(2, "al", 0)
+    ops = [
+        insert(1, "al", "a"),
+        InsertMessage(2, "al", "b", "text", 1, client_msg_id="x"),
+        insert(2, "bo", "c"),
+        insert(1, "bo", "d"),
+        InsertMessage(1, "al", "b again", "text", 1, client_msg_id="x"),  # a retry
+        insert(1, "al", "e"),
+    ]
+    results = await asyncio.gather(*(store.run(op) for op in ops))
+    raw = sqlite3.connect(store.path)
+    stored = dict(raw.execute("SELECT id, content FROM messages"))
+    assert [stored[r.message_id] for r in results] == ["a", "b", "c", "d", "b", "e"]
+    assert (
+        results[4].duplicate_of is not None and results[4].duplicate_of.id == results[1].message_id
+    )
+    assert [r.room_id for r in results] == [1, 2, 2, 1, 2, 1]
