@@ -106,7 +106,11 @@ class ClaimsUser(Request, kw_only=True):
     from_user_id: UserId | None = None
 
     def claimed_users(self) -> tuple[str, ...]:
-        return tuple(u for u in (self.user_id, self.from_user_id) if u is not None)
+        if self.user_id is None:
+            return () if self.from_user_id is None else (self.from_user_id,)
+        if self.from_user_id is None:
+            return (self.user_id,)
+        return (self.user_id, self.from_user_id)
 
 
 class PingRequest(Request):

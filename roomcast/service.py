@@ -274,7 +274,12 @@ class ChatService:
             self.metrics.messages_in[request_type] += 1
             self._limit(conn, CLASS_OF_TYPE.get(request_type, MessageClass.OTHER), request_type)
             self._check_identity(conn, request)
-            await self._dispatch(conn, request)
+            if type(request) is ChatRequest:  # the hot path, without a coroutine
+                self._chat(conn, request)
+            elif type(request) is JoinRoomRequest:
+                await self._join(conn, request)
+            else:
+                self._dispatch(conn, request)
             return
         except ProtocolError as exc:
             error = exc
@@ -342,18 +347,15 @@ class ChatService:
                     request.TYPE,
                 )
 
-    async def _dispatch(self, conn: Connection, request: Request) -> None:
+    def _dispatch(self, conn: Connection, request: Request) -> None:
+        """Requests that need no awaiting (chat and join_room are handled before)."""
         if isinstance(request, PingRequest):
             self.send(conn, Pong())
-        elif isinstance(request, ChatRequest):
-            self._chat(conn, request)
         elif isinstance(request, TypingRequest):
             self.publish(
                 self.engine.set_typing(conn.id, request.room_id, request.is_typing, self._now())
             )
             self._arm_timer()
-        elif isinstance(request, JoinRoomRequest):
-            await self._join(conn, request)
         elif isinstance(request, LeaveRoomRequest):
             rooms = (
                 list(self.engine.rooms.rooms_of(conn.id))
@@ -431,7 +433,9 @@ class ChatService:
     def _content(self, request: ChatRequest | MessageEditRequest) -> str:
         # Control characters (but newline and tab) are dropped: they can only
         # confuse the terminals, logs and renderers that show the text later.
-        content = _CONTROL_CHARACTERS.sub("", request.content.replace("\r\n", "\n"))
+        content = request.content
+        if not content.isprintable():  # rare: only then look for what to remove
+            content = _CONTROL_CHARACTERS.sub("", content.replace("\r\n", "\n"))
         if not content.strip():
             raise ProtocolError(
                 ErrorCode.INVALID_MESSAGE, "payload.content: must not be empty", request.TYPE
