@@ -155,7 +155,7 @@ class MessageReactionRequest(ClaimsUser):
     TYPE = "message_reaction"
     message_id: Id
     # One short token: no spaces or control characters (normalised to NFC).
-    emoji: Annotated[str, msgspec.Meta(pattern=r"^[^\s\x00-\x1f\x7f]{1,32}(?![\s\S])")]
+    emoji: Annotated[str, msgspec.Meta(pattern=r"^[^\s\x00-\x1f\x7f-\x9f]{1,32}(?![\s\S])")]
 
 
 class TypingRequest(ClaimsUser):

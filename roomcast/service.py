@@ -305,6 +305,7 @@ class ChatService:
         if self.limiter.strike(conn.id, now):
             self.metrics.flood_disconnects += 1
             log.warning("flood conn=%s user=%s class=%s", conn.id, conn.user_id, cls)
+            self.stop_sending(conn)  # from now on nothing it sent is acted on
             self.close_soon(conn, CLOSE_POLICY_VIOLATION, "flooding")
         raise ProtocolError(
             ErrorCode.RATE_LIMITED,
@@ -380,18 +381,18 @@ class ChatService:
     async def _join(self, conn: Connection, request: JoinRoomRequest) -> None:
         user_id = conn.user_id
         assert user_id is not None
-        room = await self._room_for(request.room_id, user_id)
-        if not room.admits(user_id):
-            raise ProtocolError(ErrorCode.FORBIDDEN, f"room {room.id} is private", request.TYPE)
-        if conn.closed:  # it went away while the room was looked up
-            return
         rooms = self.engine.rooms.rooms_of(conn.id)
-        if room.id not in rooms and len(rooms) >= self.settings.max_rooms_per_connection:
+        if request.room_id not in rooms and len(rooms) >= self.settings.max_rooms_per_connection:
             raise ProtocolError(
                 ErrorCode.FORBIDDEN,
                 f"a connection can be in at most {self.settings.max_rooms_per_connection} rooms",
                 request.TYPE,
             )
+        room = await self._room_for(request.room_id, user_id)
+        if not room.admits(user_id):
+            raise ProtocolError(ErrorCode.FORBIDDEN, f"room {room.id} is private", request.TYPE)
+        if conn.closed:  # it went away while the room was looked up
+            return
         if request.since is None:
             self.fanout.membership_changed(room.id)
             self.publish(self.engine.join(conn.id, room.id))
