@@ -100,21 +100,34 @@ async def test_private_rooms_and_listing(store: SQLiteStore) -> None:
     assert (await store.ensure_room(secret.id, "cy", 0)).private  # never overwritten
 
 
-async def test_failed_transaction_fails_every_op_in_it_and_store_recovers(
-    store: SQLiteStore,
+async def test_locked_database_fails_every_op_in_the_batch_then_recovers(
+    tmp_path: Path,
 ) -> None:
+    store = SQLiteStore(f"sqlite:///{tmp_path / 'locked.db'}", lambda: 0, timeout=0.2)
+    await store.start()
     await store.ensure_room(1, "al", 0)
     blocker = sqlite3.connect(store.path, timeout=0)
-    blocker.execute("PRAGMA busy_timeout = 0")
     blocker.execute("BEGIN EXCLUSIVE")
-    store._w().execute("PRAGMA busy_timeout = 50")
+    # The event loop stays free while the writer waits for the lock.
+    ticks = 0
+
+    async def tick() -> None:
+        nonlocal ticks
+        while True:
+            await asyncio.sleep(0.01)
+            ticks += 1
+
+    ticker = asyncio.create_task(tick())
     futures = [store.run(insert(1, "al", "lost?")) for _ in range(3)]
     for outcome in await asyncio.gather(*futures, return_exceptions=True):
         assert isinstance(outcome, StoreUnavailable)
+    ticker.cancel()
+    assert ticks >= 5
     blocker.rollback()
     blocker.close()
     assert (await store.run(insert(1, "al", "kept"))).outcome is Outcome.DONE
     assert [m.content for m in await store.history(1, None, 10)] == ["kept"]
+    await store.close()
 
 
 async def test_close_commits_everything_submitted(tmp_path: Path) -> None:
