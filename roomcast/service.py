@@ -325,6 +325,13 @@ class ChatService:
         claimed = request.claimed_users()
         if conn.user_id is None:
             if claimed and self.settings.open_mode and len(set(claimed)) == 1:
+                most = self.settings.max_connections_per_user
+                if len(self.engine.connections_of(claimed[0])) >= most:
+                    self.stop_sending(conn)
+                    self.close_soon(conn, CLOSE_POLICY_VIOLATION, "too many connections")
+                    raise ProtocolError(
+                        ErrorCode.RATE_LIMITED, "too many connections for this user", request.TYPE
+                    )
                 conn.user_id = claimed[0]
                 self.engine.identify(conn.id, claimed[0])
                 log.info("identify conn=%s user=%s", conn.id, claimed[0])

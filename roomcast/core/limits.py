@@ -53,7 +53,8 @@ DEFAULT_RATES: dict[MessageClass, Rate] = {
     MessageClass.CHAT: Rate(5, 30),
     MessageClass.TYPING: Rate(5, 20),
     MessageClass.SIGNALING: Rate(50, 200),
-    MessageClass.MEMBERSHIP: Rate(5, 50),
+    # A reconnecting client re-joins all its rooms at once (up to 100 by default).
+    MessageClass.MEMBERSHIP: Rate(5, 100),
     MessageClass.OTHER: Rate(10, 50),
 }
 
