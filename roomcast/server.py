@@ -44,10 +44,15 @@ class Server:
     endpoint: WebSocketEndpoint
     store: SQLiteStore
 
+    idle_watch: asyncio.Task[None] | None = None
+
     async def start(self) -> None:
         await self.store.start()
+        self.idle_watch = asyncio.create_task(self.endpoint.watch_idle(), name="idle-watch")
 
     async def stop(self) -> None:
+        if self.idle_watch is not None:
+            self.idle_watch.cancel()
         await self.endpoint.close_all()
         await self.store.close()
         await self.service.broker.close()

@@ -95,6 +95,7 @@ class Connection:
     abort: Callable[[], None]
     user_id: str | None = None
     closing: bool = False  # a close frame is on its way: nothing more is sent or read
+    last_seen: float = 0.0  # loop time of the last frame received (idle detection)
     closed: bool = False
 
 
@@ -201,6 +202,7 @@ class ChatService:
             close=close,
             abort=transport.abort,
             user_id=user_id,
+            last_seen=asyncio.get_running_loop().time(),
         )
         self._connections[conn.id] = conn
         self.fanout.add(conn.id, transport)

@@ -30,6 +30,15 @@ import struct
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
+OPCODE_PING = 0x9
+OPCODE_PONG = 0xA
+
+
+def control_frame(opcode: int, payload: bytes) -> bytes:
+    """An unmasked ping or pong (payloads of control frames are at most 125 bytes)."""
+    payload = payload[:125]
+    return bytes((0x80 | opcode, len(payload))) + payload
+
 
 def text_frame(payload: bytes) -> bytes:
     """An unmasked, final, uncompressed text frame (server to client)."""

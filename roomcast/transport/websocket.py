@@ -19,6 +19,7 @@ from roomcast.auth import Authenticator, AuthError
 from roomcast.config import Settings
 from roomcast.protocol import Error, ErrorCode, ProtocolError, encode
 from roomcast.service import ChatService, wall_ms
+from roomcast.transport.fanout import OPCODE_PING, OPCODE_PONG, control_frame
 
 log = logging.getLogger("roomcast.websocket")
 
@@ -32,11 +33,12 @@ class WebSocketEndpoint:
         self._per_address: Counter[str] = Counter()
 
     def new_socket(self) -> web.WebSocketResponse:
-        # aiohttp pings after `heartbeat` seconds without input and closes the
-        # connection if no pong follows within half of that: a client silent
-        # for idle_timeout is gone.
+        # No aiohttp heartbeat and no autoping: aiohttp's heartbeat re-arms a
+        # timer on every received chunk of every connection. Instead each
+        # frame stamps conn.last_seen and one task (watch_idle) pings the
+        # quiet connections and drops the silent ones.
         return web.WebSocketResponse(
-            heartbeat=self.settings.idle_timeout / 1.5,
+            autoping=False,
             autoclose=False,
             compress=False,
             # aiohttp refuses a frame of max_msg_size bytes; ours is the largest allowed.
@@ -66,14 +68,20 @@ class WebSocketEndpoint:
             await ws.close(code=code, message=reason.encode())
 
         service = self.service
+        loop = asyncio.get_running_loop()
         conn = service.open(remote, close, transport, user_id)
         self.sockets.add(ws)
         self._per_address[remote] += 1
         reason = "closed by client"
         try:
             async for message in ws:
+                conn.last_seen = loop.time()
                 if message.type is WSMsgType.TEXT:
                     await service.receive(conn, message.data)
+                elif message.type is WSMsgType.PING:
+                    service.fanout.send((conn.id,), control_frame(OPCODE_PONG, message.data))
+                elif message.type is WSMsgType.PONG:
+                    pass  # last_seen is all a pong is for
                 elif message.type is WSMsgType.BINARY:
                     service.reply_error(
                         conn,
@@ -129,6 +137,31 @@ class WebSocketEndpoint:
         frame = encode(Error(code=code, message=why), wall_ms())
         await ws.send_str(frame.decode())
         await ws.close(code=close_code, message=code.encode())
+
+    async def watch_idle(self) -> None:
+        """Ping connections quiet for half the idle timeout; drop those silent past it.
+
+        One sweep over all connections every third of the timeout replaces a
+        timer per connection. A dropped connection is aborted (it answers
+        nothing, so a close handshake would only wait) and cleaned up like any
+        other disconnect.
+        """
+        timeout = self.settings.idle_timeout
+        loop = asyncio.get_running_loop()
+        ping = control_frame(OPCODE_PING, b"")
+        while True:
+            await asyncio.sleep(timeout / 3)
+            now = loop.time()
+            quiet: list[str] = []
+            for conn in self.service.connections():
+                silent = now - conn.last_seen
+                if silent > timeout:
+                    log.info("idle timeout conn=%s user=%s", conn.id, conn.user_id)
+                    conn.abort()
+                elif silent > timeout / 2:
+                    quiet.append(conn.id)
+            if quiet:
+                self.service.fanout.send(quiet, ping)
 
     async def close_all(self) -> None:
         """Graceful shutdown: every client gets 1001 after its queued frames."""

@@ -151,3 +151,17 @@ async def test_idle_client_that_never_answers_pings_is_closed(tmp_path: Path) ->
             if client is not None:
                 await client.close()
         server.stop()
+
+
+async def test_websocket_pings_are_answered_in_order_with_other_frames(
+    server: ServerProcess,
+) -> None:
+    client = await Client.connect(server.ws_url, "pinger", autoping=False)
+    try:
+        await client.ws.ping(b"are you there")
+        message = await asyncio.wait_for(client.ws.receive(), 3)
+        assert message.type is aiohttp.WSMsgType.PONG
+        assert message.data == b"are you there"
+        await client.sync()  # the connection carries on
+    finally:
+        await client.close()
