@@ -25,6 +25,8 @@ class Settings:
     max_content_chars: int = 4000
     history_page_max: int = 100
     commit_max_batch: int = 1024
+    # How long a commit waits for more writes to share it (milliseconds).
+    commit_linger_ms: float = 1.0
     # How long a write waits for a locked or busy database before it fails
     # (its sender gets an "internal" error; nothing unstored is broadcast).
     db_timeout: float = 5.0

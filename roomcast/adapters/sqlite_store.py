@@ -85,6 +85,7 @@ class SQLiteStore:
         max_batch: int = 1024,
         on_commit: Callable[[int, float, bool], None] | None = None,
         timeout: float = 5.0,
+        linger: float = 0.0,
     ) -> None:
         self.path = sqlite_path(url)
         self._timeout_ms = int(timeout * 1000)
@@ -94,7 +95,7 @@ class SQLiteStore:
         self._reader: sqlite3.Connection | None = None
         self._checkpointer: asyncio.Task[None] | None = None
         self._committer: GroupCommitter[Operation, Result] = GroupCommitter(
-            self._execute_batch, max_batch, on_commit
+            self._execute_batch, max_batch, on_commit, linger
         )
 
     # -- lifecycle ------------------------------------------------------------------
