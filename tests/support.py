@@ -183,12 +183,14 @@ class Client:
 
     async def join(self, room_id: int, **extra: Any) -> dict[str, Any]:
         await self.send("join_room", {"room_id": room_id, **extra})
-        return (await self.recv("room_users"))["payload"]
+        payload: dict[str, Any] = (await self.recv("room_users"))["payload"]
+        return payload
 
     async def chat(self, room_id: int, content: str) -> dict[str, Any]:
         """Send a chat message and return it as the server broadcast it back."""
         await self.send("chat", {"room_id": room_id, "content": content, "type": "text"})
-        return (await self.recv_until("chat"))["payload"]
+        payload: dict[str, Any] = (await self.recv_until("chat"))["payload"]
+        return payload
 
     async def close(self) -> None:
         await self.ws.close()
