@@ -261,8 +261,19 @@ class ChatService:
 
     async def receive(self, conn: Connection, data: bytes | str) -> None:
         """Handle one client frame; every failure becomes an ``error`` frame."""
+        pending = self.receive_now(conn, data)
+        if pending is not None:
+            await pending
+
+    def receive_now(self, conn: Connection, data: bytes | str) -> Coroutine[Any, Any, None] | None:
+        """Handle one client frame as far as possible without waiting.
+
+        Everything but ``join_room`` is handled right here; a join needs a
+        database read and is returned as a coroutine, which the caller must
+        finish before it hands this connection's next frame in.
+        """
         if conn.closing:
-            return
+            return None
         request_type: str | None = None
         request: Request | None = None
         try:
@@ -276,20 +287,37 @@ class ChatService:
             self.metrics.messages_in[request_type] += 1
             self._limit(conn, CLASS_OF_TYPE.get(request_type, MessageClass.OTHER), request_type)
             self._check_identity(conn, request)
-            if type(request) is ChatRequest:  # the hot path, without a coroutine
+            if type(request) is ChatRequest:  # the hot path first
                 self._chat(conn, request)
             elif type(request) is JoinRoomRequest:
-                await self._join(conn, request)
+                return self._join_guarded(conn, request)
             else:
                 self._dispatch(conn, request)
-            return
-        except ProtocolError as exc:
+        except Exception as exc:
+            self._fail(conn, request, request_type, exc)
+        return None
+
+    async def _join_guarded(self, conn: Connection, request: JoinRoomRequest) -> None:
+        try:
+            await self._join(conn, request)
+        except Exception as exc:
+            self._fail(conn, request, request.TYPE, exc)
+
+    def _fail(
+        self,
+        conn: Connection,
+        request: Request | None,
+        request_type: str | None,
+        exc: Exception,
+    ) -> None:
+        """Answer a failed request with its error; internal failures are logged, not shown."""
+        if isinstance(exc, ProtocolError):
             error = exc
-        except StoreUnavailable as exc:
+        elif isinstance(exc, StoreUnavailable):
             log.error("store unavailable conn=%s type=%s error=%s", conn.id, request_type, exc)
             error = ProtocolError(ErrorCode.INTERNAL, "storage is unavailable", request_type)
-        except Exception:
-            log.exception("internal error conn=%s type=%s", conn.id, request_type)
+        else:
+            log.error("internal error conn=%s type=%s", conn.id, request_type, exc_info=exc)
             error = ProtocolError(ErrorCode.INTERNAL, "internal server error", request_type)
         if isinstance(request, ChatRequest):
             error.client_msg_id = request.client_msg_id  # so the sender knows which one
