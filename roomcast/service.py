@@ -93,6 +93,9 @@ class Connection:
     remote: str
     close: Callable[[int, str], Coroutine[Any, Any, None]]
     abort: Callable[[], None]
+    # True once the socket is closing; checked after awaits, since the
+    # connection's cleanup only runs when its handler returns.
+    gone: Callable[[], bool]
     user_id: str | None = None
     closing: bool = False  # a close frame is on its way: nothing more is sent or read
     last_seen: float = 0.0  # loop time of the last frame received (idle detection)
@@ -105,6 +108,10 @@ _CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _REFUSALS = {
     Outcome.NOT_FOUND: (ErrorCode.NOT_FOUND, "message {id} not found"),
     Outcome.FORBIDDEN: (ErrorCode.FORBIDDEN, "message {id} belongs to another user"),
+    Outcome.CONFLICT: (
+        ErrorCode.INVALID_MESSAGE,
+        "payload.client_msg_id: already used for message {id} in another room",
+    ),
 }
 
 
@@ -201,6 +208,7 @@ class ChatService:
             remote=remote,
             close=close,
             abort=transport.abort,
+            gone=transport.is_closing,
             user_id=user_id,
             last_seen=asyncio.get_running_loop().time(),
         )
@@ -357,11 +365,13 @@ class ChatService:
             if claimed and self.settings.open_mode and len(set(claimed)) == 1:
                 most = self.settings.max_connections_per_user
                 if len(self.engine.connections_of(claimed[0])) >= most:
-                    self.stop_sending(conn)
-                    self.close_soon(conn, CLOSE_POLICY_VIOLATION, "too many connections")
-                    raise ProtocolError(
+                    refusal = ProtocolError(
                         ErrorCode.RATE_LIMITED, "too many connections for this user", request.TYPE
                     )
+                    self.send(conn, error_event(refusal))  # the error first, then the close
+                    self.stop_sending(conn)
+                    self.close_soon(conn, CLOSE_POLICY_VIOLATION, "too many connections")
+                    raise refusal
                 conn.user_id = claimed[0]
                 self.engine.identify(conn.id, claimed[0])
                 log.info("identify conn=%s user=%s", conn.id, claimed[0])
@@ -428,9 +438,10 @@ class ChatService:
         room = await self._room_for(request.room_id, user_id)
         if not room.admits(user_id):
             raise ProtocolError(ErrorCode.FORBIDDEN, f"room {room.id} is private", request.TYPE)
-        if conn.closed:  # it went away while the room was looked up
+        if conn.closing or conn.closed or conn.gone():  # it went away meanwhile
             return
-        if request.since is None:
+        if request.since is None or self.engine.is_member(conn.id, room.id):
+            # Already in the room: it has every message since; room_users again.
             self.fanout.membership_changed(room.id)
             self.publish(self.engine.join(conn.id, room.id))
             return
@@ -445,7 +456,7 @@ class ChatService:
                 joined.set_exception(StoreUnavailable(str(error)))
                 return
             joined.set_result(None)
-            if conn.closing or conn.closed:
+            if conn.closing or conn.closed or conn.gone():
                 return
             self.fanout.membership_changed(room.id)
             self.publish(self.engine.join(conn.id, room.id))

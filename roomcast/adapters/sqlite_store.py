@@ -273,6 +273,8 @@ class SQLiteStore:
                 if stored is not None:
                     if stored[3] is None:  # stored, then deleted: it stays deleted
                         return Result(Outcome.NOT_FOUND, message_id=stored[0])
+                    if stored[1] != op.room_id:  # not a retry: the id was reused
+                        return Result(Outcome.CONFLICT, message_id=stored[0])
                     return Result(
                         Outcome.DONE,
                         room_id=stored[1],

@@ -55,6 +55,9 @@ class Directory(Protocol):
 
     def shares_room(self, user_a: str, user_b: str) -> bool: ...
 
+    def appears_offline(self, user_id: str) -> bool:
+        """The user chose the "offline" status: to callers they are not there."""
+
 
 @dataclass(slots=True)
 class Call:
@@ -191,7 +194,9 @@ class CallRegistry:
             started_at=wall_ms,
             ring_deadline=now + self.ring_timeout,
         )
-        callee_conns = self.directory.connections_of(callee)
+        callee_conns = (
+            () if self.directory.appears_offline(callee) else self.directory.connections_of(callee)
+        )
         if not callee_conns:
             return self._refuse(call, "unavailable", wall_ms)
         if self.require_shared_room and not self.directory.shares_room(caller, callee):

@@ -130,6 +130,9 @@ class ChatEngine:
         ]
         return RoomUsers(room_id=room_id, users=users)
 
+    def appears_offline(self, user_id: str) -> bool:
+        return self.presence.status(user_id) == "offline"
+
     def shares_room(self, user_a: str, user_b: str) -> bool:
         for conn_id in self._connections_of.get(user_a, ()):
             for room_id in self.rooms.rooms_of(conn_id):

@@ -66,9 +66,12 @@ def parse_rates(spec: str) -> dict[MessageClass, Rate]:
         name, _, value = part.partition("=")
         per_second, _, burst = value.partition("/")
         try:
-            rates[MessageClass(name.strip())] = Rate(float(per_second), float(burst))
+            rate = Rate(float(per_second), float(burst))
+            rates[MessageClass(name.strip())] = rate
         except ValueError:
             raise ValueError(f"bad rate limit {part!r}; expected class=rate/burst") from None
+        if not (rate.per_second > 0 and rate.burst >= 1):
+            raise ValueError(f"bad rate limit {part!r}: the rate must be > 0 and the burst >= 1")
     return rates
 
 

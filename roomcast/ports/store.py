@@ -96,6 +96,7 @@ class Outcome(enum.Enum):
     DONE = "done"
     NOT_FOUND = "not_found"
     FORBIDDEN = "forbidden"
+    CONFLICT = "conflict"  # a client_msg_id already used for a message elsewhere
 
 
 class Result(msgspec.Struct, frozen=True, gc=False):

@@ -13,6 +13,8 @@ import asyncio
 import contextlib
 import json
 import struct
+import subprocess
+import sys
 import time
 import unicodedata
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -1054,3 +1056,51 @@ async def test_naming_the_user_late_still_counts_against_the_per_user_limit(
     await second.send("presence", {"status": "busy", "user_id": "alice"})
     await expect_close(second, 1008)
     await first.sync()  # the first connection is untouched
+
+
+async def test_join_with_since_on_a_room_already_joined_replays_nothing(
+    server: ServerProcess, pool: Pool, room_id: int, user: UserName
+) -> None:
+    alice = await pool.client(server, user("alice"))
+    await alice.join(room_id)
+    for text in ("one", "two"):
+        await alice.chat(room_id, text)
+    await alice.send("join_room", {"room_id": room_id, "since": 0})
+    await alice.recv("room_users")
+    await alice.sync()  # nothing but the pong: no message seen twice
+
+
+async def test_a_client_msg_id_reused_in_another_room_is_refused_not_swallowed(
+    server: ServerProcess, pool: Pool, new_room: NewRoom, user: UserName
+) -> None:
+    first, second = new_room(), new_room()
+    alice = await pool.client(server, user("alice"))
+    await alice.join(first)
+    await alice.join(second)
+    await alice.send("chat", {"room_id": first, "content": "a", "client_msg_id": "1"})
+    await alice.recv_until("chat")
+    await alice.send("chat", {"room_id": second, "content": "b", "client_msg_id": "1"})
+    error = await alice.expect_error("invalid_message", "chat")
+    assert "client_msg_id" in error["message"] and error["client_msg_id"] == "1"
+
+
+async def test_too_many_connections_on_late_identification_gets_an_error_then_1008(
+    pool: Pool,
+) -> None:
+    server = pool.server("--max-connections-per-user", "1")
+    await pool.client(server, "alice")
+    late = await pool.client(server, None)  # type: ignore[arg-type]
+    await late.send("join_room", {"room_id": 1, "user_id": "alice"})
+    await late.expect_error("rate_limited", "join_room")
+    await expect_close(late, 1008)
+
+
+def test_a_rate_of_zero_is_refused_at_start() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "roomcast", "serve", "--rate-limits", "typing=0/0"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    assert "rate must be > 0" in result.stderr

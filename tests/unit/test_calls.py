@@ -33,12 +33,16 @@ class Directory:
     def __init__(self) -> None:
         self.conns: dict[str, tuple[str, ...]] = {}
         self.shared: set[frozenset[str]] = set()
+        self.invisible: set[str] = set()
 
     def connections_of(self, user_id: str) -> tuple[str, ...]:
         return self.conns.get(user_id, ())
 
     def shares_room(self, user_a: str, user_b: str) -> bool:
         return frozenset((user_a, user_b)) in self.shared
+
+    def appears_offline(self, user_id: str) -> bool:
+        return user_id in self.invisible
 
 
 @pytest.fixture
@@ -269,3 +273,12 @@ def test_lookup_rules(registry: CallRegistry) -> None:
     assert registry.find(None, "bob", "ann", "webrtc").id == call_id
     with pytest.raises(ProtocolError):
         registry.find(None, "cy", "ann", "webrtc")
+
+
+def test_a_callee_appearing_offline_is_unavailable(
+    registry: CallRegistry, directory: Directory
+) -> None:
+    directory.invisible.add("bob")
+    directory.shared.clear()  # and no room rule reveals that bob is connected
+    effects = registry.offer("a1", "ann", "bob", SDP, NULL, 0, 0)
+    assert sent(effects)[0][1].reason == "unavailable"  # type: ignore[union-attr]
