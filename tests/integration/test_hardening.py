@@ -1054,6 +1054,7 @@ async def test_naming_the_user_late_still_counts_against_the_per_user_limit(
     await first.recv("presence")
     second = await pool.client(server, None)  # type: ignore[arg-type]
     await second.send("presence", {"status": "busy", "user_id": "alice"})
+    await second.expect_error("rate_limited", "presence")
     await expect_close(second, 1008)
     await first.sync()  # the first connection is untouched
 

@@ -155,7 +155,7 @@ async def test_mixed_batches_report_the_ids_that_were_stored(store: SQLiteStore)
         InsertMessage(2, "al", "b", "text", 1, client_msg_id="x"),
         insert(2, "bo", "c"),
         insert(1, "bo", "d"),
-        InsertMessage(1, "al", "b again", "text", 1, client_msg_id="x"),  # a retry
+        InsertMessage(2, "al", "b again", "text", 1, client_msg_id="x"),  # a retry
         insert(1, "al", "e"),
     ]
     results = await asyncio.gather(*(store.run(op) for op in ops))
@@ -166,3 +166,5 @@ async def test_mixed_batches_report_the_ids_that_were_stored(store: SQLiteStore)
         results[4].duplicate_of is not None and results[4].duplicate_of.id == results[1].message_id
     )
     assert [r.room_id for r in results] == [1, 2, 2, 1, 2, 1]
+    reused = await store.run(InsertMessage(1, "al", "c", "text", 1, client_msg_id="x"))
+    assert reused.outcome is Outcome.CONFLICT  # the same id elsewhere is not a retry
