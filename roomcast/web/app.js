@@ -167,6 +167,10 @@ const HANDLERS = {
     refreshRooms();
   },
   error(p) {
+    // Candidates still in flight when a call ends meet a call the server has
+    // already closed: expected, and not worth a message over the real reason.
+    const signaling = p.type === "webrtc" || p.type === "call_end" || p.type === "call_reject";
+    if (signaling && p.code === "not_found") return;
     const pending = p.client_msg_id && state.outbox.get(p.client_msg_id);
     if (pending && (p.code === "rate_limited" || p.code === "internal")) {
       // Not stored: try this one again shortly (it keeps its client_msg_id).
