@@ -77,13 +77,14 @@ class ProtocolError(Exception):
         message: str,
         type: str | None = None,
         retry_after_ms: int | None = None,
+        client_msg_id: str | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.type = type
         self.retry_after_ms = retry_after_ms
-        self.client_msg_id: str | None = None
+        self.client_msg_id = client_msg_id
 
 
 # -- client -> server ------------------------------------------------------------

@@ -99,6 +99,12 @@ class Connection:
     user_id: str | None = None
     closing: bool = False  # a close frame is on its way: nothing more is sent or read
     last_seen: float = 0.0  # loop time of the last frame received (idle detection)
+
+    @property
+    def ended(self) -> bool:
+        """Closing, closed, or its socket already going: nothing more to do for it."""
+        return self.closing or self.closed or self.gone()
+
     closed: bool = False
 
 
@@ -257,7 +263,11 @@ class ChatService:
         self.fanout.remove(conn.id)
 
     def close_soon(self, conn: Connection, code: int, reason: str) -> None:
-        """Close a connection after what is queued for it, without awaiting here."""
+        """Close a connection after what is queued for it, without awaiting here.
+
+        From this moment nothing more is sent to it or acted on from it.
+        """
+        self.stop_sending(conn)
         task = asyncio.get_running_loop().create_task(conn.close(code, reason))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
@@ -343,7 +353,6 @@ class ChatService:
         if self.limiter.strike(conn.id, now):
             self.metrics.flood_disconnects += 1
             log.warning("flood conn=%s user=%s class=%s", conn.id, conn.user_id, cls)
-            self.stop_sending(conn)  # from now on nothing it sent is acted on
             self.close_soon(conn, CLOSE_POLICY_VIOLATION, "flooding")
         raise ProtocolError(
             ErrorCode.RATE_LIMITED,
@@ -369,7 +378,6 @@ class ChatService:
                         ErrorCode.RATE_LIMITED, "too many connections for this user", request.TYPE
                     )
                     self.send(conn, error_event(refusal))  # the error first, then the close
-                    self.stop_sending(conn)
                     self.close_soon(conn, CLOSE_POLICY_VIOLATION, "too many connections")
                     raise refusal
                 conn.user_id = claimed[0]
@@ -438,7 +446,7 @@ class ChatService:
         room = await self._room_for(request.room_id, user_id)
         if not room.admits(user_id):
             raise ProtocolError(ErrorCode.FORBIDDEN, f"room {room.id} is private", request.TYPE)
-        if conn.closing or conn.closed or conn.gone():  # it went away meanwhile
+        if conn.ended:  # it went away while the room was looked up
             return
         if request.since is None or self.engine.is_member(conn.id, room.id):
             # Already in the room: it has every message since; room_users again.
@@ -456,7 +464,7 @@ class ChatService:
                 joined.set_exception(StoreUnavailable(str(error)))
                 return
             joined.set_result(None)
-            if conn.closing or conn.closed or conn.gone():
+            if conn.ended:
                 return
             self.fanout.membership_changed(room.id)
             self.publish(self.engine.join(conn.id, room.id))
@@ -550,18 +558,18 @@ class ChatService:
         """A group commit finished: publish what it did, or tell the sender why not."""
         client_msg_id = op.client_msg_id if isinstance(op, InsertMessage) else None
         if exc is not None or result is None:
-            error = ProtocolError(
-                ErrorCode.INTERNAL, "the message could not be stored", request_type
-            )
-            error.client_msg_id = client_msg_id
-            self.reply_error(conn, error)
-            return
-        if result.outcome is not Outcome.DONE:
+            code, text = ErrorCode.INTERNAL, "the message could not be stored"
+        elif result.outcome is not Outcome.DONE:
             code, text = _REFUSALS[result.outcome]
-            error = ProtocolError(code, text.format(id=result.message_id), request_type)
-            error.client_msg_id = client_msg_id
-            self.reply_error(conn, error)
+            text = text.format(id=result.message_id)
+        else:
+            code = None
+        if code is not None:
+            self.reply_error(
+                conn, ProtocolError(code, text, request_type, client_msg_id=client_msg_id)
+            )
             return
+        assert result is not None
         if result.duplicate_of is not None:
             # A retry of a stored message: the sender gets it again, nobody else does.
             self.send(conn, result.duplicate_of)
