@@ -29,9 +29,10 @@ import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from roomcast.adapters import migrations
+from roomcast.adapters import store_rules as rules
 from roomcast.core.calls import CallRecord
 from roomcast.ports.group_commit import Done, GroupCommitter
 from roomcast.ports.store import (
@@ -43,28 +44,15 @@ from roomcast.ports.store import (
     ReadSince,
     Result,
     Room,
+    SequencedMessage,
     StoreUnavailable,
     ToggleReaction,
 )
-from roomcast.protocol import ChatMessage, HistoryMessage
+from roomcast.protocol import HistoryMessage
 
 T = TypeVar("T")
 
 log = logging.getLogger("roomcast.store")
-
-_MESSAGE_COLUMNS = "id, room_id, user_id, content, type, created_at, client_msg_id"
-
-
-def _chat_message(row: tuple[Any, ...]) -> ChatMessage:
-    return ChatMessage(
-        id=row[0],
-        room_id=row[1],
-        user_id=row[2],
-        content=row[3],
-        type=row[4],
-        created_at=row[5],
-        client_msg_id=row[6],
-    )
 
 
 def sqlite_path(url: str) -> str:
@@ -206,18 +194,32 @@ class SQLiteStore:
         conn = self._w()
         conn.execute("BEGIN IMMEDIATE")
         try:
+            stored = [
+                row
+                for key in rules.client_ids(ops)
+                for row in conn.execute(
+                    f"SELECT {rules.MESSAGE_COLUMNS} FROM messages "
+                    "WHERE user_id = ? AND client_msg_id = ?",
+                    key,
+                )
+            ]
+            plan = rules.InsertPlan(ops, stored)
+            last_seqs = {}
+            for room_id, count in sorted(plan.counts.items()):
+                row = conn.execute(
+                    "UPDATE rooms SET last_seq = last_seq + ? WHERE id = ? RETURNING last_seq",
+                    (count, room_id),
+                ).fetchone()
+                if row is not None:
+                    last_seqs[room_id] = row[0]
+            plan.begin(last_seqs)
             results: list[Result] = []
-            plain: list[InsertMessage] = []  # a run of inserts without client ids
-            for op in ops:
-                if isinstance(op, InsertMessage) and op.client_msg_id is None:
-                    plain.append(op)
-                    continue
-                if plain:
-                    results += self._insert_many(conn, plain)
-                    plain = []
-                results.append(self._apply(conn, op))
-            if plain:
-                results += self._insert_many(conn, plain)
+            for item in rules.runs(ops):
+                if isinstance(item, list):
+                    results += self._insert_run(conn, plan.run(item))
+                else:
+                    results.append(self._apply(conn, plan, item))
+            plan.finish()
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -226,88 +228,47 @@ class SQLiteStore:
         return results
 
     @staticmethod
-    def _insert_many(conn: sqlite3.Connection, ops: list[InsertMessage]) -> list[Result]:
+    def _insert_run(conn: sqlite3.Connection, run: rules.InsertRun) -> list[Result]:
         """Insert a run of messages in one statement (a third of the cost of one each).
 
         Their ids are consecutive: this connection is the only writer, inside
         one transaction, and AUTOINCREMENT hands out max + 1 for each row.
         """
+        rows = run.rows
+        if not rows:
+            return run.results([])
         conn.executemany(
-            "INSERT INTO messages (room_id, user_id, content, type, created_at) "
-            "VALUES (?, ?, ?, ?, ?)",
-            [(op.room_id, op.user_id, op.content, op.kind, op.created_at) for op in ops],
+            f"INSERT INTO messages ({rules.INSERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", rows
         )
         last = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
-        first = last - len(ops) + 1
-        return [
-            Result(Outcome.DONE, room_id=op.room_id, message_id=first + i)
-            for i, op in enumerate(ops)
-        ]
+        return run.results(range(last - len(rows) + 1, last + 1))
 
     @staticmethod
-    def _apply(conn: sqlite3.Connection, op: Operation) -> Result:
+    def _apply(conn: sqlite3.Connection, plan: rules.InsertPlan, op: Operation) -> Result:
         if isinstance(op, CallRecord):
             conn.execute(
-                "INSERT INTO calls (id, caller, callee, started_at, answered_at, ended_at, "
-                "end_reason) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
-                "answered_at = excluded.answered_at, ended_at = excluded.ended_at, "
-                "end_reason = excluded.end_reason",
-                (
-                    op.call_id,
-                    op.caller,
-                    op.callee,
-                    op.started_at,
-                    op.answered_at,
-                    op.ended_at,
-                    op.end_reason,
-                ),
+                f"INSERT INTO calls ({rules.CALL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (id) DO UPDATE SET answered_at = excluded.answered_at, "
+                "ended_at = excluded.ended_at, end_reason = excluded.end_reason",
+                rules.call_values(op),
             )
             return Result(Outcome.DONE)
-        if isinstance(op, InsertMessage):
-            if op.client_msg_id is not None:
-                stored = conn.execute(
-                    f"SELECT {_MESSAGE_COLUMNS} FROM messages "
-                    "WHERE user_id = ? AND client_msg_id = ?",
-                    (op.user_id, op.client_msg_id),
-                ).fetchone()
-                if stored is not None:
-                    if stored[3] is None:  # stored, then deleted: it stays deleted
-                        return Result(Outcome.NOT_FOUND, message_id=stored[0])
-                    if stored[1] != op.room_id:  # not a retry: the id was reused
-                        return Result(Outcome.CONFLICT, message_id=stored[0])
-                    return Result(
-                        Outcome.DONE,
-                        room_id=stored[1],
-                        message_id=stored[0],
-                        duplicate_of=_chat_message(stored),
-                    )
-            row = conn.execute(
-                "INSERT INTO messages (room_id, user_id, content, type, created_at, client_msg_id) "
-                "VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
-                (op.room_id, op.user_id, op.content, op.kind, op.created_at, op.client_msg_id),
-            ).fetchone()
-            return Result(Outcome.DONE, room_id=op.room_id, message_id=row[0])
         if isinstance(op, ReadSince):
             rows = conn.execute(
-                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE room_id = ? AND id > ? "
+                f"SELECT {rules.MESSAGE_COLUMNS} FROM messages WHERE room_id = ? AND id > ? "
                 "AND deleted_at IS NULL ORDER BY id DESC LIMIT ?",
                 (op.room_id, op.since, op.limit + 1),
             ).fetchall()
-            truncated = len(rows) > op.limit
-            messages = tuple(_chat_message(row) for row in reversed(rows[: op.limit]))
-            return Result(Outcome.DONE, room_id=op.room_id, messages=messages, truncated=truncated)
+            return rules.read_since_result(op.room_id, rows, op.limit)
+        if isinstance(op, InsertMessage):  # pragma: no cover - inserts come in runs
+            raise TypeError("inserts are applied by _insert_run")
         found = conn.execute(
             "SELECT room_id, user_id FROM messages WHERE id = ? AND deleted_at IS NULL",
             (op.message_id,),
         ).fetchone()
-        if found is None:
-            return Result(Outcome.NOT_FOUND, message_id=op.message_id)
-        room_id, author = found
-        done = Result(Outcome.DONE, room_id=room_id, message_id=op.message_id)
-        if room_id not in op.rooms:
-            # Outside the caller's rooms a message is as good as unknown to them:
-            # answering "forbidden" would reveal that it exists.
-            return Result(Outcome.NOT_FOUND, message_id=op.message_id)
+        if (refused := rules.refuse_change(op, found)) is not None:
+            return refused
+        done = Result(Outcome.DONE, room_id=found[0], message_id=op.message_id)
         if isinstance(op, ToggleReaction):
             removed = conn.execute(
                 "DELETE FROM reactions WHERE message_id = ? AND user_id = ? AND emoji = ?",
@@ -320,14 +281,13 @@ class SQLiteStore:
                 "VALUES (?, ?, ?, ?)",
                 (op.message_id, op.user_id, op.emoji, op.created_at),
             )
-            return Result(Outcome.DONE, room_id=room_id, message_id=op.message_id, added=True)
-        if author != op.user_id:
-            return Result(Outcome.FORBIDDEN, room_id=room_id, message_id=op.message_id)
+            return Result(Outcome.DONE, room_id=found[0], message_id=op.message_id, added=True)
         if isinstance(op, EditMessage):
             conn.execute(
                 "UPDATE messages SET content = ?, edited_at = ? WHERE id = ?",
                 (op.content, op.edited_at, op.message_id),
             )
+            plan.edited(op.message_id, op.content)
         elif isinstance(op, DeleteMessage):
             # The content is erased, not hidden: a deleted message keeps only its id.
             conn.execute(
@@ -335,6 +295,7 @@ class SQLiteStore:
                 (op.deleted_at, op.message_id),
             )
             conn.execute("DELETE FROM reactions WHERE message_id = ?", (op.message_id,))
+            plan.deleted(op.message_id)
         return done
 
     # -- rooms ------------------------------------------------------------------------
@@ -342,20 +303,15 @@ class SQLiteStore:
     @staticmethod
     def _room(conn: sqlite3.Connection, room_id: int) -> Room | None:
         row = conn.execute(
-            "SELECT id, name, private, created_by, created_at FROM rooms WHERE id = ?", (room_id,)
+            f"SELECT {rules.ROOM_COLUMNS} FROM rooms WHERE id = ?", (room_id,)
         ).fetchone()
         if row is None:
             return None
-        members: tuple[str, ...] = ()
-        if row[2]:
-            members = tuple(
-                r[0]
-                for r in conn.execute(
-                    "SELECT user_id FROM room_members WHERE room_id = ? ORDER BY user_id",
-                    (room_id,),
-                )
-            )
-        return Room(row[0], row[1], bool(row[2]), row[3], row[4], members)
+        members = conn.execute(
+            "SELECT room_id, user_id FROM room_members WHERE room_id = ? ORDER BY user_id",
+            (room_id,),
+        )
+        return rules.rooms([row], members)[0]
 
     async def get_room(self, room_id: int) -> Room | None:
         return await self._on_reader(lambda: self._room(self._r(), room_id))
@@ -402,64 +358,86 @@ class SQLiteStore:
         return await self._on_writer(create)
 
     async def list_rooms(self, user_id: str | None) -> list[Room]:
-        def rooms() -> list[Room]:
+        def read() -> list[Room]:
             conn = self._r()
-            ids = [
-                r[0]
-                for r in conn.execute(
-                    "SELECT id FROM rooms WHERE private = 0 OR id IN "
-                    "(SELECT room_id FROM room_members WHERE user_id = ?) ORDER BY id",
-                    (user_id,),
-                )
-            ]
-            return [room for room_id in ids if (room := self._room(conn, room_id)) is not None]
+            rooms = conn.execute(
+                f"SELECT {rules.ROOM_COLUMNS} FROM rooms WHERE private = 0 OR id IN "
+                "(SELECT room_id FROM room_members WHERE user_id = ?) ORDER BY id",
+                (user_id,),
+            ).fetchall()
+            members = conn.execute(
+                "SELECT room_id, user_id FROM room_members WHERE room_id IN "
+                "(SELECT room_id FROM room_members WHERE user_id = ?) ORDER BY room_id, user_id",
+                (user_id,),
+            )
+            return rules.rooms(rooms, members)
 
-        return await self._on_reader(rooms)
+        return await self._on_reader(read)
 
     async def list_calls(self, user_id: str, limit: int) -> list[CallRecord]:
         def read() -> list[CallRecord]:
             rows = self._r().execute(
-                "SELECT id, caller, callee, started_at, answered_at, ended_at, end_reason "
-                "FROM calls WHERE caller = ? OR callee = ? ORDER BY started_at DESC, id LIMIT ?",
+                f"SELECT {rules.CALL_COLUMNS} FROM calls WHERE caller = ? OR callee = ? "
+                "ORDER BY started_at DESC, id LIMIT ?",
                 (user_id, user_id, limit),
             )
-            return [CallRecord(*row) for row in rows]
+            return [rules.call_record(row) for row in rows]
 
         return await self._on_reader(read)
 
-    # -- history ----------------------------------------------------------------------
+    # -- messages ---------------------------------------------------------------------
 
     async def history(self, room_id: int, before: int | None, limit: int) -> list[HistoryMessage]:
         def read() -> list[HistoryMessage]:
             conn = self._r()
             rows = conn.execute(
-                "SELECT id, room_id, user_id, content, type, created_at, edited_at FROM messages "
+                f"SELECT {rules.HISTORY_COLUMNS} FROM messages "
                 "WHERE room_id = ? AND id < ? AND deleted_at IS NULL ORDER BY id DESC LIMIT ?",
-                (room_id, before if before is not None else 2**63 - 1, limit),
+                (room_id, before if before is not None else rules.NO_BOUND, limit),
             ).fetchall()
-            rows.reverse()
-            reactions: dict[int, dict[str, list[str]]] = {}
+            reactions: list[tuple[int, str, str]] = []
             if rows:
                 marks = ",".join("?" * len(rows))
-                for message_id, emoji, user in conn.execute(
+                reactions = conn.execute(
                     "SELECT message_id, emoji, user_id FROM reactions "
-                    f"WHERE message_id IN ({marks}) "
-                    "ORDER BY created_at, user_id",
+                    f"WHERE message_id IN ({marks}) ORDER BY created_at, user_id",
                     [row[0] for row in rows],
-                ):
-                    reactions.setdefault(message_id, {}).setdefault(emoji, []).append(user)
-            return [
-                HistoryMessage(
-                    id=row[0],
-                    room_id=row[1],
-                    user_id=row[2],
-                    content=row[3],
-                    type=row[4],
-                    created_at=row[5],
-                    edited_at=row[6],
-                    reactions=reactions.get(row[0], {}),
+                ).fetchall()
+            return rules.history(rows, reactions)
+
+        return await self._on_reader(read)
+
+    async def messages_in_seq_range(
+        self, room_id: int, after_seq: int, through_seq: int
+    ) -> list[SequencedMessage]:
+        def read() -> list[SequencedMessage]:
+            rows = self._r().execute(
+                f"SELECT {rules.MESSAGE_COLUMNS} FROM messages WHERE room_id = ? "
+                "AND seq > ? AND seq <= ? AND deleted_at IS NULL ORDER BY seq",
+                (room_id, after_seq, through_seq),
+            )
+            return [rules.sequenced_message(row) for row in rows]
+
+        return await self._on_reader(read)
+
+    async def messages_since(
+        self, room_id: int, since_id: int, through_seq: int | None, limit: int
+    ) -> tuple[list[SequencedMessage], bool]:
+        def read() -> tuple[list[SequencedMessage], bool]:
+            rows = (
+                self._r()
+                .execute(
+                    f"SELECT {rules.MESSAGE_COLUMNS} FROM messages WHERE room_id = ? AND id > ? "
+                    "AND seq <= ? AND deleted_at IS NULL ORDER BY id DESC LIMIT ?",
+                    (
+                        room_id,
+                        since_id,
+                        through_seq if through_seq is not None else rules.NO_BOUND,
+                        limit + 1,
+                    ),
                 )
-                for row in rows
-            ]
+                .fetchall()
+            )
+            return rules.newest_page(rows, limit)
 
         return await self._on_reader(read)

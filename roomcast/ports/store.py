@@ -4,7 +4,13 @@ Writes that happen per message (chat, edit, delete, reaction) are *operations*
 submitted to a group committer: many of them share one transaction, and each
 caller learns its own result once that transaction is committed. This keeps
 the "broadcast only what is committed" rule without one commit per message.
-Adapters (SQLite now, PostgreSQL later) implement :class:`Store`.
+Adapters (SQLite for one process, PostgreSQL for several) implement :class:`Store`.
+
+Every message also gets a *room sequence number*: 1, 2, 3, ... per room,
+assigned in the transaction that stores it. Ids are unique across rooms but
+leave gaps within one; the sequence has none, so a receiver that sees seq 7
+after seq 5 knows it missed one and can fetch it (:meth:`Store.messages_in_seq_range`),
+even when several server processes write to the same room.
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ class Room:
     created_by: str | None
     created_at: int
     members: tuple[str, ...] = ()  # only kept for private rooms
+    # The sequence number of the room's newest message (0: none yet).
+    last_seq: int = 0
 
     def admits(self, user_id: str | None) -> bool:
         return not self.private or (user_id is not None and user_id in self.members)
@@ -111,6 +119,15 @@ class Result(msgspec.Struct, frozen=True, gc=False):
     # ReadSince: the messages, oldest first, and whether older ones were left out.
     messages: tuple[ChatMessage, ...] = ()
     truncated: bool = False
+    # InsertMessage: the message's room sequence number (0 when no message was stored).
+    seq: int = 0
+
+
+class SequencedMessage(msgspec.Struct, frozen=True, gc=False):
+    """A stored message with its room sequence number."""
+
+    seq: int
+    message: ChatMessage
 
 
 class StoreUnavailable(Exception):
@@ -150,3 +167,22 @@ class Store(Protocol):
 
     async def history(self, room_id: int, before: int | None, limit: int) -> list[HistoryMessage]:
         """Up to ``limit`` live messages with ids below ``before``, oldest first."""
+
+    async def messages_in_seq_range(
+        self, room_id: int, after_seq: int, through_seq: int
+    ) -> list[SequencedMessage]:
+        """The room's live messages with ``after_seq < seq <= through_seq``, in seq order.
+
+        For filling a gap a receiver noticed; a deleted message is simply absent.
+        """
+
+    async def messages_since(
+        self, room_id: int, since_id: int, through_seq: int | None, limit: int
+    ) -> tuple[list[SequencedMessage], bool]:
+        """The newest ``limit`` live messages with ids above ``since_id``, oldest first.
+
+        ``through_seq`` (when given) leaves out what a caller will receive
+        live anyway. The flag tells whether older ones were left out, as
+        :class:`ReadSince` does; unlike it, this read is not ordered with the
+        group commit.
+        """

@@ -1,0 +1,366 @@
+"""What every store decides the same way, whatever its SQL.
+
+The SQLite and PostgreSQL adapters differ in how they reach the database
+(placeholders, a reader thread or a pool, one writer or several processes),
+not in what an operation means. The meaning lives here, once: which outcome
+an edit by someone else gets, when a client's retry is a duplicate, which
+room sequence number each new message gets, and how rows become records.
+The adapters fetch rows, hand them in, and execute what comes back.
+
+A row is anything indexable by column position: a ``sqlite3`` tuple or an
+``asyncpg`` record, in the column order of the ``*_COLUMNS`` strings below.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, cast
+
+from roomcast.core.calls import CallRecord
+from roomcast.ports.store import (
+    DeleteMessage,
+    EditMessage,
+    InsertMessage,
+    Operation,
+    Outcome,
+    Result,
+    Room,
+    SequencedMessage,
+    StoreUnavailable,
+    ToggleReaction,
+)
+from roomcast.protocol import ChatMessage, HistoryMessage, MessageKind
+
+#: Larger than any id or sequence number: "no upper bound" in one SQL text.
+NO_BOUND = 2**63 - 1
+
+
+class Row(Protocol):
+    def __getitem__(self, index: int, /) -> Any: ...
+
+
+MESSAGE_COLUMNS = "id, room_id, user_id, content, type, created_at, client_msg_id, seq"
+ROOM_COLUMNS = "id, name, private, created_by, created_at, last_seq"
+CALL_COLUMNS = "id, caller, callee, started_at, answered_at, ended_at, end_reason"
+HISTORY_COLUMNS = "id, room_id, user_id, content, type, created_at, edited_at"
+#: The columns an insert fills, in the order of :attr:`InsertRun.rows`.
+INSERT_COLUMNS = "room_id, user_id, content, type, created_at, client_msg_id, seq"
+
+MessageChange = EditMessage | DeleteMessage | ToggleReaction
+
+
+# -- rows to records ------------------------------------------------------------------
+
+
+def chat_message(row: Row) -> ChatMessage:
+    """A live message from a row of :data:`MESSAGE_COLUMNS`."""
+    return ChatMessage(
+        id=row[0],
+        room_id=row[1],
+        user_id=row[2],
+        content=row[3],
+        type=row[4],
+        created_at=row[5],
+        client_msg_id=row[6],
+    )
+
+
+def sequenced_message(row: Row) -> SequencedMessage:
+    return SequencedMessage(seq=row[7], message=chat_message(row))
+
+
+def rooms(room_rows: Iterable[Row], member_rows: Iterable[Row]) -> list[Room]:
+    """Rooms from rows of :data:`ROOM_COLUMNS`, with the members of the private ones.
+
+    ``member_rows`` are ``(room_id, user_id)`` in that order; members of a
+    public room are not part of it (the room admits everyone).
+    """
+    members: dict[int, list[str]] = {}
+    for row in member_rows:
+        members.setdefault(row[0], []).append(row[1])
+    return [
+        Room(
+            id=row[0],
+            name=row[1],
+            private=bool(row[2]),
+            created_by=row[3],
+            created_at=row[4],
+            members=tuple(members.get(row[0], ())) if row[2] else (),
+            last_seq=row[5],
+        )
+        for row in room_rows
+    ]
+
+
+def call_record(row: Row) -> CallRecord:
+    return CallRecord(row[0], row[1], row[2], row[3], row[4], row[5], row[6])
+
+
+def call_values(call: CallRecord) -> tuple[Any, ...]:
+    """A call's values in the order of :data:`CALL_COLUMNS`."""
+    return (
+        call.call_id,
+        call.caller,
+        call.callee,
+        call.started_at,
+        call.answered_at,
+        call.ended_at,
+        call.end_reason,
+    )
+
+
+def history(rows: Sequence[Row], reaction_rows: Iterable[Row]) -> list[HistoryMessage]:
+    """History items from rows of :data:`HISTORY_COLUMNS`, newest first, as read.
+
+    ``reaction_rows`` are ``(message_id, emoji, user_id)`` in the order the
+    reactions were made. The items come back oldest first.
+    """
+    reactions: dict[int, dict[str, list[str]]] = {}
+    for row in reaction_rows:
+        reactions.setdefault(row[0], {}).setdefault(row[1], []).append(row[2])
+    return [
+        HistoryMessage(
+            id=row[0],
+            room_id=row[1],
+            user_id=row[2],
+            content=row[3],
+            type=row[4],
+            created_at=row[5],
+            edited_at=row[6],
+            reactions=reactions.get(row[0], {}),
+        )
+        for row in reversed(rows)
+    ]
+
+
+def newest_page(rows: Sequence[Row], limit: int) -> tuple[list[SequencedMessage], bool]:
+    """Rows read newest first with ``LIMIT limit + 1``: the page oldest first, and
+    whether older messages were left out (the extra row says so without a count)."""
+    return [sequenced_message(row) for row in reversed(rows[:limit])], len(rows) > limit
+
+
+def read_since_result(room_id: int, rows: Sequence[Row], limit: int) -> Result:
+    page, truncated = newest_page(rows, limit)
+    messages = tuple(item.message for item in page)
+    return Result(Outcome.DONE, room_id=room_id, messages=messages, truncated=truncated)
+
+
+# -- changes to a stored message ------------------------------------------------------
+
+
+def refuse_change(op: MessageChange, found: Row | None) -> Result | None:
+    """The result of an edit, delete or reaction that must not happen, else ``None``.
+
+    ``found`` is ``(room_id, user_id)`` of the live message, ``None`` when
+    there is none (never stored, or deleted).
+    """
+    if found is None:
+        return Result(Outcome.NOT_FOUND, message_id=op.message_id)
+    room_id, author = found[0], found[1]
+    if room_id not in op.rooms:
+        # Outside the caller's rooms a message is as good as unknown to them:
+        # answering "forbidden" would reveal that it exists.
+        return Result(Outcome.NOT_FOUND, message_id=op.message_id)
+    if not isinstance(op, ToggleReaction) and author != op.user_id:
+        return Result(Outcome.FORBIDDEN, room_id=room_id, message_id=op.message_id)
+    return None
+
+
+# -- inserts and room sequence numbers --------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Message:
+    """A message this batch knows under a client id: stored before, or inserted by it."""
+
+    room_id: int
+    user_id: str
+    content: str | None  # None once deleted
+    kind: str
+    created_at: int
+    client_msg_id: str | None
+    seq: int
+    id: int = 0  # 0 until inserted
+
+    def chat(self, content: str) -> ChatMessage:
+        return ChatMessage(
+            id=self.id,
+            room_id=self.room_id,
+            user_id=self.user_id,
+            content=content,
+            type=cast("MessageKind", self.kind),  # stored by us, so a valid kind
+            created_at=self.created_at,
+            client_msg_id=self.client_msg_id,
+        )
+
+
+def client_ids(ops: Iterable[Operation]) -> list[tuple[str, str]]:
+    """The ``(user_id, client_msg_id)`` pairs of a batch's inserts, each once.
+
+    The adapter reads the messages already stored under them (rows of
+    :data:`MESSAGE_COLUMNS`) and hands them to :class:`InsertPlan`.
+    """
+    keys = {
+        (op.user_id, op.client_msg_id): None
+        for op in ops
+        if isinstance(op, InsertMessage) and op.client_msg_id is not None
+    }
+    return list(keys)
+
+
+class InsertPlan:
+    """The messages one batch inserts: which are new, and their room sequence numbers.
+
+    A batch raises each room's ``last_seq`` once, by the number of messages
+    it stores there, before it inserts any (on PostgreSQL that update is the
+    lock that orders two processes writing to one room). So the count must be
+    known first, and it must be exact, or the room would get a gap: an
+    insert whose client id is already stored, or appears earlier in the
+    batch, stores nothing. Which ones those are depends only on the client
+    ids stored before the batch, since messages are never removed, only
+    emptied, so it is decided up front and cannot change while the batch runs.
+
+    Use: ``plan = InsertPlan(ops, stored_rows)``; raise each room of
+    :attr:`counts` by its count (in ascending room order) and pass the new
+    ``last_seq`` values to :meth:`begin`; then, in batch order, turn each run
+    of consecutive inserts into an :class:`InsertRun` with :meth:`run`,
+    insert its rows and collect :meth:`InsertRun.results`, and apply the other
+    operations, telling :meth:`edited` and :meth:`deleted` what they changed;
+    finally :meth:`finish`.
+    """
+
+    def __init__(self, ops: Iterable[Operation], stored: Iterable[Row]) -> None:
+        self._by_key: dict[tuple[str, str], _Message] = {}
+        self._by_id: dict[int, _Message] = {}
+        for row in stored:
+            message = _Message(row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[0])
+            self._by_key[(row[2], row[6])] = message
+            self._by_id[row[0]] = message
+        #: Messages the batch stores, per room.
+        self.counts: dict[int, int] = {}
+        seen = set(self._by_key)
+        for op in ops:
+            if not isinstance(op, InsertMessage):
+                continue
+            if op.client_msg_id is not None:
+                key = (op.user_id, op.client_msg_id)
+                if key in seen:
+                    continue
+                seen.add(key)
+            self.counts[op.room_id] = self.counts.get(op.room_id, 0) + 1
+        self._next: dict[int, int] = {}
+        self._last: dict[int, int] = {}
+
+    def begin(self, last_seqs: Mapping[int, int]) -> None:
+        """Start numbering from the rooms' raised ``last_seq`` values."""
+        for room_id, count in self.counts.items():
+            if room_id not in last_seqs:
+                raise StoreUnavailable(f"room {room_id} does not exist")
+            self._next[room_id] = last_seqs[room_id] - count
+            self._last[room_id] = last_seqs[room_id]
+
+    def run(self, ops: Sequence[InsertMessage]) -> InsertRun:
+        """Number a run of consecutive inserts and decide which of them store nothing."""
+        return InsertRun(self, ops)
+
+    def edited(self, message_id: int, content: str) -> None:
+        """A message was edited in this batch: a later retry of it reports the new text."""
+        if (message := self._by_id.get(message_id)) is not None:
+            message.content = content
+
+    def deleted(self, message_id: int) -> None:
+        """A message was deleted in this batch: a later retry of it finds nothing."""
+        if (message := self._by_id.get(message_id)) is not None:
+            message.content = None
+
+    def finish(self) -> None:
+        """Check that every number the rooms were raised by was used (else: a gap)."""
+        if self._next != self._last:
+            raise RuntimeError(f"room sequence numbers left unused: {self._next} != {self._last}")
+
+
+class InsertRun:
+    """A run of consecutive inserts: the rows to insert, then the results.
+
+    Kept lean: it is the per-message cost of every chat message.
+    """
+
+    def __init__(self, plan: InsertPlan, ops: Sequence[InsertMessage]) -> None:
+        self._plan = plan
+        self._ops = ops
+        #: The new messages' values, in the order of :data:`INSERT_COLUMNS` (and of seq).
+        self.rows: list[tuple[Any, ...]] = []
+        # Per op: the index of its row if it is new, else the message it repeats.
+        self._entries: list[int | _Message] = []
+        # New messages with a client id, which later retries may refer to.
+        self._keyed: list[tuple[int, _Message]] = []
+        seqs, by_key = plan._next, plan._by_key
+        for op in ops:
+            client_id = op.client_msg_id
+            if client_id is not None:
+                known = by_key.get((op.user_id, client_id))
+                if known is not None:
+                    self._entries.append(known)
+                    continue
+            seq = seqs[op.room_id] = seqs[op.room_id] + 1
+            index = len(self.rows)
+            self.rows.append(
+                (op.room_id, op.user_id, op.content, op.kind, op.created_at, client_id, seq)
+            )
+            self._entries.append(index)
+            if client_id is not None:
+                message = _Message(
+                    op.room_id, op.user_id, op.content, op.kind, op.created_at, client_id, seq
+                )
+                by_key[(op.user_id, client_id)] = message
+                self._keyed.append((index, message))
+
+    def results(self, ids: Sequence[int]) -> list[Result]:
+        """The results, given the ids :attr:`rows` were stored under (in that order)."""
+        if len(ids) != len(self.rows):
+            raise ValueError(f"{len(self.rows)} rows inserted, {len(ids)} ids")
+        for index, message in self._keyed:
+            message.id = ids[index]
+            self._plan._by_id[message.id] = message
+        results = []
+        for op, entry in zip(self._ops, self._entries, strict=True):
+            if isinstance(entry, int):
+                results.append(
+                    Result(
+                        Outcome.DONE,
+                        room_id=op.room_id,
+                        message_id=ids[entry],
+                        seq=self.rows[entry][6],
+                    )
+                )
+            elif entry.content is None:  # stored, then deleted: it stays deleted
+                results.append(Result(Outcome.NOT_FOUND, message_id=entry.id))
+            elif entry.room_id != op.room_id:  # not a retry: the id was reused
+                results.append(Result(Outcome.CONFLICT, message_id=entry.id))
+            else:
+                results.append(
+                    Result(
+                        Outcome.DONE,
+                        room_id=entry.room_id,
+                        message_id=entry.id,
+                        duplicate_of=entry.chat(entry.content),
+                        seq=entry.seq,
+                    )
+                )
+        return results
+
+
+def runs(ops: Iterable[Operation]) -> Iterator[list[InsertMessage] | Operation]:
+    """The batch in order, consecutive inserts grouped (one statement stores a group)."""
+    group: list[InsertMessage] = []
+    for op in ops:
+        if isinstance(op, InsertMessage):
+            group.append(op)
+            continue
+        if group:
+            yield group
+            group = []
+        yield op
+    if group:
+        yield group
