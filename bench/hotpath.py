@@ -22,9 +22,9 @@ import msgspec
 import uvloop
 
 from roomcast.adapters.local_broker import LocalBroker
+from roomcast.adapters.sqlite_store import SQLiteStore
 from roomcast.config import Settings
-from roomcast.server import make_store
-from roomcast.service import ChatService
+from roomcast.service import ChatService, wall_ms
 
 MEMBERS = 32
 
@@ -53,7 +53,14 @@ async def no_close(code: int, reason: str) -> None:
 async def run(rounds: int, profile: bool) -> None:
     folder = tempfile.mkdtemp()
     settings = Settings(database=f"sqlite:///{folder}/hotpath.db", rate_limits="off")
-    store = make_store(settings)
+    store = SQLiteStore(
+        settings.database,
+        wall_ms,
+        settings.commit_max_batch,
+        None,
+        settings.db_timeout,
+        settings.commit_linger_ms / 1000,
+    )
     await store.start()
     service = ChatService(store, LocalBroker(), settings)
     conns = [

@@ -20,7 +20,7 @@ from roomcast.logs import configure
 _HELP = {
     "host": "address to listen on",
     "port": "port for HTTP and WebSocket (/ws)",
-    "database": "database URL, e.g. sqlite:///roomcast.db",
+    "database": "database URL: sqlite:///roomcast.db or postgresql://user@host/db",
     "log_level": "debug, info, warning or error",
     "auth_secret": "HS256 secret for JWTs (?token= / Bearer); without it: open mode",
     "insecure_open": "allow open mode on a non-loopback address",
@@ -47,6 +47,12 @@ _HELP = {
     "max_connections_per_user": "open connections one user may have",
     "max_connections_per_ip": "open connections from one address",
     "max_connections": "open connections in all; more are refused with 1013",
+    "broker": "Redis URL (redis://host:6379/0): run as one node of a cluster",
+    "broker_prefix": "prefix of every Redis key (several clusters can share one Redis)",
+    "node_ttl": "seconds without a liveness refresh before a node is declared gone",
+    "gap_wait": "seconds a message waits for a missing predecessor before a database read",
+    "workers": "server processes sharing the port on this machine (needs --broker)",
+    "reuse_port": "listen with SO_REUSEPORT (set for each worker)",
 }
 
 
@@ -109,6 +115,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "migrate":
         return asyncio.run(_migrate(settings))
+    if settings.workers > 1:
+        from roomcast.workers import run_workers
+
+        return run_workers(settings.workers, list(argv if argv is not None else sys.argv[1:]))
     from roomcast.server import serve
 
     try:
@@ -121,12 +131,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def _migrate(settings: Settings) -> int:
-    from roomcast.server import make_store
+    from roomcast.adapters.stores import migrate
 
-    store = make_store(settings)
-    await store.start()
-    await store.close()
-    print(f"roomcast: schema of {store.path} is up to date")
+    print(f"roomcast: {await migrate(settings.database)}")
     return 0
 
 

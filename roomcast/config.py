@@ -56,6 +56,20 @@ class Settings:
     max_connections_per_ip: int = 1000
     # Beyond this many connections new ones are refused with close 1013.
     max_connections: int = 100_000
+    # Scale-out: a Redis URL makes this process one node of a cluster (with a
+    # PostgreSQL database shared by all nodes); every key starts with the prefix.
+    broker: str = ""
+    broker_prefix: str = "roomcast"
+    # A node that has not refreshed its liveness for this long is declared
+    # gone: its users go offline everywhere and its calls end.
+    node_ttl: float = 10.0
+    # How long a message waits for a predecessor before the gap is read from
+    # the database (seconds).
+    gap_wait: float = 0.2
+    # Server processes sharing the port on this machine (needs a broker).
+    workers: int = 1
+    # Let several processes listen on the same port (set for each worker).
+    reuse_port: bool = False
 
     @property
     def open_mode(self) -> bool:
@@ -73,6 +87,20 @@ class Settings:
             raise ValueError(f"port {self.port} is out of range")
         if self.resume_max_messages < 1:
             raise ValueError("resume_max_messages must be at least 1")
+        if self.workers < 1:
+            raise ValueError("workers must be at least 1")
+        if self.workers > 1 and not self.broker:
+            raise ValueError(
+                "--workers needs --broker (redis://...) and a PostgreSQL --database: "
+                "the processes share state through them"
+            )
+        if self.broker and not self.database.startswith(("postgresql://", "postgres://")):
+            raise ValueError(
+                "--broker needs a PostgreSQL --database that every node shares, "
+                f"not {self.database!r}"
+            )
+        if self.node_ttl <= 0 or self.gap_wait <= 0:
+            raise ValueError("node_ttl and gap_wait must be positive")
         if self.rate_limits not in ("off", "default"):
             parse_rates(self.rate_limits)
 

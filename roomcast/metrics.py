@@ -59,6 +59,7 @@ class Metrics(Collector):
         self.rate_limited: Counter[str] = Counter()
         self.slow_consumer_disconnects = 0
         self.flood_disconnects = 0
+        self.gap_fills = 0
         self.fanout = Tally((1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 5000))
         self.commit_seconds = Tally(
             (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
@@ -110,6 +111,11 @@ class Metrics(Collector):
             "roomcast_flood_disconnects",
             "Connections cut for flooding past their rate limits.",
             value=self.flood_disconnects,
+        )
+        yield CounterMetricFamily(
+            "roomcast_gap_fills",
+            "Room sequence gaps read from the database (messages missed from the log).",
+            value=self.gap_fills,
         )
         yield CounterMetricFamily(
             "roomcast_db_commit_failures",

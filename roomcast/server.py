@@ -18,30 +18,26 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from roomcast.adapters.local_broker import LocalBroker
-from roomcast.adapters.sqlite_store import SQLiteStore
+from roomcast.adapters.redis_broker import RedisBroker
+from roomcast.adapters.stores import describe, open_store
 from roomcast.auth import Authenticator
 from roomcast.config import Settings
 from roomcast.metrics import Metrics
-from roomcast.service import ChatService, wall_ms
+from roomcast.ports.broker import Broker
+from roomcast.ports.store import Store
+from roomcast.service import ChatService
 from roomcast.transport.http import HttpApi, protocol_errors
 from roomcast.transport.websocket import WebSocketEndpoint
 
 log = logging.getLogger("roomcast.server")
 
 
-def make_store(settings: Settings, metrics: Metrics | None = None) -> SQLiteStore:
-    url = settings.database
-    if "://" in url and not url.startswith("sqlite://"):
-        raise ValueError(f"unsupported database URL {url!r} (expected sqlite:///path)")
-    on_commit = metrics.observe_commit if metrics is not None else None
-    return SQLiteStore(
-        url,
-        wall_ms,
-        settings.commit_max_batch,
-        on_commit,
-        settings.db_timeout,
-        settings.commit_linger_ms / 1000,
-    )
+def make_broker(settings: Settings) -> Broker:
+    if not settings.broker:
+        return LocalBroker()
+    if not settings.broker.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError(f"unsupported broker URL {settings.broker!r} (expected redis://host:port)")
+    return RedisBroker(settings.broker, settings.broker_prefix, settings.node_ttl)
 
 
 @dataclass
@@ -50,20 +46,22 @@ class Server:
     app: web.Application
     service: ChatService
     endpoint: WebSocketEndpoint
-    store: SQLiteStore
+    store: Store
+    broker: Broker
 
     idle_watch: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self.store.start()
+        await self.broker.start()
         self.idle_watch = asyncio.create_task(self.endpoint.watch_idle(), name="idle-watch")
 
     async def stop(self) -> None:
         if self.idle_watch is not None:
             self.idle_watch.cancel()
         await self.endpoint.close_all()
-        await self.store.close()
-        await self.service.broker.close()
+        await self.store.close()  # announces what it commits on the way: broker last
+        await self.broker.close()
 
 
 def tune_garbage_collector() -> None:
@@ -85,15 +83,15 @@ def tune_garbage_collector() -> None:
 def build(settings: Settings) -> Server:
     settings.check()
     metrics = Metrics()
-    store = make_store(settings, metrics)
-    broker = LocalBroker()
+    store = open_store(settings.database, settings, metrics)
+    broker = make_broker(settings)
     auth = Authenticator(settings.auth_secret)
     service = ChatService(store, broker, settings, metrics)
     endpoint = WebSocketEndpoint(service, auth, settings)
     api = HttpApi(service, store, auth, settings)
     app = web.Application(middlewares=[protocol_errors], client_max_size=settings.max_message_bytes)
     app.add_routes([web.get("/ws", endpoint.handle), *api.routes()])
-    return Server(settings, app, service, endpoint, store)
+    return Server(settings, app, service, endpoint, store, broker)
 
 
 async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
@@ -102,13 +100,17 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
     await server.start()
     runner = web.AppRunner(server.app, handle_signals=False, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
+    site = web.TCPSite(
+        runner, settings.host, settings.port, reuse_address=True, reuse_port=settings.reuse_port
+    )
     await site.start()
     log.info(
-        "listening host=%s port=%d database=%s mode=%s",
+        "listening host=%s port=%d database=%s broker=%s node=%s mode=%s",
         settings.host,
         settings.port,
-        server.store.path,
+        describe(settings.database),
+        describe(settings.broker) if settings.broker else "local",
+        server.broker.node_id,
         "open" if settings.open_mode else "token",
     )
     stop = asyncio.Event()

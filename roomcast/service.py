@@ -24,13 +24,17 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from roomcast.config import Settings
-from roomcast.core.calls import CallEffect, CallRecord, CallRegistry
+from roomcast.core.calls import Call, CallEffect, CallRecord, CallRegistry, CallState
 from roomcast.core.deliveries import Delivery, ToConnections, ToRoom
 from roomcast.core.engine import ChatEngine
 from roomcast.core.limits import CLASS_OF_TYPE, MessageClass, RateLimiter, parse_rates
+from roomcast.core.ordering import RoomSequencer
 from roomcast.metrics import Metrics
-from roomcast.ports.broker import Broker
+from roomcast.ports import broker as log_entries
+from roomcast.ports.broker import Broker, Input
 from roomcast.ports.group_commit import Done
 from roomcast.ports.store import (
     DeleteMessage,
@@ -38,7 +42,6 @@ from roomcast.ports.store import (
     InsertMessage,
     Operation,
     Outcome,
-    ReadSince,
     Result,
     Room,
     Store,
@@ -132,6 +135,7 @@ class ChatService:
     ) -> None:
         self.store = store
         self.broker = broker
+        self.node_id = broker.node_id
         self.settings = settings
         self.metrics = metrics or Metrics()
         self.fanout = FanOut(settings.max_send_buffer, self._slow_consumer)
@@ -150,9 +154,16 @@ class ChatService:
             ring_timeout=settings.ring_timeout,
             require_shared_room=not settings.allow_calls_outside_rooms,
         )
+        self.sequencer: RoomSequencer[bytes] = RoomSequencer(settings.gap_wait)
         self._clock_ms = clock_ms
-        self._connections: dict[str, Connection] = {}
+        self._connections: dict[str, Connection] = {}  # this node's own
+        self._node_of: dict[str, str] = {}  # every connection in the replica -> its node
+        self._absent_since: dict[str, float] = {}  # nodes missing from the live list
+        # Local connections waiting for their join or leave to come back from the log.
+        self._awaiting: dict[str, asyncio.Future[None]] = {}
         self._timer: asyncio.TimerHandle | None = None
+        self._timer_deadline = math.inf
+        self._gap_timer: asyncio.TimerHandle | None = None
         self._background: set[asyncio.Task[None]] = set()
         broker.attach(self)
         self.metrics.gauge(
@@ -166,20 +177,15 @@ class ChatService:
         )
         self.metrics.gauge("roomcast_calls", "Calls ringing or active.", self.calls.active_count)
 
-    # -- frame sink (what the broker delivers to this node) ---------------------------
+    # -- delivering to this node's connections ----------------------------------------
 
-    def deliver_room(self, room_id: int, frame: bytes, except_user: str | None) -> None:
+    def deliver_room(self, room_id: int, frame: bytes, except_user: str | None = None) -> None:
         members = self.engine.rooms.connections(room_id)
         if except_user is None:
             self.fanout.send_room(room_id, members, frame)
         else:
             skip = set(self.engine.connections_of(except_user))
             self.fanout.send([c for c in members if c not in skip], frame)
-
-    def deliver_connections(self, conn_ids: tuple[str, ...], frame: bytes) -> None:
-        self.fanout.send(conn_ids, frame)
-
-    # -- publishing ----------------------------------------------------------------------
 
     def frame(self, event: Event) -> bytes:
         return text_frame(encode(event, self._clock_ms()))
@@ -188,17 +194,318 @@ class ChatService:
         self.fanout.send((conn.id,), self.frame(event))
 
     def publish(self, deliveries: list[Delivery]) -> None:
+        """Send what the core decided to the connections of this node it concerns."""
         out = self.metrics.messages_out
         for delivery in deliveries:
-            frame = self.frame(delivery.event)
             if isinstance(delivery, ToRoom):
                 recipients = len(self.engine.rooms.connections(delivery.room_id))
+                if not recipients:
+                    continue
                 self.metrics.fanout.observe(recipients)
                 out[delivery.event.TYPE] += recipients
-                self.broker.publish_room(delivery.room_id, frame, delivery.except_user)
+                self.deliver_room(
+                    delivery.room_id, self.frame(delivery.event), delivery.except_user
+                )
             elif isinstance(delivery, ToConnections):
-                out[delivery.event.TYPE] += len(delivery.conn_ids)
-                self.broker.publish_connections(delivery.conn_ids, frame)
+                local = [c for c in delivery.conn_ids if c in self._connections]
+                if local:
+                    out[delivery.event.TYPE] += len(local)
+                    self.fanout.send(local, self.frame(delivery.event))
+
+    # -- the log: every change to shared state goes through it ---------------------------
+
+    def _append(self, entry: Input) -> None:
+        self.broker.append(entry)
+
+    def apply(self, entry: Input, origin: str) -> None:
+        """Apply one log entry to this node's replica and tell local connections."""
+        mine = origin == self.node_id
+        if isinstance(entry, log_entries.MessageStored):
+            self._apply_message(entry.message, entry.seq)
+        elif isinstance(entry, log_entries.ClientRequest):
+            self._apply_request(entry, mine)
+        elif isinstance(entry, log_entries.RoomFrame):
+            self.deliver_room(entry.room, text_frame(bytes(entry.frame)))
+        elif isinstance(entry, log_entries.Joined):
+            self._apply_join(entry)
+        elif isinstance(entry, log_entries.Opened):
+            self._add_connection(entry.conn, entry.node, entry.user)
+        elif isinstance(entry, log_entries.Identified):
+            if entry.conn in self._node_of and self.engine.user_of(entry.conn) is None:
+                self.engine.identify(entry.conn, entry.user)
+        elif isinstance(entry, log_entries.Closed):
+            self._remove_connection(entry.conn, entry.at, entry.wall, mine)
+        elif isinstance(entry, log_entries.Tick):
+            self._apply_calls(self.calls.expire(entry.at, entry.wall), mine)
+            self.publish(self.engine.expire(entry.at))
+            self._arm_timer()
+        elif isinstance(entry, log_entries.NodeGone):
+            self._apply_node_gone(entry, mine)
+        elif isinstance(entry, log_entries.SnapshotRequest):
+            self._append(self.snapshot())
+        elif isinstance(entry, log_entries.Snapshot):
+            self._apply_snapshot(entry, mine)
+
+    def _settle(self, conn_id: str) -> None:
+        """The local connection's awaited entry has been applied."""
+        waiting = self._awaiting.pop(conn_id, None)
+        if waiting is not None and not waiting.done():
+            waiting.set_result(None)
+
+    def _add_connection(self, conn_id: str, node: str, user_id: str | None) -> None:
+        if conn_id in self._node_of:
+            return
+        self._node_of[conn_id] = node
+        self.engine.open(conn_id, user_id)
+
+    def _remove_connection(self, conn_id: str, at: float, wall: int, record: bool) -> None:
+        if self._node_of.pop(conn_id, None) is None:
+            return
+        self._settle(conn_id)
+        for room_id in self.engine.rooms.rooms_of(conn_id):
+            self.fanout.membership_changed(room_id)
+        self._apply_calls(self.calls.disconnected(conn_id, wall), record)
+        self.publish(self.engine.close(conn_id, at))
+
+    def _apply_message(self, message: ChatMessage, seq: int) -> None:
+        deliveries = self.engine.message_stored(message)
+        # Typing ends in log order; the message itself goes out in room order.
+        self.publish(deliveries[:-1])
+        room_id = message.room_id
+        released = self.sequencer.offer(room_id, seq, self.frame(message), self._now())
+        for frame in released:
+            self.metrics.messages_out["chat"] += len(self.engine.rooms.connections(room_id))
+            self.deliver_room(room_id, frame)
+        if not released:
+            self._arm_gap_timer()
+
+    def _apply_join(self, entry: log_entries.Joined) -> None:
+        conn_id, room_id = entry.conn, entry.room
+        if self.engine.user_of(conn_id) is None:  # closed before its join came round
+            self._settle(conn_id)
+            return
+        conn = self._connections.get(conn_id)
+        already = self.engine.is_member(conn_id, room_id)
+        if conn is not None:
+            self.sequencer.start(room_id, entry.seq_floor)
+        self.fanout.membership_changed(room_id)
+        self.publish(self.engine.join(conn_id, room_id))
+        if conn is None:
+            return
+        if entry.since is None or already:
+            self._settle(conn_id)
+            return
+        # The backlog goes out before anything newer: the room waits for it.
+        self.sequencer.pause(room_id)
+        self._spawn(self._send_backlog(conn, room_id, entry.since))
+
+    async def _send_backlog(self, conn: Connection, room_id: int, since: int) -> None:
+        through = self.sequencer.delivered(room_id)
+        waiting = self._awaiting.get(conn.id)
+        try:
+            messages, truncated = await self.store.messages_since(
+                room_id, since, through, self.settings.resume_max_messages
+            )
+        except Exception as exc:
+            if waiting is not None and not waiting.done():
+                waiting.set_exception(StoreUnavailable(str(exc)))
+            messages, truncated = [], False
+        if not conn.ended and messages:
+            if truncated:
+                first = messages[0].message.id
+                self.send(conn, HistoryGap(room_id=room_id, since=since, before=first))
+            for item in messages:
+                self.send(conn, item.message)
+        self._settle(conn.id)
+        for frame in self.sequencer.resume(room_id, self._now()):
+            self.deliver_room(room_id, frame)
+
+    def _apply_request(self, entry: log_entries.ClientRequest, mine: bool) -> None:
+        conn_id = entry.conn
+        request = decode_client(bytes(entry.data))
+        try:
+            if isinstance(request, TypingRequest):
+                self.publish(
+                    self.engine.set_typing(conn_id, request.room_id, request.is_typing, entry.at)
+                )
+                self._arm_timer()
+            elif isinstance(request, LeaveRoomRequest):
+                rooms = (
+                    list(self.engine.rooms.rooms_of(conn_id))
+                    if request.room_id is None
+                    else [request.room_id]
+                )
+                try:
+                    deliveries = self.engine.leave(conn_id, request.room_id, entry.at)
+                finally:
+                    self._settle(conn_id)  # the leave is what this connection awaits
+                for room_id in rooms:
+                    self.fanout.membership_changed(room_id)
+                self.publish(deliveries)
+            elif isinstance(request, PresenceRequest):
+                self.publish(self.engine.set_status(conn_id, request.status))
+            elif isinstance(request, (WebRTCRequest, CallEndRequest, CallRejectRequest)):
+                self._apply_call_request(conn_id, request, entry, mine)
+        except ProtocolError as exc:
+            conn = self._connections.get(conn_id)
+            if conn is not None:
+                self.reply_error(conn, exc)
+
+    def _apply_node_gone(self, entry: log_entries.NodeGone, record: bool) -> None:
+        if entry.node == self.node_id:
+            # Declared dead while alive (a long pause): announce ourselves again.
+            self._append(self.snapshot())
+            return
+        log.warning("node gone node=%s", entry.node)
+        gone = sorted(c for c, node in self._node_of.items() if node == entry.node)
+        for conn_id in gone:
+            self._remove_connection(conn_id, entry.at, entry.wall, record)
+
+    def _apply_snapshot(self, entry: log_entries.Snapshot, record: bool) -> None:
+        """Make this replica's picture of ``entry.node`` what that node says it holds."""
+        if entry.node == self.node_id:
+            return
+        engine = self.engine
+        listed = {state.conn: state for state in entry.connections}
+        for conn_id in sorted(c for c, n in self._node_of.items() if n == entry.node):
+            if conn_id not in listed:
+                self._remove_connection(conn_id, entry.at, entry.wall, record)
+        for state in entry.connections:
+            conn_id = state.conn
+            self._add_connection(conn_id, entry.node, None)
+            if state.user is None:
+                continue
+            if engine.user_of(conn_id) is None:
+                engine.identify(conn_id, state.user)
+            present = set(engine.rooms.rooms_of(conn_id))
+            for room_id in sorted(set(state.rooms) - present):
+                self.fanout.membership_changed(room_id)
+                self.publish(engine.join(conn_id, room_id))
+            for room_id in sorted(present - set(state.rooms)):
+                self.fanout.membership_changed(room_id)
+                self.publish(engine.leave(conn_id, room_id, entry.at))
+            self.publish(engine.set_status(conn_id, state.status))
+            for room_id in state.typing:
+                self.publish(engine.set_typing(conn_id, room_id, True, entry.at))
+        for call in entry.calls:
+            self.calls.restore(
+                Call(
+                    id=call.id,
+                    caller=call.caller,
+                    callee=call.callee,
+                    caller_conn=call.caller_conn,
+                    media=call.media,
+                    started_at=call.started_at,
+                    ring_deadline=call.ring_deadline,
+                    ringing_conns=set(call.ringing_conns),
+                    callee_conn=call.callee_conn,
+                    state=CallState.ACTIVE if call.callee_conn else CallState.RINGING,
+                    answered_at=call.answered_at,
+                )
+            )
+        self._arm_timer()
+
+    def snapshot(self) -> log_entries.Snapshot:
+        """What this node holds, for the other replicas."""
+        engine = self.engine
+        connections = []
+        for conn_id in self._connections:
+            user_id = engine.user_of(conn_id)
+            rooms = tuple(sorted(engine.rooms.rooms_of(conn_id)))
+            connections.append(
+                log_entries.ConnectionState(
+                    conn=conn_id,
+                    user=user_id,
+                    rooms=rooms,
+                    status=engine.presence.status(user_id) if user_id else "online",
+                    typing=engine.typing_rooms(conn_id),
+                )
+            )
+        calls = tuple(
+            log_entries.CallState(
+                id=call.id,
+                caller=call.caller,
+                callee=call.callee,
+                caller_conn=call.caller_conn,
+                media=call.media,
+                started_at=call.started_at,
+                ring_deadline=call.ring_deadline,
+                ringing_conns=tuple(sorted(call.ringing_conns)),
+                callee_conn=call.callee_conn,
+                answered_at=call.answered_at,
+            )
+            for call in self.calls.calls()
+            if call.caller_conn in self._connections
+        )
+        return log_entries.Snapshot(
+            self.node_id, tuple(connections), calls, self._now(), self._clock_ms()
+        )
+
+    def log_interrupted(self) -> None:
+        """Log entries may have been lost: re-announce, ask the others, re-read rooms."""
+        log.warning("log interrupted: resynchronising node=%s", self.node_id)
+        self._append(log_entries.SnapshotRequest(self.node_id))
+        self._append(self.snapshot())
+        rooms = {r for c in self._connections for r in self.engine.rooms.rooms_of(c)}
+        for room_id in sorted(rooms):
+            self._spawn(self._catch_up(room_id))
+
+    def nodes_alive(self, live: set[str]) -> None:
+        """The broker's list of live nodes: any other node missing too long is gone."""
+        now = self._now()
+        known = set(self._node_of.values()) - {self.node_id}
+        for node in known - live:
+            since = self._absent_since.setdefault(node, now)
+            if now - since >= self.settings.node_ttl:
+                del self._absent_since[node]
+                self._append(log_entries.NodeGone(node, now, self._clock_ms()))
+        for node in list(self._absent_since):
+            if node in live or node not in known:
+                del self._absent_since[node]
+
+    # -- gaps in a room's sequence ---------------------------------------------------------
+
+    async def _catch_up(self, room_id: int) -> None:
+        room = await self.store.get_room(room_id)
+        if room is not None and room.last_seq > self.sequencer.delivered(room_id):
+            await self._fill(room_id, self.sequencer.delivered(room_id), room.last_seq)
+
+    async def _fill(self, room_id: int, after: int, through: int) -> None:
+        self.sequencer.pause(room_id)
+        found: list[tuple[int, bytes]] = []
+        try:
+            if self.engine.rooms.connections(room_id):
+                found = [
+                    (item.seq, self.frame(item.message))
+                    for item in await self.store.messages_in_seq_range(room_id, after, through)
+                ]
+        except Exception as exc:
+            log.error("gap fill failed room=%s error=%r", room_id, exc)
+            self.sequencer.resume(room_id, self._now())
+            self._arm_gap_timer()
+            return
+        self.metrics.gap_fills += 1
+        self.sequencer.resume(room_id, self._now())
+        for frame in self.sequencer.fill(room_id, found, through, self._now()):
+            self.deliver_room(room_id, frame)
+
+    def _arm_gap_timer(self) -> None:
+        deadline = self.sequencer.next_deadline()
+        if deadline is None or self._gap_timer is not None:
+            return
+        delay = max(0.0, deadline - self._now())
+        self._gap_timer = asyncio.get_running_loop().call_later(delay, self._gaps_due)
+
+    def _gaps_due(self) -> None:
+        self._gap_timer = None
+        for gap in self.sequencer.overdue(self._now()):
+            self._spawn(self._fill(gap.room, gap.after, gap.through))
+        self._arm_gap_timer()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     # -- connection lifecycle -------------------------------------------------------------
 
@@ -220,7 +527,7 @@ class ChatService:
         )
         self._connections[conn.id] = conn
         self.fanout.add(conn.id, transport)
-        self.engine.open(conn.id, user_id)
+        self._append(log_entries.Opened(conn.id, self.node_id, user_id))
         log.info("connect conn=%s user=%s remote=%s", conn.id, user_id, remote)
         self.send(conn, Connected(connection_id=conn.id, user_id=user_id))
         return conn
@@ -234,8 +541,8 @@ class ChatService:
         for room_id in self.engine.rooms.rooms_of(conn.id):
             self.fanout.membership_changed(room_id)
         self.fanout.remove(conn.id)
-        self._apply_calls(self.calls.disconnected(conn.id, self._clock_ms()))
-        self.publish(self.engine.close(conn.id, self._now()))
+        self._append(log_entries.Closed(conn.id, self._now(), self._clock_ms()))
+        self._settle(conn.id)
         if self.limiter is not None:
             self.limiter.forget_connection(conn.id)
             if conn.user_id is not None and not self.engine.presence.is_online(conn.user_id):
@@ -268,9 +575,7 @@ class ChatService:
         From this moment nothing more is sent to it or acted on from it.
         """
         self.stop_sending(conn)
-        task = asyncio.get_running_loop().create_task(conn.close(code, reason))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._spawn(conn.close(code, reason))
 
     def connections(self) -> list[Connection]:
         return list(self._connections.values())
@@ -286,9 +591,10 @@ class ChatService:
     def receive_now(self, conn: Connection, data: bytes | str) -> Coroutine[Any, Any, None] | None:
         """Handle one client frame as far as possible without waiting.
 
-        Everything but ``join_room`` is handled right here; a join needs a
-        database read and is returned as a coroutine, which the caller must
-        finish before it hands this connection's next frame in.
+        ``join_room`` needs a database read and ``join_room``/``leave_room``
+        wait until the log has applied them; those are returned as a
+        coroutine, which the caller must finish before it hands this
+        connection's next frame in.
         """
         if conn.closing:
             return None
@@ -308,16 +614,18 @@ class ChatService:
             if type(request) is ChatRequest:  # the hot path first
                 self._chat(conn, request)
             elif type(request) is JoinRoomRequest:
-                return self._join_guarded(conn, request)
+                return self._guarded(conn, request, self._join(conn, request))
             else:
-                self._dispatch(conn, request)
+                return self._dispatch(conn, request, data)
         except Exception as exc:
             self._fail(conn, request, request_type, exc)
         return None
 
-    async def _join_guarded(self, conn: Connection, request: JoinRoomRequest) -> None:
+    async def _guarded(
+        self, conn: Connection, request: Request, work: Coroutine[Any, Any, None]
+    ) -> None:
         try:
-            await self._join(conn, request)
+            await work
         except Exception as exc:
             self._fail(conn, request, request.TYPE, exc)
 
@@ -381,7 +689,7 @@ class ChatService:
                     self.close_soon(conn, CLOSE_POLICY_VIOLATION, "too many connections")
                     raise refusal
                 conn.user_id = claimed[0]
-                self.engine.identify(conn.id, claimed[0])
+                self._append(log_entries.Identified(conn.id, claimed[0]))
                 log.info("identify conn=%s user=%s", conn.id, claimed[0])
             elif claimed and self.settings.open_mode:
                 raise ProtocolError(
@@ -403,35 +711,48 @@ class ChatService:
                     request.TYPE,
                 )
 
-    def _dispatch(self, conn: Connection, request: Request) -> None:
-        """Requests that need no awaiting (chat and join_room are handled before)."""
+    def _dispatch(
+        self, conn: Connection, request: Request, data: bytes | str
+    ) -> Coroutine[Any, Any, None] | None:
+        """Requests other than chat and join_room, on the node that received them."""
         if isinstance(request, PingRequest):
             self.send(conn, Pong())
-        elif isinstance(request, TypingRequest):
-            self.publish(
-                self.engine.set_typing(conn.id, request.room_id, request.is_typing, self._now())
-            )
-            self._arm_timer()
-        elif isinstance(request, LeaveRoomRequest):
-            rooms = (
-                list(self.engine.rooms.rooms_of(conn.id))
-                if request.room_id is None
-                else [request.room_id]
-            )
-            deliveries = self.engine.leave(conn.id, request.room_id, self._now())
-            for room_id in rooms:
-                self.fanout.membership_changed(room_id)
-            self.publish(deliveries)
-        elif isinstance(request, PresenceRequest):
-            self.publish(self.engine.set_status(conn.id, request.status))
-        elif isinstance(
-            request, (MessageEditRequest, MessageDeleteRequest, MessageReactionRequest)
-        ):
+            return None
+        if isinstance(request, (MessageEditRequest, MessageDeleteRequest, MessageReactionRequest)):
             self._message_op(conn, request)
-        elif isinstance(request, (WebRTCRequest, CallEndRequest, CallRejectRequest)):
-            self._call_request(conn, request)
-        else:  # pragma: no cover - decode_client only returns the types above
+            return None
+        new_id = ""
+        if isinstance(request, WebRTCRequest):
+            limit = self.settings.max_signal_bytes
+            if len(request.data) > limit or len(request.media) > 1024:
+                raise ProtocolError(
+                    ErrorCode.TOO_LARGE, f"payload.data: larger than {limit} bytes", request.TYPE
+                )
+            if request.type == "offer" and request.call_id is None:
+                new_id = uuid.uuid4().hex
+        elif not isinstance(
+            request, (TypingRequest, PresenceRequest, LeaveRoomRequest, CallEndRequest)
+        ) and not isinstance(request, CallRejectRequest):  # pragma: no cover
             raise ProtocolError(ErrorCode.UNKNOWN_TYPE, "unhandled type", request.TYPE)
+        # Leaving waits for the log, so that the next request sees the room left.
+        waiting = self._expect(conn) if isinstance(request, LeaveRoomRequest) else None
+        entry = log_entries.ClientRequest(
+            conn.id, msgspec.Raw(data), self._now(), self._clock_ms(), new_id
+        )
+        self._append(entry)
+        if waiting is None or waiting.done():
+            return None
+        return self._guarded(conn, request, self._settled(waiting))
+
+    def _expect(self, conn: Connection) -> asyncio.Future[None]:
+        """A future settled when this connection's next awaited entry is applied."""
+        waiting: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._awaiting[conn.id] = waiting
+        return waiting
+
+    @staticmethod
+    async def _settled(waiting: asyncio.Future[None]) -> None:
+        await waiting
 
     async def _join(self, conn: Connection, request: JoinRoomRequest) -> None:
         user_id = conn.user_id
@@ -448,36 +769,12 @@ class ChatService:
             raise ProtocolError(ErrorCode.FORBIDDEN, f"room {room.id} is private", request.TYPE)
         if conn.ended:  # it went away while the room was looked up
             return
-        if request.since is None or self.engine.is_member(conn.id, room.id):
-            # Already in the room: it has every message since; room_users again.
-            self.fanout.membership_changed(room.id)
-            self.publish(self.engine.join(conn.id, room.id))
-            return
-        # The join and the backlog read happen at one point of the commit order:
-        # the read sees every message broadcast before that point, and the
-        # connection is a member for every message broadcast after it.
-        since = request.since
-        joined: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-        def join_at_this_point(backlog: Result | None, error: BaseException | None) -> None:
-            if error is not None or backlog is None:
-                joined.set_exception(StoreUnavailable(str(error)))
-                return
-            joined.set_result(None)
-            if conn.ended:
-                return
-            self.fanout.membership_changed(room.id)
-            self.publish(self.engine.join(conn.id, room.id))
-            if backlog.truncated:
-                gap = HistoryGap(room_id=room.id, since=since, before=backlog.messages[0].id)
-                self.send(conn, gap)
-            for message in backlog.messages:
-                self.send(conn, message)
-
-        self._store_submit(
-            ReadSince(room.id, since, self.settings.resume_max_messages), join_at_this_point
-        )
-        await joined  # this connection's next request waits for the join
+        # Applied at one point of the log: this node's connections have had every
+        # message of the room up to that point, and the joiner gets every later
+        # one; with "since" the backlog up to that point is read before them.
+        waiting = self._expect(conn)
+        self._append(log_entries.Joined(conn.id, room.id, room.last_seq, request.since))
+        await waiting
 
     async def _room_for(self, room_id: int, user_id: str) -> Room:
         room = await self.store.get_room(room_id)
@@ -574,9 +871,10 @@ class ChatService:
             # A retry of a stored message: the sender gets it again, nobody else does.
             self.send(conn, result.duplicate_of)
             return
-        self.publish(self._events_for(op, result))
+        self._append(self._entry_for(op, result))
 
-    def _events_for(self, op: Operation, result: Result) -> list[Delivery]:
+    def _entry_for(self, op: Operation, result: Result) -> Input:
+        """The log entry that announces a committed operation."""
         room_id, message_id = result.room_id, result.message_id
         if isinstance(op, InsertMessage):
             message = ChatMessage(
@@ -588,7 +886,7 @@ class ChatService:
                 created_at=op.created_at,
                 client_msg_id=op.client_msg_id,
             )
-            return self.engine.message_stored(message)
+            return log_entries.MessageStored(message, result.seq)
         event: Event
         if isinstance(op, EditMessage):
             event = MessageEdited(
@@ -604,52 +902,53 @@ class ChatService:
                 emoji=op.emoji,
                 action="added" if result.added else "removed",
             )
-        else:  # pragma: no cover - call records are not submitted from here
-            return []
-        return [ToRoom(room_id, event)]
+        else:  # pragma: no cover - call records and reads are not submitted from here
+            raise TypeError(f"no announcement for {type(op).__name__}")
+        return log_entries.RoomFrame(room_id, msgspec.Raw(encode(event, self._clock_ms())))
 
     # -- calls -------------------------------------------------------------------------
 
-    def _call_request(
-        self, conn: Connection, request: WebRTCRequest | CallEndRequest | CallRejectRequest
+    def _apply_call_request(
+        self,
+        conn_id: str,
+        request: WebRTCRequest | CallEndRequest | CallRejectRequest,
+        entry: log_entries.ClientRequest,
+        record: bool,
     ) -> None:
-        user_id = conn.user_id
-        assert user_id is not None
-        wall = self._clock_ms()
+        user_id = self.engine.user_of(conn_id)
+        if user_id is None:  # closed before its request came round
+            return
+        wall = entry.wall
         calls = self.calls
         if isinstance(request, CallEndRequest):
             call = calls.find(request.call_id, user_id, None, request.TYPE)
-            self._apply_calls(calls.hang_up(conn.id, user_id, call, wall))
-            return
-        if isinstance(request, CallRejectRequest):
+            effects = calls.hang_up(conn_id, user_id, call, wall)
+        elif isinstance(request, CallRejectRequest):
             call = calls.find(request.call_id, user_id, None, request.TYPE)
-            self._apply_calls(calls.reject(conn.id, user_id, call, wall))
-            return
-        limit = self.settings.max_signal_bytes
-        if len(request.data) > limit or len(request.media) > 1024:
-            raise ProtocolError(
-                ErrorCode.TOO_LARGE, f"payload.data: larger than {limit} bytes", request.TYPE
-            )
-        if request.type == "offer" and request.call_id is None:
+            effects = calls.reject(conn_id, user_id, call, wall)
+        elif request.type == "offer" and request.call_id is None:
             effects = calls.offer(
-                conn.id,
+                conn_id,
                 user_id,
                 request.to_user_id,
                 request.data,
                 request.media,
-                self._now(),
+                entry.at,
                 wall,
+                call_id=entry.new_id,
             )
         else:
             call = calls.find(request.call_id, user_id, request.to_user_id, request.TYPE)
-            effects = calls.signal(conn.id, user_id, request.type, call, request.data, wall)
-        self._apply_calls(effects)
+            effects = calls.signal(conn_id, user_id, request.type, call, request.data, wall)
+        self._apply_calls(effects, record)
 
-    def _apply_calls(self, effects: list[CallEffect]) -> None:
+    def _apply_calls(self, effects: list[CallEffect], record: bool) -> None:
+        """Send what calls decided; the node whose entry it was stores the records."""
         deliveries: list[Delivery] = []
         for effect in effects:
             if isinstance(effect, CallRecord):
-                self._save_call(effect)
+                if record:
+                    self._save_call(effect)
             else:
                 deliveries.append(effect)
         self.publish(deliveries)
@@ -664,8 +963,10 @@ class ChatService:
 
     # -- timers ----------------------------------------------------------------------
 
-    def _now(self) -> float:
-        return asyncio.get_running_loop().time()
+    @staticmethod
+    def _now() -> float:
+        """Seconds on the wall clock: times in log entries must mean the same on every node."""
+        return time.time()
 
     def _arm_timer(self) -> None:
         """One timer for the nearest deadline: typing auto-stop or a call's ringing."""
@@ -675,19 +976,21 @@ class ChatService:
         if not deadlines:
             return
         deadline = min(deadlines)
-        timer = self._timer
-        if timer is not None and not timer.cancelled() and timer.when() <= deadline:
+        if self._timer is not None and self._timer_deadline <= deadline:
             return
-        if timer is not None:
-            timer.cancel()
-        self._timer = asyncio.get_running_loop().call_at(deadline, self._deadline_passed)
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_deadline = deadline
+        # At least a few milliseconds apart, so that a deadline set by a node whose
+        # clock runs ahead cannot make this one tick in a busy loop.
+        delay = max(deadline - self._now(), 0.005)
+        self._timer = asyncio.get_running_loop().call_later(delay, self._deadline_passed)
 
     def _deadline_passed(self) -> None:
         self._timer = None
-        now = self._now()
-        self._apply_calls(self.calls.expire(now, self._clock_ms()))  # re-arms the timer
-        self.publish(self.engine.expire(now))
-        self._arm_timer()
+        self._timer_deadline = math.inf
+        # Applying the tick re-arms the timer for what is left.
+        self._append(log_entries.Tick(self._now(), self._clock_ms()))
 
 
 def _log_unsaved_call(result: Result | None, error: BaseException | None) -> None:

@@ -4,21 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import json
 import os
 import signal
 import socket
+import sqlite3
 import struct
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 
 
 def free_port() -> int:
@@ -28,16 +31,99 @@ def free_port() -> int:
         return port
 
 
-class ServerProcess:
-    """``roomcast serve`` as a child process, as a user would run it."""
+#: ``ROOMCAST_TEST_BACKEND=cluster`` runs every server on PostgreSQL + Redis as a
+#: one-node cluster (each server in its own schema and key prefix), so that the
+#: whole single-node suite checks both back ends.
+CLUSTER = os.environ.get("ROOMCAST_TEST_BACKEND") == "cluster"
+POSTGRES_URL = os.environ.get("ROOMCAST_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("ROOMCAST_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
-    def __init__(self, database: Path, *args: str, env: dict[str, str] | None = None) -> None:
+
+def cluster_args(name: str) -> list[str]:
+    """Flags that put a server on PostgreSQL schema ``name`` and Redis prefix ``name``."""
+    return [
+        "--database", f"{POSTGRES_URL}?search_path={name}",
+        "--broker", REDIS_URL,
+        "--broker-prefix", name,
+    ]  # fmt: skip
+
+
+def drop_cluster_state(name: str) -> None:
+    """Remove a test cluster's schema and keys."""
+    subprocess.run(
+        ["psql", POSTGRES_URL, "-q", "-c", f"DROP SCHEMA IF EXISTS {name} CASCADE"],
+        check=False,
+        capture_output=True,
+    )
+    subprocess.run(
+        ["redis-cli", "-u", REDIS_URL, "DEL", f"{name}:log", f"{name}:nodes"],
+        check=False,
+        capture_output=True,
+    )
+
+
+def stored_ids(server: ServerProcess) -> set[int]:
+    """Ids of every message in the server's database, whichever database it is."""
+    if server.cluster is None:
+        with sqlite3.connect(server.database) as conn:
+            return {row[0] for row in conn.execute("SELECT id FROM messages")}
+    result = subprocess.run(
+        ["psql", POSTGRES_URL, "-At", "-c", f"SELECT id FROM {server.cluster}.messages"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return {int(line) for line in result.stdout.split()}
+
+
+@contextlib.asynccontextmanager
+async def database_locked(server: ServerProcess) -> AsyncIterator[None]:
+    """Another process holds the write lock of the server's database until the block ends."""
+    if server.cluster is None:
+        blocker = sqlite3.connect(server.database, isolation_level=None)
+        blocker.execute("BEGIN EXCLUSIVE")
+        try:
+            yield
+        finally:
+            blocker.rollback()
+            blocker.close()
+        return
+    conn = await asyncpg.connect(POSTGRES_URL)
+    try:
+        transaction = conn.transaction()
+        await transaction.start()
+        await conn.execute(f"LOCK TABLE {server.cluster}.messages IN EXCLUSIVE MODE")
+        try:
+            yield
+        finally:
+            await transaction.rollback()
+    finally:
+        await conn.close()
+
+
+class ServerProcess:
+    """``roomcast serve`` as a child process, as a user would run it.
+
+    ``cluster`` names a PostgreSQL schema and Redis prefix: several processes
+    with the same name are nodes of one cluster.
+    """
+
+    def __init__(
+        self,
+        database: Path,
+        *args: str,
+        env: dict[str, str] | None = None,
+        cluster: str | None = None,
+    ) -> None:
         self.database = database
         self.args = list(args)
         self.env = env or {}
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = database.with_suffix(f".{self.port}.log")
+        if cluster is None and CLUSTER:
+            cluster = "t_" + hashlib.sha1(str(database).encode()).hexdigest()[:16]
+        self.cluster = cluster
 
     @property
     def http(self) -> str:
@@ -49,10 +135,15 @@ class ServerProcess:
 
     def start(self, timeout: float = 15.0) -> ServerProcess:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+        backend = (
+            cluster_args(self.cluster)
+            if self.cluster
+            else ["--database", f"sqlite:///{self.database}"]
+        )
         command = [
             sys.executable, "-m", "roomcast", "serve",
             "--port", str(self.port),
-            "--database", f"sqlite:///{self.database}",
+            *backend,
             *self.args,
         ]  # fmt: skip
         log = self.log_path.open("ab")

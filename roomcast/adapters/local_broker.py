@@ -1,24 +1,31 @@
-"""The in-process broker: one node, so publishing is delivering."""
+"""The in-process broker: one node, so appending to the log is applying it."""
 
 from __future__ import annotations
 
-from roomcast.ports.broker import FrameSink
+from roomcast.ports.broker import BrokerState, Input, Replica
 
 
 class LocalBroker:
+    node_id = "local"
+
     def __init__(self) -> None:
-        self._sink: FrameSink | None = None
+        self._replica: Replica | None = None
 
-    def attach(self, sink: FrameSink) -> None:
-        self._sink = sink
+    def attach(self, replica: Replica) -> None:
+        self._replica = replica
 
-    def publish_room(self, room_id: int, frame: bytes, except_user: str | None = None) -> None:
-        if self._sink is not None:
-            self._sink.deliver_room(room_id, frame, except_user)
+    async def start(self) -> None:
+        pass
 
-    def publish_connections(self, conn_ids: tuple[str, ...], frame: bytes) -> None:
-        if self._sink is not None:
-            self._sink.deliver_connections(conn_ids, frame)
+    def append(self, entry: Input) -> None:
+        if self._replica is not None:
+            self._replica.apply(entry, self.node_id)
+
+    def state(self) -> BrokerState:
+        return BrokerState.LOCAL
+
+    async def ping(self) -> None:
+        pass
 
     async def close(self) -> None:
-        self._sink = None
+        self._replica = None

@@ -142,6 +142,20 @@ class CallRegistry:
     def active_count(self) -> int:
         return len(self._calls)
 
+    def calls(self) -> list[Call]:
+        """Every ringing or active call."""
+        return list(self._calls.values())
+
+    def restore(self, call: Call) -> None:
+        """Take over a call another replica knows and this one does not."""
+        if call.id in self._calls:
+            return
+        self._calls[call.id] = call
+        self._call_of_user[call.caller] = call.id
+        self._call_of_user[call.callee] = call.id
+        if call.state is CallState.RINGING:
+            heapq.heappush(self._deadlines, (call.ring_deadline, call.id))
+
     def find(self, call_id: str | None, user_id: str, peer: str | None, request_type: str) -> Call:
         """The call a request refers to, checked to be ``user_id``'s and with ``peer``.
 
@@ -179,14 +193,19 @@ class CallRegistry:
         media: msgspec.Raw,
         now: float,
         wall_ms: int,
+        call_id: str | None = None,
     ) -> list[CallEffect]:
-        """A new call: ``webrtc`` offer without a ``call_id``."""
+        """A new call: ``webrtc`` offer without a ``call_id``.
+
+        ``call_id`` is given when the id was drawn elsewhere (by the node that
+        received the offer, so that every replica names the call alike).
+        """
         if callee == caller:
             raise ProtocolError(
                 ErrorCode.INVALID_MESSAGE, "payload.to_user_id: cannot call yourself", "webrtc"
             )
         call = Call(
-            id=self._new_id(),
+            id=call_id or self._new_id(),
             caller=caller,
             callee=callee,
             caller_conn=conn_id,

@@ -166,6 +166,12 @@ class ChatEngine:
             return []
         return [ToRoom(room_id, Typing(room_id=room_id, user_id=user_id, is_typing=True), user_id)]
 
+    def typing_rooms(self, conn_id: str) -> tuple[int, ...]:
+        """Rooms where this connection's ``typing: true`` is the one in force."""
+        return tuple(
+            sorted(room for (room, _), conn in self._typing_conn.items() if conn == conn_id)
+        )
+
     def _stop_typing(self, room_id: int, user_id: str) -> list[Delivery]:
         self._typing_conn.pop((room_id, user_id), None)
         if not self.typing.stop((room_id, user_id)):

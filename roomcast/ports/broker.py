@@ -1,31 +1,216 @@
-"""The broker port: how encoded frames reach the connections that should get them.
+"""The broker port: one ordered log of what happens to the shared live state.
 
-The service encodes each event once and publishes the frame with its target;
-the broker carries it to every node that holds a recipient, and each node
-hands it to its local fan-out. In one process this is a direct call
-(:mod:`roomcast.adapters.local_broker`); across processes it will be a
-pub/sub engine, without the service changing.
+Rooms, presence, typing and calls are state that every node must agree on:
+a user who joins one room from two nodes must be announced once, a callee on
+another node must ring, a busy callee is busy everywhere. Each node therefore
+holds a *replica* of that state (the core's :class:`ChatEngine` and
+:class:`CallRegistry`), and changes reach every replica as :data:`Input`
+entries through one totally ordered log. A node never changes the shared
+state directly: it appends an input, and applies it when the log hands it
+back, in the same position as every other node. Because the core is
+deterministic (ids and times travel inside the inputs), every replica makes
+the same decisions, and each node sends the resulting frames to the
+connections it holds itself.
+
+In one process the log is a function call (:mod:`roomcast.adapters.local_broker`);
+across processes it is a Redis stream (:mod:`roomcast.adapters.redis_broker`).
+
+Chat messages are stored first and then appended (:class:`MessageStored`), so
+nothing unstored is ever broadcast. Their order in the log may differ from
+their order in the database when two nodes commit at once; receivers restore
+the per-room order with the room sequence (see :mod:`roomcast.core.ordering`).
 """
 
 from __future__ import annotations
 
+import enum
 from typing import Protocol
 
+import msgspec
 
-class FrameSink(Protocol):
-    """The local side of a node: writes frames to its own connections."""
+from roomcast.protocol import ChatMessage, Status
 
-    def deliver_room(self, room_id: int, frame: bytes, except_user: str | None) -> None: ...
 
-    def deliver_connections(self, conn_ids: tuple[str, ...], frame: bytes) -> None: ...
+class _Input(msgspec.Struct, tag_field="kind", frozen=True, gc=False):
+    pass
+
+
+class Opened(_Input, tag="open", frozen=True, gc=False):
+    """A connection was accepted by ``node`` (``user`` unknown yet in open mode)."""
+
+    conn: str
+    node: str
+    user: str | None = None
+
+
+class Identified(_Input, tag="identify", frozen=True, gc=False):
+    conn: str
+    user: str
+
+
+class Closed(_Input, tag="close", frozen=True, gc=False):
+    conn: str
+    at: float
+    wall: int
+
+
+class Joined(_Input, tag="join", frozen=True, gc=False):
+    conn: str
+    room: int
+    # The room's last sequence number when the joining node looked it up:
+    # where that node starts counting if it has seen no message of the room.
+    seq_floor: int = 0
+    since: int | None = None
+
+
+class ClientRequest(_Input, tag="request", frozen=True, gc=False):
+    """A client request that changes shared state, as the client sent it.
+
+    ``data`` is the request's JSON, already decoded and accepted once by the
+    node that received it; every replica decodes it again with the protocol
+    module and applies it at the same point of the log.
+    """
+
+    conn: str
+    data: msgspec.Raw
+    at: float  # the receiving node's clock (seconds), for deadlines
+    wall: int  # milliseconds since the epoch, for records
+    new_id: str = ""  # the id a new call gets
+
+
+class MessageStored(_Input, tag="message", frozen=True, gc=False):
+    """A chat message was committed with room sequence ``seq``."""
+
+    message: ChatMessage
+    seq: int
+
+
+class RoomFrame(_Input, tag="room_frame", frozen=True, gc=False):
+    """A committed change to a message (edit, delete, reaction), encoded once."""
+
+    room: int
+    frame: msgspec.Raw
+
+
+class Tick(_Input, tag="tick", frozen=True, gc=False):
+    """Time passed: typing indicators and ringing calls due by ``at`` end now."""
+
+    at: float
+    wall: int
+
+
+class ConnectionState(msgspec.Struct, frozen=True, gc=False):
+    conn: str
+    user: str | None
+    rooms: tuple[int, ...] = ()
+    status: Status = "online"
+    typing: tuple[int, ...] = ()  # rooms this connection is typing in
+
+
+class CallState(msgspec.Struct, frozen=True, gc=False):
+    id: str
+    caller: str
+    callee: str
+    caller_conn: str
+    media: msgspec.Raw
+    started_at: int
+    ring_deadline: float
+    ringing_conns: tuple[str, ...] = ()
+    callee_conn: str | None = None
+    answered_at: int | None = None
+
+
+class Snapshot(_Input, tag="snapshot", frozen=True, gc=False):
+    """Everything ``node`` holds: the replicas replace their picture of it with this.
+
+    Sent when a node joins, after the log was interrupted (the broker
+    restarted or the node could not reach it), or when a node learns it was
+    declared dead while it was in fact alive.
+    """
+
+    node: str
+    connections: tuple[ConnectionState, ...]
+    calls: tuple[CallState, ...]
+    at: float
+    wall: int
+
+
+class SnapshotRequest(_Input, tag="snapshot_request", frozen=True, gc=False):
+    """Every node answers with its :class:`Snapshot` (a node joined or recovered)."""
+
+    node: str
+
+
+class NodeGone(_Input, tag="node_gone", frozen=True, gc=False):
+    """``node`` stopped refreshing its liveness: its connections are closed everywhere."""
+
+    node: str
+    at: float
+    wall: int
+
+
+Input = (
+    Opened
+    | Identified
+    | Closed
+    | Joined
+    | ClientRequest
+    | MessageStored
+    | RoomFrame
+    | Tick
+    | Snapshot
+    | SnapshotRequest
+    | NodeGone
+)
+
+_encoder = msgspec.json.Encoder()
+_decoder: msgspec.json.Decoder[Input] = msgspec.json.Decoder(Input)
+
+
+def encode_input(entry: Input) -> bytes:
+    return _encoder.encode(entry)
+
+
+def decode_input(data: bytes) -> Input:
+    return _decoder.decode(data)
+
+
+class BrokerState(enum.StrEnum):
+    LOCAL = "local"  # one process: the log is a function call
+    CONNECTED = "connected"
+    DEGRADED = "degraded"  # the broker is unreachable: local users only, for now
+
+
+class Replica(Protocol):
+    """A node's side of the log: applies every entry, in log order."""
+
+    def apply(self, entry: Input, origin: str) -> None:
+        """Apply one entry; ``origin`` is the node that appended it."""
+
+    def log_interrupted(self) -> None:
+        """Entries may have been missed: every node must re-announce what it holds."""
+
+    def nodes_alive(self, live: set[str]) -> None:
+        """The nodes whose liveness is current; others may have died."""
 
 
 class Broker(Protocol):
-    def attach(self, sink: FrameSink) -> None:
-        """Start delivering published frames to this node's sink."""
+    #: This node's id, unique in the cluster.
+    node_id: str
 
-    def publish_room(self, room_id: int, frame: bytes, except_user: str | None = None) -> None: ...
+    def attach(self, replica: Replica) -> None:
+        """Hand every entry of the log to ``replica`` from now on."""
 
-    def publish_connections(self, conn_ids: tuple[str, ...], frame: bytes) -> None: ...
+    async def start(self) -> None: ...
+
+    def append(self, entry: Input) -> None:
+        """Append to the log. While the broker is unreachable the entry is applied
+        locally only (the node keeps serving its own users) and the log is
+        repaired with snapshots once the broker is back."""
+
+    def state(self) -> BrokerState: ...
+
+    async def ping(self) -> None:
+        """Raise unless the broker answers."""
 
     async def close(self) -> None: ...

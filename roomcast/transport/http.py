@@ -20,6 +20,7 @@ from roomcast.auth import Authenticator, AuthError
 from roomcast.config import Settings, url_list
 from roomcast.ice import ice_servers
 from roomcast.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from roomcast.ports.broker import BrokerState
 from roomcast.ports.store import Room, Store, StoreUnavailable
 from roomcast.protocol import (
     CreateRoom,
@@ -128,11 +129,22 @@ class HttpApi:
     # -- handlers ---------------------------------------------------------------------
 
     async def health(self, request: web.Request) -> web.Response:
+        """Database and broker state; 503 only when messages cannot be stored.
+
+        A node whose broker is away still serves its own users, so it stays
+        in a load balancer's rotation and reports ``degraded``.
+        """
+        broker = self.service.broker
+        body: dict[str, str] = {"status": "ok", "database": "ok", "broker": broker.state()}
+        body["node"] = broker.node_id
         try:
             await self.store.ping()
         except StoreUnavailable:
-            return json_response({"status": "unavailable", "database": "unreachable"}, 503)
-        return json_response({"status": "ok"})
+            body.update(status="unavailable", database="unreachable")
+            return json_response(body, 503)
+        if broker.state() is BrokerState.DEGRADED:
+            body["status"] = "degraded"
+        return json_response(body)
 
     async def index(self, request: web.Request) -> web.FileResponse:
         return web.FileResponse(WEB_ROOT / "index.html")

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import aiohttp
 
-from tests.support import Client, ServerProcess, http_json
+from tests.support import Client, ServerProcess, database_locked, http_json
 
 
 async def test_locked_database_fails_senders_broadcasts_nothing_and_recovers(
@@ -24,9 +23,7 @@ async def test_locked_database_fails_senders_broadcasts_nothing_and_recovers(
         await bob.recv("chat")
 
         # Another process takes the database's write lock and keeps it.
-        blocker = sqlite3.connect(tmp_db, isolation_level=None)
-        blocker.execute("BEGIN EXCLUSIVE")
-        try:
+        async with database_locked(server):
             for i in range(3):
                 await alice.send("chat", {"room_id": 1, "content": f"during {i}"})
             for _ in range(3):
@@ -34,9 +31,6 @@ async def test_locked_database_fails_senders_broadcasts_nothing_and_recovers(
                 assert "stored" in error["message"]
             await bob.sync()  # bob received no chat while nothing could be stored
             await alice.sync()
-        finally:
-            blocker.rollback()
-            blocker.close()
 
         after = await alice.chat(1, "after the outage")
         assert (await bob.recv("chat"))["payload"] == after

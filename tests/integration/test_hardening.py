@@ -678,6 +678,8 @@ async def test_rejoining_with_since_while_messages_flow_misses_and_doubles_nothi
             await alice.send("join_room", {"room_id": room_id, "since": since})
             assert (await alice.recv("room_users"))["payload"]["room_id"] == room_id
             for _ in range(8):
+                if sender.done() and len(received) == total:
+                    break  # the stream is over (a slower back end takes fewer cycles)
                 frame = await alice.next(timeout=10)
                 assert frame["type"] == "chat", frame
                 received.append(frame["payload"])

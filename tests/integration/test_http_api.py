@@ -91,7 +91,11 @@ async def history(server: ServerProcess, room_id: int, query: str = "") -> dict[
 
 
 async def test_health_is_ok(api_server: ServerProcess) -> None:
-    assert await get(api_server, "/health") == (200, {"status": "ok"})
+    status, body = await get(api_server, "/health")
+    expected = {"status": "ok", "database": "ok", "broker": "local", "node": "local"}
+    if api_server.cluster:
+        expected.update(broker="connected", node=body["node"])
+    assert (status, body) == (200, expected)
 
 
 async def test_created_rooms_are_listed(api_server: ServerProcess, user: UserName) -> None:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sqlite3
 from pathlib import Path
 
 import aiohttp
 
-from tests.support import Client, ServerProcess, http_json
+from tests.support import Client, ServerProcess, http_json, stored_ids
 
 
 async def test_history_survives_a_restart(tmp_db: Path) -> None:
@@ -63,6 +62,6 @@ async def test_sigterm_closes_clients_with_1001_and_loses_no_acknowledged_messag
     await alice.close()
     assert server.proc.wait(15) == 0  # type: ignore[union-attr]
     assert close_code == 1001
-    stored = {row[0] for row in sqlite3.connect(tmp_db).execute("SELECT id FROM messages")}
+    stored = stored_ids(server)
     assert set(acknowledged) <= stored
     assert acknowledged == sorted(acknowledged)

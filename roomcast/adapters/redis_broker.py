@@ -1,0 +1,235 @@
+"""The cluster's log on Redis: one stream that every node appends to and reads.
+
+Redis runs commands one at a time, so ``XADD`` gives every entry one place in
+one order that all readers see alike; that is all the replicas need (see
+:mod:`roomcast.ports.broker`). Each node reads the stream with a blocking
+``XREAD`` on its own connection and writes through another, pipelining what
+it appended during one loop turn.
+
+Every entry carries its origin node and that node's counter, so an entry is
+applied at most once even when it is both applied locally (see below) and
+later read back from the stream.
+
+Liveness: each node refreshes its score (an expiry time) in a sorted set
+every ``node_ttl / 3`` seconds and reads who else is live; the service
+declares a node gone once it has been missing for ``node_ttl``.
+
+When Redis cannot be reached, the node keeps serving its own users: what it
+appends is applied locally at once. When Redis answers again (or the node
+sees that Redis restarted and lost the stream), the replica is told the log
+was interrupted, and the nodes exchange snapshots and read missed messages
+from the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from typing import Any
+
+import redis.asyncio as redis
+from redis.exceptions import RedisError
+
+from roomcast.ports.broker import (
+    BrokerState,
+    Input,
+    Replica,
+    SnapshotRequest,
+    decode_input,
+    encode_input,
+)
+
+log = logging.getLogger("roomcast.broker")
+
+#: Failures that mean "Redis is not reachable right now".
+_UNREACHABLE = (RedisError, OSError, asyncio.TimeoutError)
+
+
+class RedisBroker:
+    def __init__(
+        self,
+        url: str,
+        prefix: str = "roomcast",
+        node_ttl: float = 10.0,
+        node_id: str | None = None,
+        max_log_entries: int = 100_000,
+    ) -> None:
+        self.node_id = node_id or uuid.uuid4().hex[:12]
+        self.url = url
+        self.node_ttl = node_ttl
+        self._log_key = f"{prefix}:log"
+        self._nodes_key = f"{prefix}:nodes"
+        self._max_log = max_log_entries
+        self._replica: Replica | None = None
+        self._state = BrokerState.CONNECTED
+        self._counter = 0
+        self._applied: dict[str, int] = {}  # origin node -> last counter applied
+        self._outbox: list[tuple[int, bytes, Input]] = []
+        self._wake = asyncio.Event()
+        self._last_id = b"0-0"
+        self._run_id: str | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        # Separate connections: the reader spends its time blocked in XREAD.
+        self._writer: redis.Redis = redis.from_url(
+            url, socket_timeout=2.0, socket_connect_timeout=2.0
+        )
+        self._reader: redis.Redis = redis.from_url(url, socket_connect_timeout=2.0)
+
+    def attach(self, replica: Replica) -> None:
+        self._replica = replica
+
+    def state(self) -> BrokerState:
+        return self._state
+
+    async def ping(self) -> None:
+        await asyncio.wait_for(self._writer.ping(), timeout=2.0)
+
+    async def start(self) -> None:
+        """Join the cluster: read from the log's current end, then ask for everyone's state."""
+        info = await self._writer.info("server")
+        self._run_id = str(info["run_id"])
+        newest: Any = await self._writer.xrevrange(self._log_key, count=1)
+        if newest:
+            self._last_id = bytes(newest[0][0])
+        await self._refresh_liveness()
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._read_forever(), name="broker-reader"),
+            loop.create_task(self._write_forever(), name="broker-writer"),
+            loop.create_task(self._watch_forever(), name="broker-liveness"),
+        ]
+        log.info("broker connected node=%s url=%s", self.node_id, self.url)
+        self.append(SnapshotRequest(self.node_id))
+
+    async def close(self) -> None:
+        """Write what is still queued, leave the live list, disconnect."""
+        with contextlib.suppress(*_UNREACHABLE):
+            await asyncio.wait_for(self._flush(), timeout=2.0)
+            await self._writer.zrem(self._nodes_key, self.node_id)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, *_UNREACHABLE):
+                await task
+        self._replica = None
+        await self._writer.aclose()
+        await self._reader.aclose()
+
+    # -- appending ---------------------------------------------------------------------
+
+    def append(self, entry: Input) -> None:
+        self._counter += 1
+        if self._state is BrokerState.DEGRADED:
+            self._apply(self.node_id, self._counter, entry)
+            return
+        self._outbox.append((self._counter, encode_input(entry), entry))
+        self._wake.set()
+
+    async def _write_forever(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self._flush()
+            except _UNREACHABLE as exc:
+                self._degrade(exc)
+
+    async def _flush(self) -> None:
+        while self._outbox:
+            batch = self._outbox[:512]
+            async with self._writer.pipeline(transaction=False) as pipe:
+                for counter, data, _ in batch:
+                    pipe.xadd(
+                        self._log_key,
+                        {"o": self.node_id, "n": counter, "d": data},
+                        maxlen=self._max_log,
+                        approximate=True,
+                    )
+                await pipe.execute()
+            del self._outbox[: len(batch)]
+
+    def _degrade(self, exc: BaseException) -> None:
+        """Redis is away: apply what was queued here, and everything from now on."""
+        if self._state is not BrokerState.DEGRADED:
+            log.error("broker unreachable, serving local users only error=%r", exc)
+        self._state = BrokerState.DEGRADED
+        queued, self._outbox = self._outbox, []
+        for counter, _, entry in queued:
+            self._apply(self.node_id, counter, entry)
+
+    # -- reading -----------------------------------------------------------------------
+
+    async def _read_forever(self) -> None:
+        pause = 0.05
+        while True:
+            try:
+                response: Any = await self._reader.xread(
+                    {self._log_key: self._last_id}, count=1000, block=1000
+                )
+            except _UNREACHABLE:
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 1.0)
+                continue
+            pause = 0.05
+            for _stream, entries in response or ():
+                for entry_id, fields in entries:
+                    self._last_id = entry_id
+                    self._receive(fields)
+
+    def _receive(self, fields: dict[bytes, bytes]) -> None:
+        try:
+            origin = fields[b"o"].decode()
+            counter = int(fields[b"n"])
+            entry = decode_input(fields[b"d"])
+        except Exception:
+            log.exception("unreadable log entry skipped")
+            return
+        self._apply(origin, counter, entry)
+
+    def _apply(self, origin: str, counter: int, entry: Input) -> None:
+        if counter <= self._applied.get(origin, 0):
+            return  # applied already (locally while Redis was away)
+        self._applied[origin] = counter
+        if self._replica is None:
+            return
+        try:
+            self._replica.apply(entry, origin)
+        except Exception:
+            log.exception("log entry failed kind=%s origin=%s", type(entry).__name__, origin)
+
+    # -- liveness and recovery -----------------------------------------------------------
+
+    async def _watch_forever(self) -> None:
+        period = max(self.node_ttl / 3, 0.05)
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await self._refresh_liveness()
+            except _UNREACHABLE as exc:
+                self._degrade(exc)
+
+    async def _refresh_liveness(self) -> None:
+        info: dict[str, Any] = await self._writer.info("server")
+        run_id = str(info["run_id"])
+        restarted = self._run_id is not None and run_id != self._run_id
+        self._run_id = run_id
+        now_ms = int(time.time() * 1000)
+        ttl_ms = int(self.node_ttl * 1000)
+        async with self._writer.pipeline(transaction=False) as pipe:
+            pipe.zadd(self._nodes_key, {self.node_id: now_ms + ttl_ms})
+            pipe.zremrangebyscore(self._nodes_key, "-inf", now_ms)
+            pipe.zrangebyscore(self._nodes_key, now_ms, "+inf")
+            *_, live = await pipe.execute()
+        if restarted:
+            log.warning("broker restarted: its log is new node=%s", self.node_id)
+            self._last_id = b"0-0"
+        if self._state is BrokerState.DEGRADED or restarted:
+            self._state = BrokerState.CONNECTED
+            log.info("broker reachable again node=%s", self.node_id)
+            if self._replica is not None:
+                self._replica.log_interrupted()
+        if self._replica is not None:
+            self._replica.nodes_alive({node.decode() for node in live})

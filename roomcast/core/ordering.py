@@ -1,0 +1,127 @@
+"""Per-room delivery in sequence order, whatever order messages arrive in.
+
+Every stored message gets the next number of its room's sequence in the same
+transaction as its insert, so within a room sequence order is commit order
+(and id order). When several nodes commit into one room at the same moment,
+their announcements can reach a node in a different order, and one can be
+lost while the broker is away. :class:`RoomSequencer` restores the order: a
+message whose predecessor has not arrived is held back; if the predecessor is
+still missing after ``gap_wait`` seconds the caller reads the gap from the
+database and hands it in with :meth:`RoomSequencer.fill`.
+
+A room can also be *paused* while a joining connection's backlog is read, so
+that the backlog goes out before anything newer. The sequencer is a plain
+state machine: time is passed in and nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class _RoomOrder(Generic[T]):
+    delivered: int  # every sequence number up to this one has been handed out
+    held: dict[int, T] = field(default_factory=dict)
+    paused: int = 0
+    waiting_since: float | None = None  # when the current gap was first seen
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """Sequence numbers ``after < seq <= through`` of ``room`` never arrived."""
+
+    room: int
+    after: int
+    through: int
+
+
+class RoomSequencer(Generic[T]):
+    def __init__(self, gap_wait: float) -> None:
+        self.gap_wait = gap_wait
+        self._rooms: dict[int, _RoomOrder[T]] = {}
+
+    def start(self, room: int, floor: int) -> None:
+        """Count from ``floor`` in a room this node has seen nothing of yet."""
+        if room not in self._rooms:
+            self._rooms[room] = _RoomOrder(delivered=floor)
+
+    def delivered(self, room: int) -> int:
+        order = self._rooms.get(room)
+        return 0 if order is None else order.delivered
+
+    def offer(self, room: int, seq: int, item: T, now: float) -> list[T]:
+        """An arrival; returns what can be delivered now, in order."""
+        order = self._rooms.get(room)
+        if order is None:
+            # The first message of a room seen since this node started: nothing
+            # before it was meant for this node's connections.
+            order = self._rooms[room] = _RoomOrder(delivered=seq - 1)
+        if seq <= order.delivered or seq in order.held:
+            return []  # already delivered (a gap fill and the log both had it)
+        order.held[seq] = item
+        return self._release(order, now)
+
+    def pause(self, room: int) -> None:
+        order = self._rooms.get(room)
+        if order is None:
+            order = self._rooms[room] = _RoomOrder(delivered=0)
+        order.paused += 1
+
+    def resume(self, room: int, now: float) -> list[T]:
+        order = self._rooms[room]
+        order.paused -= 1
+        return self._release(order, now)
+
+    def fill(self, room: int, found: list[tuple[int, T]], through: int, now: float) -> list[T]:
+        """The database's view of a gap: numbers absent from ``found`` are skipped
+        (their message was deleted); returns what can be delivered now."""
+        order = self._rooms[room]
+        for seq, item in found:
+            if order.delivered < seq <= through:
+                order.held.setdefault(seq, item)
+        out: list[T] = []
+        while order.delivered < through:
+            order.delivered += 1
+            if order.delivered in order.held:
+                out.append(order.held.pop(order.delivered))
+        order.waiting_since = None
+        return out + self._release(order, now)
+
+    def overdue(self, now: float) -> list[Gap]:
+        """Gaps that have waited ``gap_wait`` and must be read from the database."""
+        gaps = []
+        for room, order in self._rooms.items():
+            if (
+                order.held
+                and not order.paused
+                and order.waiting_since is not None
+                and now - order.waiting_since >= self.gap_wait
+            ):
+                gaps.append(Gap(room, order.delivered, min(order.held) - 1))
+        return gaps
+
+    def next_deadline(self) -> float | None:
+        waits = [
+            order.waiting_since
+            for order in self._rooms.values()
+            if order.waiting_since is not None and order.held
+        ]
+        return min(waits) + self.gap_wait if waits else None
+
+    def _release(self, order: _RoomOrder[T], now: float) -> list[T]:
+        if order.paused:
+            return []
+        out: list[T] = []
+        held = order.held
+        while order.delivered + 1 in held:
+            order.delivered += 1
+            out.append(held.pop(order.delivered))
+        if not held:
+            order.waiting_since = None
+        elif order.waiting_since is None:
+            order.waiting_since = now
+        return out
