@@ -273,11 +273,13 @@ class ChatService:
         self.publish(deliveries[:-1])
         room_id = message.room_id
         released = self.sequencer.offer(room_id, seq, self.frame(message), self._now())
-        for frame in released:
-            self.metrics.messages_out["chat"] += len(self.engine.rooms.connections(room_id))
-            self.deliver_room(room_id, frame)
         if not released:
             self._arm_gap_timer()
+            return
+        members = self.engine.rooms.connections(room_id)
+        self.metrics.messages_out["chat"] += len(members) * len(released)
+        for frame in released:
+            self.fanout.send_room(room_id, members, frame)
 
     def _apply_join(self, entry: log_entries.Joined) -> None:
         conn_id, room_id = entry.conn, entry.room

@@ -6,9 +6,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import Client, ServerProcess
+from tests.support import CLUSTERS_USED, Client, ServerProcess, drop_cluster_state
 
 _room_ids = itertools.count(1000)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def drop_clusters_at_exit() -> Iterator[None]:
+    """PostgreSQL schemas and Redis keys of the session's clusters go when it ends."""
+    yield
+    for name in CLUSTERS_USED:
+        drop_cluster_state(name)
 
 
 @pytest.fixture(scope="session")

@@ -48,6 +48,10 @@ def cluster_args(name: str) -> list[str]:
     ]  # fmt: skip
 
 
+#: Cluster names servers of this test session used (dropped when it ends).
+CLUSTERS_USED: set[str] = set()
+
+
 def drop_cluster_state(name: str) -> None:
     """Remove a test cluster's schema and keys."""
     subprocess.run(
@@ -135,6 +139,8 @@ class ServerProcess:
 
     def start(self, timeout: float = 15.0) -> ServerProcess:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+        if self.cluster:
+            CLUSTERS_USED.add(self.cluster)
         backend = (
             cluster_args(self.cluster)
             if self.cluster

@@ -60,6 +60,9 @@ class RoomSequencer(Generic[T]):
             # The first message of a room seen since this node started: nothing
             # before it was meant for this node's connections.
             order = self._rooms[room] = _RoomOrder(delivered=seq - 1)
+        if seq == order.delivered + 1 and not order.held and not order.paused:
+            order.delivered = seq  # the usual case: next in line, nothing waiting
+            return [item]
         if seq <= order.delivered or seq in order.held:
             return []  # already delivered (a gap fill and the log both had it)
         order.held[seq] = item
