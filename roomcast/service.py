@@ -159,6 +159,7 @@ class ChatService:
         self._connections: dict[str, Connection] = {}  # this node's own
         self._node_of: dict[str, str] = {}  # every connection in the replica -> its node
         self._absent_since: dict[str, float] = {}  # nodes missing from the live list
+        self._announce_due = False  # a snapshot waits for this node's entries in flight
         # Local connections waiting for their join or leave to come back from the log.
         self._awaiting: dict[str, asyncio.Future[None]] = {}
         self._timer: asyncio.TimerHandle | None = None
@@ -220,6 +221,13 @@ class ChatService:
     def apply(self, entry: Input, origin: str) -> None:
         """Apply one log entry to this node's replica and tell local connections."""
         mine = origin == self.node_id
+        try:
+            self._apply(entry, mine)
+        finally:
+            if mine and self._announce_due:
+                self._announce()
+
+    def _apply(self, entry: Input, mine: bool) -> None:
         if isinstance(entry, log_entries.MessageStored):
             self._apply_message(entry.message, entry.seq)
         elif isinstance(entry, log_entries.ClientRequest):
@@ -242,7 +250,7 @@ class ChatService:
         elif isinstance(entry, log_entries.NodeGone):
             self._apply_node_gone(entry, mine)
         elif isinstance(entry, log_entries.SnapshotRequest):
-            self._append(self.snapshot())
+            self._announce()
         elif isinstance(entry, log_entries.Snapshot):
             self._apply_snapshot(entry, mine)
 
@@ -356,7 +364,7 @@ class ChatService:
     def _apply_node_gone(self, entry: log_entries.NodeGone, record: bool) -> None:
         if entry.node == self.node_id:
             # Declared dead while alive (a long pause): announce ourselves again.
-            self._append(self.snapshot())
+            self._announce()
             return
         log.warning("node gone node=%s", entry.node)
         gone = sorted(c for c, node in self._node_of.items() if node == entry.node)
@@ -407,6 +415,20 @@ class ChatService:
             )
         self._arm_timer()
 
+    def _announce(self) -> None:
+        """Append this node's snapshot once its own earlier entries are applied here.
+
+        A snapshot taken while some of this node's entries are still on their
+        way through the log would describe a state older than its position in
+        the log: the replicas would apply those entries, then the snapshot,
+        and undo them.
+        """
+        if self.broker.pending():
+            self._announce_due = True
+            return
+        self._announce_due = False
+        self._append(self.snapshot())
+
     def snapshot(self) -> log_entries.Snapshot:
         """What this node holds, for the other replicas."""
         engine = self.engine
@@ -447,7 +469,6 @@ class ChatService:
         """Log entries may have been lost: re-announce, ask the others, re-read rooms."""
         log.warning("log interrupted: resynchronising node=%s", self.node_id)
         self._append(log_entries.SnapshotRequest(self.node_id))
-        self._append(self.snapshot())
         rooms = {r for c in self._connections for r in self.engine.rooms.rooms_of(c)}
         for room_id in sorted(rooms):
             self._spawn(self._catch_up(room_id))

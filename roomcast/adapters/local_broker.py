@@ -24,6 +24,9 @@ class LocalBroker:
     def state(self) -> BrokerState:
         return BrokerState.LOCAL
 
+    def pending(self) -> int:
+        return 0  # applied as they are appended
+
     async def ping(self) -> None:
         pass
 

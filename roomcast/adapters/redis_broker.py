@@ -68,6 +68,8 @@ class RedisBroker:
         self._counter = 0
         self._applied: dict[str, int] = {}  # origin node -> last counter applied
         self._outbox: list[tuple[int, bytes, Input]] = []
+        # Written to the stream, not read back yet: applied here if Redis loses them.
+        self._in_flight: dict[int, Input] = {}
         self._wake = asyncio.Event()
         self._last_id = b"0-0"
         self._run_id: str | None = None
@@ -83,6 +85,9 @@ class RedisBroker:
 
     def state(self) -> BrokerState:
         return self._state
+
+    def pending(self) -> int:
+        return self._counter - self._applied.get(self.node_id, 0)
 
     async def ping(self) -> None:
         await asyncio.wait_for(self._writer.ping(), timeout=2.0)
@@ -149,27 +154,49 @@ class RedisBroker:
                         approximate=True,
                     )
                 await pipe.execute()
-            del self._outbox[: len(batch)]
+            # Only what was sent leaves the outbox (a degrade meanwhile emptied it).
+            done = batch[-1][0]
+            self._outbox = [item for item in self._outbox if item[0] > done]
+            for counter, _, entry in batch:
+                if counter > self._applied.get(self.node_id, 0):
+                    self._in_flight[counter] = entry
 
     def _degrade(self, exc: BaseException) -> None:
         """Redis is away: apply what was queued here, and everything from now on."""
         if self._state is not BrokerState.DEGRADED:
             log.error("broker unreachable, serving local users only error=%r", exc)
         self._state = BrokerState.DEGRADED
+        self._apply_in_flight()
         queued, self._outbox = self._outbox, []
         for counter, _, entry in queued:
             self._apply(self.node_id, counter, entry)
+
+    def _apply_in_flight(self) -> None:
+        """Apply here what was written but not read back: it may never come back.
+
+        If it still does (Redis was only slow), the counter makes it a no-op.
+        """
+        in_flight, self._in_flight = self._in_flight, {}
+        for counter in sorted(in_flight):
+            self._apply(self.node_id, counter, in_flight[counter])
 
     # -- reading -----------------------------------------------------------------------
 
     async def _read_forever(self) -> None:
         pause = 0.05
+        interrupted = False
         while True:
             try:
+                if interrupted and await self._entries_trimmed():
+                    log.warning("log entries were trimmed while away node=%s", self.node_id)
+                    if self._replica is not None:
+                        self._replica.log_interrupted()
+                interrupted = False
                 response: Any = await self._reader.xread(
                     {self._log_key: self._last_id}, count=1000, block=1000
                 )
             except _UNREACHABLE:
+                interrupted = True
                 await asyncio.sleep(pause)
                 pause = min(pause * 2, 1.0)
                 continue
@@ -178,6 +205,14 @@ class RedisBroker:
                 for entry_id, fields in entries:
                     self._last_id = entry_id
                     self._receive(fields)
+
+    async def _entries_trimmed(self) -> bool:
+        """Whether entries after the last one read are gone (the stream is capped)."""
+        oldest: Any = await self._reader.xrange(self._log_key, count=1)
+        if not oldest or self._last_id == b"0-0":
+            return False
+        # While the last entry read is still there, the oldest one is not after it.
+        return _stream_id(bytes(oldest[0][0])) > _stream_id(self._last_id)
 
     def _receive(self, fields: dict[bytes, bytes]) -> None:
         try:
@@ -193,6 +228,8 @@ class RedisBroker:
         if counter <= self._applied.get(origin, 0):
             return  # applied already (locally while Redis was away)
         self._applied[origin] = counter
+        if origin == self.node_id:
+            self._in_flight.pop(counter, None)
         if self._replica is None:
             return
         try:
@@ -226,6 +263,7 @@ class RedisBroker:
         if restarted:
             log.warning("broker restarted: its log is new node=%s", self.node_id)
             self._last_id = b"0-0"
+            self._apply_in_flight()
         if self._state is BrokerState.DEGRADED or restarted:
             self._state = BrokerState.CONNECTED
             log.info("broker reachable again node=%s", self.node_id)
@@ -233,3 +271,8 @@ class RedisBroker:
                 self._replica.log_interrupted()
         if self._replica is not None:
             self._replica.nodes_alive({node.decode() for node in live})
+
+
+def _stream_id(raw: bytes) -> tuple[int, int]:
+    milliseconds, _, sequence = raw.partition(b"-")
+    return int(milliseconds), int(sequence or 0)

@@ -210,6 +210,9 @@ class Broker(Protocol):
 
     def state(self) -> BrokerState: ...
 
+    def pending(self) -> int:
+        """Entries this node appended that it has not applied yet."""
+
     async def ping(self) -> None:
         """Raise unless the broker answers."""
 
