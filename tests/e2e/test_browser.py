@@ -1,34 +1,28 @@
 """The browser client in a real Chromium: two people chat and video-call each other.
 
 Chromium is Debian's (``/usr/bin/chromium``) driven by Playwright, with fake
-camera and microphone devices. Screenshots go to ``test-output/`` so a person
-can look at what the client shows.
+camera and microphone devices (see ``browser_support.py``). Screenshots go to
+``test-output/`` so a person can look at what the client shows.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwright
+from playwright.sync_api import Browser, expect
 
+from tests.e2e.browser_support import (
+    create_room,
+    login,
+    message,
+    open_room,
+    remote_video_plays,
+    send_message,
+    shot,
+)
 from tests.support import ServerProcess
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-OUTPUT = Path(os.environ.get("ROOMCAST_TEST_OUTPUT", "test-output"))
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--use-fake-device-for-media-stream",
-    "--use-fake-ui-for-media-stream",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 @pytest.fixture(scope="module")
@@ -38,72 +32,6 @@ def web_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProce
     server = ServerProcess(database, "--ring-timeout", "20", "--rate-limits", "off").start()
     yield server
     server.stop()
-
-
-@pytest.fixture(scope="module")
-def playwright() -> Iterator[Playwright]:
-    with sync_playwright() as p:
-        yield p
-
-
-@pytest.fixture(scope="module")
-def browser(playwright: Playwright) -> Iterator[Browser]:
-    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-    yield browser
-    browser.close()
-
-
-def shot(page: Page, name: str) -> Path:
-    OUTPUT.mkdir(parents=True, exist_ok=True)
-    path = OUTPUT / f"{name}.png"
-    page.screenshot(path=str(path))
-    return path
-
-
-def login(browser: Browser, server: ServerProcess, name: str, width: int = 1200) -> Page:
-    context = browser.new_context(viewport={"width": width, "height": 760})
-    page = context.new_page()
-    page.on("dialog", lambda dialog: dialog.accept())
-    page.goto(server.http + "/")
-    page.fill("#login-name", name)
-    page.click("#login-form button[type=submit]")
-    expect(page.locator("#conn-state")).to_have_attribute("data-state", "connected")
-    return page
-
-
-def create_room(page: Page, name: str) -> None:
-    page.fill("#new-room-name", name)
-    page.click("#new-room-form button")
-    expect(page.locator(".room-item.active")).to_contain_text(name)
-
-
-def open_room(page: Page, name: str) -> None:
-    page.reload()  # picks up rooms created since the page loaded
-    expect(page.locator("#conn-state")).to_have_attribute("data-state", "connected")
-    if page.locator("#open-sidebar").is_visible():  # phone width: the menu is folded away
-        page.click("#open-sidebar")
-    page.locator(".room-item", has_text=name).click()
-    expect(page.locator("#room-name")).to_have_text(name)
-
-
-def send_message(page: Page, text: str) -> None:
-    page.fill("#message-input", text)
-    page.press("#message-input", "Enter")
-
-
-def message(page: Page, text: str):  # type: ignore[no-untyped-def]
-    return page.locator(".message", has=page.locator(".content", has_text=text))
-
-
-def remote_video_plays(page: Page) -> None:
-    page.wait_for_function(
-        "() => { const c = window.roomcast.state.call;"
-        " return c && c.pc && c.pc.connectionState === 'connected'; }",
-        timeout=20000,
-    )
-    page.wait_for_function(
-        "() => document.getElementById('remote-video').videoWidth > 0", timeout=20000
-    )
 
 
 def test_two_people_chat_and_video_call(browser: Browser, web_server: ServerProcess) -> None:
