@@ -32,7 +32,8 @@ class _RoomOrder(Generic[T]):
 
 @dataclass(frozen=True, slots=True)
 class Gap:
-    """Sequence numbers ``after < seq <= through`` of ``room`` never arrived."""
+    """Sequence numbers ``after < seq <= through`` of ``room`` must be read (some never
+    arrived; the ones that did are kept as they are)."""
 
     room: int
     after: int
@@ -104,14 +105,16 @@ class RoomSequencer(Generic[T]):
                 and order.waiting_since is not None
                 and now - order.waiting_since >= self.gap_wait
             ):
-                gaps.append(Gap(room, order.delivered, min(order.held) - 1))
+                # Through the newest message held: one read settles every gap
+                # before it (while the log is down, each message is behind one).
+                gaps.append(Gap(room, order.delivered, max(order.held)))
         return gaps
 
     def next_deadline(self) -> float | None:
         waits = [
             order.waiting_since
             for order in self._rooms.values()
-            if order.waiting_since is not None and order.held
+            if order.waiting_since is not None and order.held and not order.paused
         ]
         return min(waits) + self.gap_wait if waits else None
 

@@ -38,9 +38,10 @@ def test_an_overdue_gap_is_filled_from_the_database_skipping_deleted() -> None:
     seq.start(7, floor=10)
     assert seq.offer(7, 14, "m14", now=0.0) == []
     assert seq.overdue(now=0.1) == []
-    assert seq.overdue(now=0.2) == [Gap(room=7, after=10, through=13)]
-    # 12 was deleted meanwhile: the database has 11 and 13 only.
-    assert seq.fill(7, [(11, "m11"), (13, "m13")], through=13, now=0.3) == ["m11", "m13", "m14"]
+    assert seq.overdue(now=0.2) == [Gap(room=7, after=10, through=14)]
+    # 12 was deleted meanwhile: the database has 11, 13 and 14.
+    found = [(11, "m11"), (13, "m13"), (14, "m14 from the database")]
+    assert seq.fill(7, found, through=14, now=0.3) == ["m11", "m13", "m14"]
     assert seq.delivered(7) == 14
     # The log's late copies change nothing.
     assert seq.offer(7, 11, "late", now=0.4) == []
@@ -70,4 +71,24 @@ def test_rooms_are_independent() -> None:
     seq.start(2, floor=0)
     assert seq.offer(1, 2, "a2", now=0.0) == []
     assert seq.offer(2, 1, "b1", now=0.0) == ["b1"]
-    assert seq.overdue(now=1.0) == [Gap(room=1, after=0, through=1)]
+    assert seq.overdue(now=1.0) == [Gap(room=1, after=0, through=2)]
+
+
+def test_one_read_settles_every_gap_behind_the_newest_message() -> None:
+    seq: RoomSequencer[str] = RoomSequencer(gap_wait=0.2)
+    seq.start(1, floor=0)
+    for n in (2, 4, 6):  # every other message never arrives (the log is down)
+        assert seq.offer(1, n, f"m{n}", now=0.0) == []
+    assert seq.overdue(now=0.2) == [Gap(room=1, after=0, through=6)]
+    found = [(n, f"db{n}") for n in range(1, 7)]
+    assert seq.fill(1, found, through=6, now=0.2) == ["db1", "m2", "db3", "m4", "db5", "m6"]
+
+
+def test_a_paused_room_sets_no_deadline() -> None:
+    seq: RoomSequencer[str] = RoomSequencer(gap_wait=0.2)
+    seq.start(1, floor=0)
+    assert seq.offer(1, 2, "m2", now=0.0) == []
+    seq.pause(1)  # a gap fill is reading
+    assert seq.next_deadline() is None
+    seq.resume(1, now=0.1)
+    assert seq.next_deadline() == 0.2
