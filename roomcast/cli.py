@@ -51,6 +51,7 @@ _HELP = {
     "broker_prefix": "prefix of every Redis key (several clusters can share one Redis)",
     "node_ttl": "seconds without a liveness refresh before a node is declared gone",
     "gap_wait": "seconds a message waits for a missing predecessor before a database read",
+    "log_timeout": "seconds a join or leave may wait for the cluster's log",
     "workers": "server processes sharing the port on this machine (needs --broker)",
     "reuse_port": "listen with SO_REUSEPORT (set for each worker)",
 }

@@ -66,6 +66,9 @@ class Settings:
     # How long a message waits for a predecessor before the gap is read from
     # the database (seconds).
     gap_wait: float = 0.2
+    # How long a join or leave may wait for the log to apply it before the
+    # client gets an "internal" error (seconds).
+    log_timeout: float = 10.0
     # Server processes sharing the port on this machine (needs a broker).
     workers: int = 1
     # Let several processes listen on the same port (set for each worker).
@@ -99,8 +102,8 @@ class Settings:
                 "--broker needs a PostgreSQL --database that every node shares, "
                 f"not {self.database!r}"
             )
-        if self.node_ttl <= 0 or self.gap_wait <= 0:
-            raise ValueError("node_ttl and gap_wait must be positive")
+        if self.node_ttl <= 0 or self.gap_wait <= 0 or self.log_timeout <= 0:
+            raise ValueError("node_ttl, gap_wait and log_timeout must be positive")
         if self.rate_limits not in ("off", "default"):
             parse_rates(self.rate_limits)
 

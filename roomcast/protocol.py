@@ -470,6 +470,17 @@ def encode(event: Event, timestamp_ms: int) -> bytes:
     return _encoder.encode(_OutEnvelope(event.TYPE, event, timestamp_ms))
 
 
+class _RequestEnvelope(msgspec.Struct, omit_defaults=True):
+    type: str
+    payload: Request
+
+
+def encode_request(request: Request) -> bytes:
+    """A decoded request as a client frame again: exactly its fields, nothing the
+    client padded it with (server nodes hand requests on to each other)."""
+    return _encoder.encode(_RequestEnvelope(request.TYPE, request))
+
+
 def error_event(exc: ProtocolError) -> Error:
     return Error(
         code=exc.code,

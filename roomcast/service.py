@@ -74,6 +74,7 @@ from roomcast.protocol import (
     WebRTCRequest,
     decode_client,
     encode,
+    encode_request,
     error_event,
 )
 from roomcast.transport.fanout import FanOut, Writable, text_frame
@@ -164,6 +165,7 @@ class ChatService:
         self._awaiting: dict[str, asyncio.Future[None]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_deadline = math.inf
+        self._tick_sent = -math.inf  # the time of this node's last tick
         self._gap_timer: asyncio.TimerHandle | None = None
         self._background: set[asyncio.Task[None]] = set()
         broker.attach(self)
@@ -310,25 +312,34 @@ class ChatService:
         self._spawn(self._send_backlog(conn, room_id, entry.since))
 
     async def _send_backlog(self, conn: Connection, room_id: int, since: int) -> None:
+        """Read and send what the joiner missed, then let the room's live traffic go on."""
         through = self.sequencer.delivered(room_id)
         waiting = self._awaiting.get(conn.id)
         try:
             messages, truncated = await self.store.messages_since(
                 room_id, since, through, self.settings.resume_max_messages
             )
+            if not conn.ended and messages:
+                if truncated:
+                    first = messages[0].message.id
+                    self.send(conn, HistoryGap(room_id=room_id, since=since, before=first))
+                for item in messages:
+                    self.send(conn, item.message)
         except Exception as exc:
+            # Not joined without its backlog: the client is told and may retry.
             if waiting is not None and not waiting.done():
                 waiting.set_exception(StoreUnavailable(str(exc)))
-            messages, truncated = [], False
-        if not conn.ended and messages:
-            if truncated:
-                first = messages[0].message.id
-                self.send(conn, HistoryGap(room_id=room_id, since=since, before=first))
-            for item in messages:
-                self.send(conn, item.message)
-        self._settle(conn.id)
-        for frame in self.sequencer.resume(room_id, self._now()):
-            self.deliver_room(room_id, frame)
+            if not conn.ended:
+                leave = encode_request(LeaveRoomRequest(room_id=room_id))
+                self._append(
+                    log_entries.ClientRequest(
+                        conn.id, msgspec.Raw(leave), self._now(), self._clock_ms()
+                    )
+                )
+        finally:
+            self._settle(conn.id)
+            for frame in self.sequencer.resume(room_id, self._now()):
+                self.deliver_room(room_id, frame)
 
     def _apply_request(self, entry: log_entries.ClientRequest, mine: bool) -> None:
         conn_id = entry.conn
@@ -375,28 +386,15 @@ class ChatService:
         """Make this replica's picture of ``entry.node`` what that node says it holds."""
         if entry.node == self.node_id:
             return
-        engine = self.engine
         listed = {state.conn: state for state in entry.connections}
         for conn_id in sorted(c for c, n in self._node_of.items() if n == entry.node):
             if conn_id not in listed:
                 self._remove_connection(conn_id, entry.at, entry.wall, record)
         for state in entry.connections:
-            conn_id = state.conn
-            self._add_connection(conn_id, entry.node, None)
-            if state.user is None:
-                continue
-            if engine.user_of(conn_id) is None:
-                engine.identify(conn_id, state.user)
-            present = set(engine.rooms.rooms_of(conn_id))
-            for room_id in sorted(set(state.rooms) - present):
-                self.fanout.membership_changed(room_id)
-                self.publish(engine.join(conn_id, room_id))
-            for room_id in sorted(present - set(state.rooms)):
-                self.fanout.membership_changed(room_id)
-                self.publish(engine.leave(conn_id, room_id, entry.at))
-            self.publish(engine.set_status(conn_id, state.status))
-            for room_id in state.typing:
-                self.publish(engine.set_typing(conn_id, room_id, True, entry.at))
+            try:
+                self._reconcile(entry.node, state, entry.at)
+            except Exception:  # one odd connection must not stop the rest
+                log.exception("snapshot entry skipped node=%s conn=%s", entry.node, state.conn)
         for call in entry.calls:
             self.calls.restore(
                 Call(
@@ -414,6 +412,30 @@ class ChatService:
                 )
             )
         self._arm_timer()
+
+    def _reconcile(self, node: str, state: log_entries.ConnectionState, at: float) -> None:
+        """Make one connection of ``node`` what its node says it is."""
+        engine = self.engine
+        conn_id = state.conn
+        self._add_connection(conn_id, node, None)
+        if state.user is None:
+            return
+        if engine.user_of(conn_id) is None:
+            engine.identify(conn_id, state.user)
+        present = set(engine.rooms.rooms_of(conn_id))
+        for room_id in sorted(set(state.rooms) - present):
+            self.fanout.membership_changed(room_id)
+            self.publish(engine.join(conn_id, room_id))
+        for room_id in sorted(present - set(state.rooms)):
+            self.fanout.membership_changed(room_id)
+            self.publish(engine.leave(conn_id, room_id, at))
+        # A status is the user's, not the connection's: a node speaks for it only
+        # when it holds all of the user's connections (else newer entries win).
+        if all(self._node_of.get(c) == node for c in engine.connections_of(state.user)):
+            self.publish(engine.set_status(conn_id, state.status))
+        for room_id in state.typing:
+            if engine.is_member(conn_id, room_id):
+                self.publish(engine.set_typing(conn_id, room_id, True, at))
 
     def _announce(self) -> None:
         """Append this node's snapshot once its own earlier entries are applied here.
@@ -489,28 +511,36 @@ class ChatService:
     # -- gaps in a room's sequence ---------------------------------------------------------
 
     async def _catch_up(self, room_id: int) -> None:
-        room = await self.store.get_room(room_id)
+        """After the log was interrupted: read what this node missed of a room."""
+        try:
+            room = await self.store.get_room(room_id)
+        except Exception as exc:
+            log.error("catch-up failed room=%s error=%r", room_id, exc)
+            return
         if room is not None and room.last_seq > self.sequencer.delivered(room_id):
             await self._fill(room_id, self.sequencer.delivered(room_id), room.last_seq)
 
+    def _has_local_members(self, room_id: int) -> bool:
+        return any(c in self._connections for c in self.engine.rooms.connections(room_id))
+
     async def _fill(self, room_id: int, after: int, through: int) -> None:
+        """Read a gap from the database; what arrives meanwhile waits (the room is paused)."""
         self.sequencer.pause(room_id)
-        found: list[tuple[int, bytes]] = []
+        released: list[bytes] = []
         try:
-            if self.engine.rooms.connections(room_id):
-                found = [
-                    (item.seq, self.frame(item.message))
-                    for item in await self.store.messages_in_seq_range(room_id, after, through)
-                ]
+            found: list[tuple[int, bytes]] = []
+            if self._has_local_members(room_id):
+                rows = await self.store.messages_in_seq_range(room_id, after, through)
+                found = [(item.seq, self.frame(item.message)) for item in rows]
+                self.metrics.gap_fills += 1
+            released = self.sequencer.fill(room_id, found, through, self._now())
         except Exception as exc:
             log.error("gap fill failed room=%s error=%r", room_id, exc)
-            self.sequencer.resume(room_id, self._now())
+        finally:
+            released += self.sequencer.resume(room_id, self._now())
+            for frame in released:
+                self.deliver_room(room_id, frame)
             self._arm_gap_timer()
-            return
-        self.metrics.gap_fills += 1
-        self.sequencer.resume(room_id, self._now())
-        for frame in self.sequencer.fill(room_id, found, through, self._now()):
-            self.deliver_room(room_id, frame)
 
     def _arm_gap_timer(self) -> None:
         deadline = self.sequencer.next_deadline()
@@ -759,8 +789,11 @@ class ChatService:
             raise ProtocolError(ErrorCode.UNKNOWN_TYPE, "unhandled type", request.TYPE)
         # Leaving waits for the log, so that the next request sees the room left.
         waiting = self._expect(conn) if isinstance(request, LeaveRoomRequest) else None
+        if isinstance(request, TypingRequest):  # cheap to refuse here, before the log
+            self.engine.require_member(conn.id, request.room_id, request.TYPE)
+        # Re-encoded: only the request's own fields travel, whatever the client padded.
         entry = log_entries.ClientRequest(
-            conn.id, msgspec.Raw(data), self._now(), self._clock_ms(), new_id
+            conn.id, msgspec.Raw(encode_request(request)), self._now(), self._clock_ms(), new_id
         )
         self._append(entry)
         if waiting is None or waiting.done():
@@ -773,9 +806,13 @@ class ChatService:
         self._awaiting[conn.id] = waiting
         return waiting
 
-    @staticmethod
-    async def _settled(waiting: asyncio.Future[None]) -> None:
-        await waiting
+    async def _settled(self, waiting: asyncio.Future[None]) -> None:
+        """Wait for the log to apply a join or leave; bounded, so a lost entry
+        cannot keep a connection's handler (and its cleanup) waiting forever."""
+        try:
+            await asyncio.wait_for(asyncio.shield(waiting), self.settings.log_timeout)
+        except TimeoutError:
+            raise StoreUnavailable("the cluster's log did not apply the request in time") from None
 
     async def _join(self, conn: Connection, request: JoinRoomRequest) -> None:
         user_id = conn.user_id
@@ -797,7 +834,7 @@ class ChatService:
         # one; with "since" the backlog up to that point is read before them.
         waiting = self._expect(conn)
         self._append(log_entries.Joined(conn.id, room.id, room.last_seq, request.since))
-        await waiting
+        await self._settled(waiting)
 
     async def _room_for(self, room_id: int, user_id: str) -> Room:
         room = await self.store.get_room(room_id)
@@ -999,6 +1036,8 @@ class ChatService:
         if not deadlines:
             return
         deadline = min(deadlines)
+        if deadline <= self._tick_sent:
+            return  # this node's tick for it is on its way through the log
         if self._timer is not None and self._timer_deadline <= deadline:
             return
         if self._timer is not None:
@@ -1012,8 +1051,10 @@ class ChatService:
     def _deadline_passed(self) -> None:
         self._timer = None
         self._timer_deadline = math.inf
+        now = self._now()
+        self._tick_sent = now
         # Applying the tick re-arms the timer for what is left.
-        self._append(log_entries.Tick(self._now(), self._clock_ms()))
+        self._append(log_entries.Tick(now, self._clock_ms()))
 
 
 def _log_unsaved_call(result: Result | None, error: BaseException | None) -> None:

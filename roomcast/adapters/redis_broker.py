@@ -32,6 +32,7 @@ from typing import Any
 
 import redis.asyncio as redis
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeout
 
 from roomcast.ports.broker import (
     BrokerState,
@@ -139,6 +140,11 @@ class RedisBroker:
             self._wake.clear()
             try:
                 await self._flush()
+            except RedisTimeout:
+                # Slow, not gone: keep the entries queued and try again; the
+                # liveness check decides whether Redis is unreachable.
+                await asyncio.sleep(0.05)
+                self._wake.set()
             except _UNREACHABLE as exc:
                 self._degrade(exc)
 
@@ -208,7 +214,7 @@ class RedisBroker:
 
     async def _entries_trimmed(self) -> bool:
         """Whether entries after the last one read are gone (the stream is capped)."""
-        oldest: Any = await self._reader.xrange(self._log_key, count=1)
+        oldest: Any = await self._writer.xrange(self._log_key, count=1)
         if not oldest or self._last_id == b"0-0":
             return False
         # While the last entry read is still there, the oldest one is not after it.
@@ -261,16 +267,34 @@ class RedisBroker:
             pipe.zrangebyscore(self._nodes_key, now_ms, "+inf")
             *_, live = await pipe.execute()
         if restarted:
-            log.warning("broker restarted: its log is new node=%s", self.node_id)
-            self._last_id = b"0-0"
-            self._apply_in_flight()
+            log.warning("broker restarted node=%s", self.node_id)
+            await self._after_restart()
         if self._state is BrokerState.DEGRADED or restarted:
             self._state = BrokerState.CONNECTED
             log.info("broker reachable again node=%s", self.node_id)
             if self._replica is not None:
                 self._replica.log_interrupted()
+        elif self._state is BrokerState.CONNECTED and await self._entries_trimmed():
+            # This node fell further behind than the stream keeps.
+            log.warning("log entries were trimmed before this node read them node=%s", self.node_id)
+            self._apply_in_flight()
+            if self._replica is not None:
+                self._replica.log_interrupted()
         if self._replica is not None:
             self._replica.nodes_alive({node.decode() for node in live})
+
+    async def _after_restart(self) -> None:
+        """Redis restarted: what it lost of ours is applied here, and reading goes on.
+
+        Reading continues after the last entry read: a stream Redis kept on
+        disk still holds it, and a new stream's ids (times) are later. Only a
+        new stream whose ids are all earlier (the clock went back) is read
+        from its start.
+        """
+        self._apply_in_flight()
+        newest: Any = await self._writer.xrevrange(self._log_key, count=1)
+        if not newest or _stream_id(bytes(newest[0][0])) < _stream_id(self._last_id):
+            self._last_id = b"0-0"
 
 
 def _stream_id(raw: bytes) -> tuple[int, int]:

@@ -115,6 +115,9 @@ class ChatEngine:
     ) -> list[Delivery]:
         deliveries: list[Delivery] = []
         for room_id in sorted(rooms):
+            if self._typing_conn.get((room_id, user_id)) == conn_id:
+                # Its "typing" goes with it; another tab of the user types anew.
+                deliveries.extend(self._stop_typing(room_id, user_id))
             if self.rooms.leave(conn_id, user_id, room_id).user_changed:
                 deliveries.extend(self._stop_typing(room_id, user_id))
                 deliveries.append(ToRoom(room_id, UserLeft(room_id=room_id, user_id=user_id)))

@@ -28,6 +28,9 @@ class _RoomOrder(Generic[T]):
     held: dict[int, T] = field(default_factory=dict)
     paused: int = 0
     waiting_since: float | None = None  # when the current gap was first seen
+    # The database has been read through this number: what is not held up to
+    # here does not exist any more (deleted) and is skipped, not waited for.
+    settled: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,19 +84,17 @@ class RoomSequencer(Generic[T]):
         return self._release(order, now)
 
     def fill(self, room: int, found: list[tuple[int, T]], through: int, now: float) -> list[T]:
-        """The database's view of a gap: numbers absent from ``found`` are skipped
-        (their message was deleted); returns what can be delivered now."""
+        """The database's view of ``(after, through]``: what it has joins what is held,
+        numbers it lacks (deleted messages) are skipped. Returns what can be
+        delivered now; nothing while the room is paused (a backlog read still
+        has to go first), in which case the resume releases it."""
         order = self._rooms[room]
         for seq, item in found:
             if order.delivered < seq <= through:
                 order.held.setdefault(seq, item)
-        out: list[T] = []
-        while order.delivered < through:
-            order.delivered += 1
-            if order.delivered in order.held:
-                out.append(order.held.pop(order.delivered))
+        order.settled = max(order.settled, through)
         order.waiting_since = None
-        return out + self._release(order, now)
+        return self._release(order, now)
 
     def overdue(self, now: float) -> list[Gap]:
         """Gaps that have waited ``gap_wait`` and must be read from the database."""
@@ -123,9 +124,13 @@ class RoomSequencer(Generic[T]):
             return []
         out: list[T] = []
         held = order.held
-        while order.delivered + 1 in held:
-            order.delivered += 1
-            out.append(held.pop(order.delivered))
+        while True:
+            following = order.delivered + 1
+            if following in held:
+                out.append(held.pop(following))
+            elif following > order.settled:
+                break
+            order.delivered = following
         if not held:
             order.waiting_since = None
         elif order.waiting_since is None:

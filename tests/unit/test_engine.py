@@ -183,3 +183,13 @@ def test_closing_another_tab_leaves_typing_alone() -> None:
     engine.set_typing("a1", 1, True, now=0)
     assert engine.close("a2", now=1) == []
     assert engine.typing.is_typing((1, "alice"))
+
+
+def test_leaving_the_room_from_the_typing_tab_ends_typing_though_another_tab_stays() -> None:
+    engine = engine_with(("a1", "alice"), ("a2", "alice"), ("b1", "bob"))
+    for conn in ("a1", "a2", "b1"):
+        engine.join(conn, 1)
+    engine.set_typing("a1", 1, True, now=0)
+    assert engine.leave("a1", 1, now=1) == [typing_event(1, "alice", False)]  # a2 stays
+    assert engine.typing_rooms("a1") == ()
+    assert engine.expire(100) == []

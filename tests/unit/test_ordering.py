@@ -92,3 +92,16 @@ def test_a_paused_room_sets_no_deadline() -> None:
     assert seq.next_deadline() is None
     seq.resume(1, now=0.1)
     assert seq.next_deadline() == 0.2
+
+
+def test_what_arrives_during_a_gap_read_is_delivered_after_it() -> None:
+    seq: RoomSequencer[str] = RoomSequencer(gap_wait=0.2)
+    seq.start(1, floor=4)
+    assert seq.offer(1, 6, "m6", now=0.0) == []
+    assert seq.offer(1, 7, "m7", now=0.0) == []
+    gap = seq.overdue(now=0.2)[0]
+    seq.pause(1)  # the read begins
+    assert seq.offer(1, 5, "m5 from the log", now=0.25) == []
+    assert seq.fill(1, [(5, "m5 from db")], gap.through, now=0.3) == []  # still paused
+    assert seq.resume(1, now=0.3) == ["m5 from the log", "m6", "m7"]
+    assert seq.offer(1, 8, "m8", now=0.4) == ["m8"]

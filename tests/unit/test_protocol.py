@@ -16,6 +16,7 @@ from roomcast.protocol import (
     ProtocolError,
     decode_client,
     encode,
+    encode_request,
 )
 
 
@@ -73,3 +74,13 @@ def test_error_names_the_offending_type() -> None:
 
 def test_encode_envelope() -> None:
     assert json.loads(encode(Pong(), 123)) == {"type": "pong", "payload": {}, "timestamp": 123}
+
+
+def test_encode_request_keeps_exactly_the_requests_fields() -> None:
+    padded = (
+        b'{"type":"typing","payload":{"room_id":3,"is_typing":true,"pad":"' + b"x" * 5000 + b'"}}'
+    )
+    request = decode_client(padded)
+    encoded = encode_request(request)
+    assert len(encoded) < 200
+    assert decode_client(encoded) == request
