@@ -274,8 +274,15 @@ class ChatService:
         self._settle(conn_id)
         for room_id in self.engine.rooms.rooms_of(conn_id):
             self.fanout.membership_changed(room_id)
+        user_id = self.engine.user_of(conn_id)
         self._apply_calls(self.calls.disconnected(conn_id, wall), record)
         self.publish(self.engine.close(conn_id, at))
+        # The user's shared rate bucket lives as long as they have a connection here.
+        if self.limiter is not None and user_id is not None and not self._holds_user(user_id):
+            self.limiter.forget_user(user_id)
+
+    def _holds_user(self, user_id: str) -> bool:
+        return any(c in self._connections for c in self.engine.connections_of(user_id))
 
     def _apply_message(self, message: ChatMessage, seq: int) -> None:
         deliveries = self.engine.message_stored(message)
@@ -395,6 +402,12 @@ class ChatService:
                 self._reconcile(entry.node, state, entry.at)
             except Exception:  # one odd connection must not stop the rest
                 log.exception("snapshot entry skipped node=%s conn=%s", entry.node, state.conn)
+        # The node speaks for the calls its connections placed: one it does not
+        # list is over (it ended there while this replica missed it).
+        listed_calls = {call.id for call in entry.calls}
+        for known in self.calls.calls():
+            if known.id not in listed_calls and self._node_of.get(known.caller_conn) == entry.node:
+                self._apply_calls(self.calls.drop(known.id, entry.wall), record)
         for call in entry.calls:
             self.calls.restore(
                 Call(
@@ -598,8 +611,6 @@ class ChatService:
         self._settle(conn.id)
         if self.limiter is not None:
             self.limiter.forget_connection(conn.id)
-            if conn.user_id is not None and not self.engine.presence.is_online(conn.user_id):
-                self.limiter.forget_user(conn.user_id)
         log.info("disconnect conn=%s user=%s reason=%s", conn.id, conn.user_id, reason)
 
     def _slow_consumer(self, conn_id: str) -> None:

@@ -52,5 +52,7 @@ def run_workers(count: int, argv: Sequence[str]) -> int:
                 time.sleep(RESTART_DELAY)
                 if not stopping:
                     procs[index] = subprocess.Popen(command)
+                    if stopping:  # the signal came while it was starting
+                        procs[index].terminate()
     codes = [proc.wait() for proc in procs]
     return max(codes, default=0)

@@ -146,6 +146,13 @@ class CallRegistry:
         """Every ringing or active call."""
         return list(self._calls.values())
 
+    def drop(self, call_id: str, wall_ms: int) -> list[CallEffect]:
+        """End a call another replica no longer has, as if its parties disconnected."""
+        call = self._calls.get(call_id)
+        if call is None:
+            return []
+        return self._end(call, "disconnected", wall_ms, sender=None)
+
     def restore(self, call: Call) -> None:
         """Take over a call another replica knows and this one does not."""
         if call.id in self._calls:
