@@ -282,3 +282,21 @@ def test_a_callee_appearing_offline_is_unavailable(
     directory.shared.clear()  # and no room rule reveals that bob is connected
     effects = registry.offer("a1", "ann", "bob", SDP, NULL, 0, 0)
     assert sent(effects)[0][1].reason == "unavailable"  # type: ignore[union-attr]
+
+
+def test_a_given_call_id_is_used_and_a_restored_call_can_be_dropped(
+    registry: CallRegistry, directory: Directory
+) -> None:
+    registry.offer("a1", "ann", "bob", SDP, NULL, now=0, wall_ms=1000, call_id="from-node-a")
+    call = registry.get("from-node-a")
+    assert call is not None
+    # Another replica takes the call over, then learns it is gone.
+    other = CallRegistry(directory, new_id=lambda: "unused", ring_timeout=30.0)
+    other.restore(call)
+    assert other.call_of("bob") is call
+    effects = other.drop("from-node-a", wall_ms=5000)
+    assert sent(effects) == [
+        (("a1", "b1", "b2"), CallEnded(call_id="from-node-a", reason="disconnected"))
+    ]
+    assert other.call_of("ann") is None and other.call_of("bob") is None
+    assert other.drop("from-node-a", wall_ms=6000) == []
