@@ -120,14 +120,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         from roomcast.workers import run_workers
 
         return run_workers(settings.workers, list(argv if argv is not None else sys.argv[1:]))
+    from roomcast.ports.broker import BrokerUnavailable
+    from roomcast.ports.store import StoreUnavailable
     from roomcast.server import serve
 
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux/macOS
-        asyncio.run(serve(settings))
+        run = asyncio.run
     else:
-        uvloop.run(serve(settings))
+        run = uvloop.run
+    try:
+        run(serve(settings))
+    except (StoreUnavailable, BrokerUnavailable) as exc:
+        print(f"roomcast: cannot start: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

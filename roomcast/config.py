@@ -97,6 +97,10 @@ class Settings:
                 "--workers needs --broker (redis://...) and a PostgreSQL --database: "
                 "the processes share state through them"
             )
+        if self.broker and not self.broker.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(
+                f"unsupported broker URL {self.broker!r} (expected redis://host:port/db)"
+            )
         if self.broker and not self.database.startswith(("postgresql://", "postgres://")):
             raise ValueError(
                 "--broker needs a PostgreSQL --database that every node shares, "

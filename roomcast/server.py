@@ -35,8 +35,6 @@ log = logging.getLogger("roomcast.server")
 def make_broker(settings: Settings) -> Broker:
     if not settings.broker:
         return LocalBroker()
-    if not settings.broker.startswith(("redis://", "rediss://", "unix://")):
-        raise ValueError(f"unsupported broker URL {settings.broker!r} (expected redis://host:port)")
     return RedisBroker(settings.broker, settings.broker_prefix, settings.node_ttl)
 
 

@@ -34,8 +34,10 @@ import redis.asyncio as redis
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeout
 
+from roomcast.adapters.stores import describe
 from roomcast.ports.broker import (
     BrokerState,
+    BrokerUnavailable,
     Input,
     Replica,
     SnapshotRequest,
@@ -95,12 +97,15 @@ class RedisBroker:
 
     async def start(self) -> None:
         """Join the cluster: read from the log's current end, then ask for everyone's state."""
-        info = await self._writer.info("server")
-        self._run_id = str(info["run_id"])
-        newest: Any = await self._writer.xrevrange(self._log_key, count=1)
-        if newest:
-            self._last_id = bytes(newest[0][0])
-        await self._refresh_liveness()
+        try:
+            info = await self._writer.info("server")
+            self._run_id = str(info["run_id"])
+            newest: Any = await self._writer.xrevrange(self._log_key, count=1)
+            if newest:
+                self._last_id = bytes(newest[0][0])
+            await self._refresh_liveness()
+        except _UNREACHABLE as exc:
+            raise BrokerUnavailable(f"Redis at {describe(self.url)}: {exc}") from exc
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._read_forever(), name="broker-reader"),

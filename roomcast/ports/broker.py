@@ -175,6 +175,10 @@ def decode_input(data: bytes) -> Input:
     return _decoder.decode(data)
 
 
+class BrokerUnavailable(Exception):
+    """The broker could not be reached when the node started."""
+
+
 class BrokerState(enum.StrEnum):
     LOCAL = "local"  # one process: the log is a function call
     CONNECTED = "connected"

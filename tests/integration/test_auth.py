@@ -26,8 +26,11 @@ import pytest
 from jwt.warnings import InsecureKeyLengthWarning
 
 from tests.support import (
+    POSTGRES_URL,
+    REDIS_URL,
     Client,
     ServerProcess,
+    drop_cluster_state,
     expect_close,
     free_port,
     http_request,
@@ -535,6 +538,53 @@ async def test_command_line_flags_win_over_environment_variables(tmp_db: Path) -
             await alice.close()
     finally:
         assert server.stop() == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--workers", "2"), "--workers needs --broker"),
+        (("--workers", "0"), "workers must be at least 1"),
+        (("--broker", "redis://127.0.0.1:6379/0"), "--broker needs a PostgreSQL --database"),
+        (
+            ("--broker", "amqp://127.0.0.1", "--database", "postgresql://127.0.0.1/test"),
+            "unsupported broker URL",
+        ),
+        (("--node-ttl", "0"), "must be positive"),
+        (("--gap-wait", "-1"), "must be positive"),
+    ],
+)
+def test_impossible_cluster_settings_are_refused_before_start(
+    args: tuple[str, ...], message: str
+) -> None:
+    result = run_cli("serve", *args)
+    assert result.returncode == 2, result
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_unreachable_database_or_broker_at_start_is_reported_without_a_traceback() -> None:
+    port = str(free_port())
+    closed = f"127.0.0.1:{free_port()}"  # nothing listens there
+    result = run_cli(
+        "serve", "--port", port,
+        "--database", f"postgresql://postgres@{closed}/test", "--broker", REDIS_URL,
+    )  # fmt: skip
+    assert result.returncode == 1, result
+    assert "cannot start: PostgreSQL" in result.stderr
+    assert "Traceback" not in result.stderr
+    schema = f"t_start_{free_port()}"
+    try:
+        result = run_cli(
+            "serve", "--port", port,
+            "--database", f"{POSTGRES_URL}?search_path={schema}",
+            "--broker", f"redis://{closed}/0",
+        )  # fmt: skip
+        assert result.returncode == 1, result
+        assert "cannot start: Redis" in result.stderr
+        assert "Traceback" not in result.stderr
+    finally:
+        drop_cluster_state(schema)
 
 
 def test_bad_environment_value_is_reported_like_a_bad_flag(tmp_path: Path) -> None:
