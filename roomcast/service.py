@@ -161,6 +161,9 @@ class ChatService:
         self._node_of: dict[str, str] = {}  # every connection in the replica -> its node
         self._absent_since: dict[str, float] = {}  # nodes missing from the live list
         self._announce_due = False  # a snapshot waits for this node's entries in flight
+        # Nodes whose snapshot this node waits for before it is ready (None: not asked yet).
+        self._awaiting_snapshots: set[str] | None = None
+        self._ready_by = math.inf
         # Local connections waiting for their join or leave to come back from the log.
         self._awaiting: dict[str, asyncio.Future[None]] = {}
         self._timer: asyncio.TimerHandle | None = None
@@ -393,6 +396,8 @@ class ChatService:
         """Make this replica's picture of ``entry.node`` what that node says it holds."""
         if entry.node == self.node_id:
             return
+        if self._awaiting_snapshots is not None:
+            self._awaiting_snapshots.discard(entry.node)
         listed = {state.conn: state for state in entry.connections}
         for conn_id in sorted(c for c, n in self._node_of.items() if n == entry.node):
             if conn_id not in listed:
@@ -508,9 +513,21 @@ class ChatService:
         for room_id in sorted(rooms):
             self._spawn(self._catch_up(room_id))
 
+    @property
+    def ready(self) -> bool:
+        """Whether this node's replica knows the cluster (every live node has sent
+        its snapshot, or ``node_ttl`` passed): until then it would decide, say,
+        that a callee on another node is unavailable."""
+        if self._awaiting_snapshots is None:
+            return self.broker.node_id == "local"
+        return not self._awaiting_snapshots or self._now() >= self._ready_by
+
     def nodes_alive(self, live: set[str]) -> None:
         """The broker's list of live nodes: any other node missing too long is gone."""
         now = self._now()
+        if self._awaiting_snapshots is None:  # the first list: whom to hear from
+            self._awaiting_snapshots = live - {self.node_id}
+            self._ready_by = now + self.settings.node_ttl
         known = set(self._node_of.values()) - {self.node_id}
         for node in known - live:
             since = self._absent_since.setdefault(node, now)

@@ -142,6 +142,10 @@ class HttpApi:
         except StoreUnavailable:
             body.update(status="unavailable", database="unreachable")
             return json_response(body, 503)
+        if not self.service.ready:
+            # Still learning who is where from the other nodes: not for traffic yet.
+            body["status"] = "starting"
+            return json_response(body, 503)
         if broker.state() is BrokerState.DEGRADED:
             body["status"] = "degraded"
         return json_response(body)

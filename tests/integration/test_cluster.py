@@ -1172,3 +1172,34 @@ async def test_workers_share_one_port_and_chat_between_them(
         for client in clients:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(client.close(), 2)
+
+
+async def test_a_new_node_is_not_ready_until_the_live_nodes_told_it_what_they_hold(
+    cluster: Cluster,
+) -> None:
+    """A node that starts asks every live node for a snapshot; until it has them (or
+    node_ttl passed) /health says "starting" with 503, so no traffic reaches a replica
+    that would think a callee on another node is unavailable."""
+    [a] = await cluster.start(1)
+    alice = await cluster.connect(a, "alice")
+    await alice.join(ROOM)
+    a.proc.send_signal(signal.SIGSTOP)  # type: ignore[union-attr]  # alive, but silent
+    try:
+        b = ServerProcess(cluster.directory / "late.db", *BASE_ARGS, cluster=cluster.name)
+        cluster.nodes.append(b)
+        starting = asyncio.create_task(asyncio.to_thread(b.start))
+        seen: set[str] = set()
+        while not starting.done():
+            with contextlib.suppress(OSError, aiohttp.ClientError, ValueError):
+                status, body = await health(b.http)
+                seen.add(f"{status} {body.get('status')}")
+            await asyncio.sleep(0.05)
+        await starting
+        assert "503 starting" in seen, seen
+    finally:
+        a.proc.send_signal(signal.SIGCONT)  # type: ignore[union-attr]
+    # Woken up, node A answers B's snapshot request: B learns that alice is there.
+    deadline = time.monotonic() + 5
+    while (await http_users(b))[1] != room_users(ROOM, "alice"):
+        assert time.monotonic() < deadline, await http_users(b)
+        await asyncio.sleep(0.05)
