@@ -414,21 +414,10 @@ class ChatService:
             if known.id not in listed_calls and self._node_of.get(known.caller_conn) == entry.node:
                 self._apply_calls(self.calls.drop(known.id, entry.wall), record)
         for call in entry.calls:
-            self.calls.restore(
-                Call(
-                    id=call.id,
-                    caller=call.caller,
-                    callee=call.callee,
-                    caller_conn=call.caller_conn,
-                    media=call.media,
-                    started_at=call.started_at,
-                    ring_deadline=call.ring_deadline,
-                    ringing_conns=set(call.ringing_conns),
-                    callee_conn=call.callee_conn,
-                    state=CallState.ACTIVE if call.callee_conn else CallState.RINGING,
-                    answered_at=call.answered_at,
-                )
-            )
+            fields = msgspec.structs.asdict(call)
+            fields["ringing_conns"] = set(call.ringing_conns)
+            fields["state"] = CallState.ACTIVE if call.callee_conn else CallState.RINGING
+            self.calls.restore(Call(**fields))
         self._arm_timer()
 
     def _reconcile(self, node: str, state: log_entries.ConnectionState, at: float) -> None:
@@ -486,18 +475,7 @@ class ChatService:
                 )
             )
         calls = tuple(
-            log_entries.CallState(
-                id=call.id,
-                caller=call.caller,
-                callee=call.callee,
-                caller_conn=call.caller_conn,
-                media=call.media,
-                started_at=call.started_at,
-                ring_deadline=call.ring_deadline,
-                ringing_conns=tuple(sorted(call.ringing_conns)),
-                callee_conn=call.callee_conn,
-                answered_at=call.answered_at,
-            )
+            msgspec.convert(call, log_entries.CallState, from_attributes=True)
             for call in self.calls.calls()
             if call.caller_conn in self._connections
         )

@@ -1203,3 +1203,34 @@ async def test_a_new_node_is_not_ready_until_the_live_nodes_told_it_what_they_ho
     while (await http_users(b))[1] != room_users(ROOM, "alice"):
         assert time.monotonic() < deadline, await http_users(b)
         await asyncio.sleep(0.05)
+
+
+async def test_a_node_started_during_a_call_learns_it_from_the_snapshots(
+    cluster: Cluster,
+) -> None:
+    """A call placed before a node existed is in that node's replica (from the caller's
+    node's snapshot): callers there see the parties busy, and the call still ends
+    normally for everyone."""
+    [a] = await cluster.start(1)
+    alice = await cluster.connect(a, "alice")
+    bob = await cluster.connect(a, "bob")
+    for client in (alice, bob):
+        await client.join(ROOM)
+    await drain(alice, bob)
+    call_id = await ring(alice, bob)
+    await answer(bob, alice, call_id)
+
+    [b] = await cluster.start(1)
+    carol = await cluster.connect(b, "carol")
+    await carol.join(ROOM)
+    await offer_refused(carol, "alice", "busy")
+    await offer_refused(carol, "bob", "busy")
+    await alice.send("call_end", {"call_id": call_id})
+    assert (await bob.recv_until("call_ended"))["payload"] == {
+        "call_id": call_id,
+        "reason": "ended",
+        "by": "alice",
+    }
+    # The call is over on node B too: carol can now ring bob.
+    await carol.send("webrtc", {"type": "offer", "to_user_id": "bob", "data": OFFER})
+    assert (await carol.recv_until("call_ringing"))["payload"]["to_user_id"] == "bob"
