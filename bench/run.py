@@ -34,7 +34,7 @@ import urllib.request
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -192,6 +192,15 @@ class Server:
                 self.proc.wait()
 
 
+#: What a load generator runs against: one server, or the nodes of a cluster (the load
+#: generator spreads its clients over them round-robin and sums their CPU time).
+Target: TypeAlias = Server | Sequence[Server]
+
+
+def nodes_of(target: Target) -> list[Server]:
+    return [target] if isinstance(target, Server) else list(target)
+
+
 @dataclass
 class Bench:
     args: argparse.Namespace
@@ -226,10 +235,13 @@ class Bench:
         return Server(name, command, port, log_path, ROOT, dict(os.environ))
 
     def loadgen_command(
-        self, scenario: str, server: Server, options: dict[str, object]
+        self, scenario: str, server: Target, options: dict[str, object]
     ) -> list[str]:
-        command = [str(self.bun), str(LOADGEN), scenario, "--url", server.url]
-        command += ["--server-pid", str(server.pid), "--clk-tck", str(CLK_TCK)]
+        nodes = nodes_of(server)
+        command = [str(self.bun), str(LOADGEN), scenario]
+        command += ["--url", ",".join(node.url for node in nodes)]
+        command += ["--server-pid", ",".join(str(node.pid) for node in nodes)]
+        command += ["--clk-tck", str(CLK_TCK)]
         for key, value in options.items():
             command += [f"--{key}", str(value)]
         return pinned(LOADGEN_CPU, command, self.pin)
@@ -241,12 +253,13 @@ class Bench:
         return room
 
     def run_loadgen(
-        self, scenario: str, server: Server, options: dict[str, object], label: str
+        self, scenario: str, server: Target, options: dict[str, object], label: str
     ) -> Result:
         """One load generator run; the server's CPU time is also read around the whole run."""
+        nodes = nodes_of(server)
         limit = float(str(options.get("time-limit", 300)))
-        command = self.loadgen_command(scenario, server, {**options, "time-limit": limit})
-        cpu_before = cpu_seconds(server.pid)
+        command = self.loadgen_command(scenario, nodes, {**options, "time-limit": limit})
+        cpu_before = sum(cpu_seconds(node.pid) for node in nodes)
         busy_before, children_before = machine_busy_seconds(), children_cpu_seconds()
         started = time.monotonic()
         try:
@@ -254,9 +267,10 @@ class Bench:
         except subprocess.TimeoutExpired as exc:
             proc = subprocess.CompletedProcess(command, -9, "", f"killed after {exc.timeout} s")
         wall = time.monotonic() - started
-        result = self.parse(proc, scenario, label, server)
-        server_cpu = cpu_seconds(server.pid) - cpu_before
-        self.check_alive(server, result)
+        result = self.parse(proc, scenario, label, nodes[0])
+        server_cpu = sum(cpu_seconds(node.pid) for node in nodes) - cpu_before
+        for node in nodes:
+            self.check_alive(node, result)
         loadgen_cpu = children_cpu_seconds() - children_before
         busy = machine_busy_seconds() - busy_before
         result["run_wall_s"] = wall
@@ -337,6 +351,19 @@ def run_fanout(
         show(result)
 
 
+def sparse_options(bench: Bench, room: int) -> dict[str, object]:
+    args = bench.args
+    return {
+        "clients": args.sparse_clients,
+        "room-size": args.sparse_room_size,
+        "interval-ms": args.sparse_interval_ms,
+        "duration": args.sparse_duration,
+        "room": room,
+        "prefix": f"s{room}",
+        "time-limit": args.sparse_duration + 180,
+    }
+
+
 def run_sparse(bench: Bench, servers: Sequence[Server], repeat: int) -> None:
     args = bench.args
     label = f"sparse {args.sparse_clients}/{args.sparse_room_size}"
@@ -344,15 +371,7 @@ def run_sparse(bench: Bench, servers: Sequence[Server], repeat: int) -> None:
     for server in order:
         room = bench.room()
         print(f"  {label:<18} {server.name:<9}", flush=True)
-        options: dict[str, object] = {
-            "clients": args.sparse_clients,
-            "room-size": args.sparse_room_size,
-            "interval-ms": args.sparse_interval_ms,
-            "duration": args.sparse_duration,
-            "room": room,
-            "prefix": f"s{room}",
-            "time-limit": args.sparse_duration + 180,
-        }
+        options = sparse_options(bench, room)
         result = bench.run_loadgen("sparse", server, options, label)
         result["repeat"] = repeat
         bench.runs.append(result)

@@ -1,7 +1,7 @@
 // Shared pieces of the load generator: options, WebSocket clients speaking roomcast's
 // envelope protocol, /proc readings of the server under test, and statistics.
 
-import { readFileSync } from "node:fs";
+import { readdirSync, readFileSync } from "node:fs";
 
 import { type FrameHandler, RawWebSocket } from "./wire";
 
@@ -303,16 +303,22 @@ export function readFrame(buf: Buffer, start: number, end: number, out: ChatFiel
   return message.type;
 }
 
-/** Open `count` clients (user ids from `userId(i)`), `concurrency` handshakes at a time. */
+/**
+ * Open `count` clients (user ids from `userId(i)`), `concurrency` handshakes at a time. `url` may
+ * list several servers separated by commas (the nodes of a cluster): client i connects to the
+ * (i mod count)-th, so a room of consecutive clients is spread over all of them.
+ */
 export async function openClients(
   url: string,
   count: number,
   userId: (index: number) => string,
   concurrency = 64,
 ): Promise<Client[]> {
+  const urls = url.split(",");
   const clients: Client[] = new Array(count);
   await pool(count, concurrency, async (i) => {
-    clients[i] = await within(Client.open(url, userId(i)), 30_000, `connect ${userId(i)}`);
+    const target = urls[i % urls.length];
+    clients[i] = await within(Client.open(target, userId(i)), 30_000, `connect ${userId(i)}`);
   });
   return clients;
 }
@@ -334,6 +340,24 @@ export function cpuSeconds(pid: number, clkTck: number): number {
   return (Number(fields[11]) + Number(fields[12])) / clkTck;
 }
 
+/** CPU seconds of every process whose command name is in `comms`, by pid (e.g. "postgres"). */
+export function cpuByComm(comms: string[], clkTck: number): Map<number, [string, number]> {
+  const found = new Map<number, [string, number]>();
+  if (comms.length === 0) return found;
+  for (const name of readdirSync("/proc")) {
+    const pid = Number(name);
+    if (!Number.isInteger(pid)) continue;
+    try {
+      const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+      const comm = stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")"));
+      if (comms.includes(comm)) found.set(pid, [comm, cpuSeconds(pid, clkTck)]);
+    } catch {
+      // The process ended while /proc was being read.
+    }
+  }
+  return found;
+}
+
 /** VmRSS of a process in bytes, from /proc/<pid>/status. */
 export function rssBytes(pid: number): number {
   if (pid <= 0) return 0;
@@ -347,37 +371,67 @@ export function ownCpu(): { user: number; system: number } {
   return { user: usage.user / 1e6, system: usage.system / 1e6 };
 }
 
+/** CPU seconds a watched process used in the window (see `--watch-comm`). */
+export interface WatchedCpu {
+  pid: number;
+  comm: string;
+  cpu_s: number;
+}
+
 export interface Measured {
   elapsed_s: number;
   server_cpu_s: number;
   client_cpu_s: number;
   client_user_s: number;
   client_sys_s: number;
+  /** Processes alive at both ends of the window that used CPU in it. */
+  watched_cpu_s: WatchedCpu[];
 }
 
-/** Readings taken at both ends of a measured window. */
+/**
+ * Readings taken at both ends of a measured window. `--server-pid` may list several pids (the
+ * nodes of a cluster): their CPU time is summed. `--watch-comm postgres,redis-server` also
+ * reads every process of those names, each reported on its own.
+ */
 export class Window {
   private readonly start = performance.now();
+  private readonly pids: number[];
+  private readonly clkTck: number;
+  private readonly comms: string[];
   private readonly serverStart: number;
+  private readonly watchedStart: Map<number, [string, number]>;
   private readonly clientStart = ownCpu();
 
-  constructor(
-    private readonly pid: number,
-    private readonly clkTck: number,
-  ) {
-    this.serverStart = cpuSeconds(pid, clkTck);
+  constructor(options: Options) {
+    this.pids = stringOption(options, "server-pid", "0").split(",").map(Number);
+    this.clkTck = numberOption(options, "clk-tck", 100);
+    this.comms = (options.get("watch-comm") ?? "").split(",").filter((c) => c !== "");
+    this.serverStart = this.serverCpu();
+    this.watchedStart = cpuByComm(this.comms, this.clkTck);
+  }
+
+  private serverCpu(): number {
+    return this.pids.reduce((sum, pid) => sum + cpuSeconds(pid, this.clkTck), 0);
   }
 
   finish(): Measured {
     const client = ownCpu();
     const user = client.user - this.clientStart.user;
     const system = client.system - this.clientStart.system;
+    const serverCpu = this.serverCpu() - this.serverStart;
+    const watched: WatchedCpu[] = [];
+    for (const [pid, [comm, cpu]] of cpuByComm(this.comms, this.clkTck)) {
+      const before = this.watchedStart.get(pid);
+      const used = cpu - (before?.[1] ?? 0);
+      if (used > 0) watched.push({ pid, comm, cpu_s: used });
+    }
     return {
       elapsed_s: (performance.now() - this.start) / 1000,
-      server_cpu_s: cpuSeconds(this.pid, this.clkTck) - this.serverStart,
+      server_cpu_s: serverCpu,
       client_cpu_s: user + system,
       client_user_s: user,
       client_sys_s: system,
+      watched_cpu_s: watched,
     };
   }
 }

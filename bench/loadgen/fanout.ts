@@ -22,6 +22,7 @@ import {
   openClients,
   readFrame,
   stringOption,
+  type WatchedCpu,
   Window,
 } from "./common";
 import { RawWebSocket } from "./wire";
@@ -43,6 +44,7 @@ export interface FanoutResult {
   client_cpu_s: number;
   client_user_s: number;
   client_sys_s: number;
+  watched_cpu_s: WatchedCpu[];
   /** Rows added to the server's `messages` table during the measured rounds (with --db). */
   committed: number | null;
   committed_per_s: number | null;
@@ -198,8 +200,6 @@ export async function fanout(options: Options): Promise<FanoutResult> {
   const warmupRounds = numberOption(options, "warmup-rounds", 2);
   const roundTimeoutMs = numberOption(options, "round-timeout-ms", 20_000);
   const prefix = stringOption(options, "prefix", `fan${firstRoom}`);
-  const pid = numberOption(options, "server-pid", 0);
-  const clkTck = numberOption(options, "clk-tck", 100);
   const dbPath = options.get("db");
   const database = dbPath === undefined ? null : new Database(dbPath);
   const countRows = (): number =>
@@ -219,7 +219,7 @@ export async function fanout(options: Options): Promise<FanoutResult> {
   const deliveriesBefore = sum(rooms, (room) => room.deliveries);
   const readsBefore = RawWebSocket.reads;
   const rowsBefore = countRows();
-  const window = new Window(pid, clkTck);
+  const window = new Window(options);
   const until = performance.now() + durationMs;
   await Promise.all(rooms.map((room) => room.measure(until, maxRounds)));
   const measured = window.finish();
@@ -267,6 +267,7 @@ export async function fanout(options: Options): Promise<FanoutResult> {
     client_cpu_s: measured.client_cpu_s,
     client_user_s: measured.client_user_s,
     client_sys_s: measured.client_sys_s,
+    watched_cpu_s: measured.watched_cpu_s,
     committed,
     committed_per_s: committed === null ? null : committed / measured.elapsed_s,
     reads,

@@ -6,7 +6,9 @@
 //   connections  --clients 10000 --concurrency 100
 //
 // Every scenario also takes --server-pid and --clk-tck to read the server's CPU time and memory
-// from /proc at the edges of its measured window.
+// from /proc at the edges of its measured window. For a cluster, --url and --server-pid (fanout,
+// sparse) list the nodes separated by commas: clients connect to them in turn, CPU is summed.
+// --watch-comm postgres,redis-server also reports the CPU time of every process of those names.
 
 import { parseOptions } from "./common";
 import { connections } from "./connections";

@@ -15,6 +15,7 @@ import {
   readFrame,
   sleep,
   stringOption,
+  type WatchedCpu,
   Window,
 } from "./common";
 
@@ -33,6 +34,7 @@ export interface SparseResult {
   client_cpu_s: number;
   client_user_s: number;
   client_sys_s: number;
+  watched_cpu_s: WatchedCpu[];
   latency_ms: { p50: number; p90: number; p99: number; max: number; samples: number };
   duplicates: number;
   unexpected: number;
@@ -52,8 +54,6 @@ export async function sparse(options: Options): Promise<SparseResult> {
   const durationMs = numberOption(options, "duration", 10) * 1000;
   const drainMs = numberOption(options, "drain-ms", 5000);
   const prefix = stringOption(options, "prefix", `sp${firstRoom}`);
-  const pid = numberOption(options, "server-pid", 0);
-  const clkTck = numberOption(options, "clk-tck", 100);
   const rooms = Math.ceil(n / roomSize);
   const roomOf = (i: number): number => firstRoom + Math.floor(i / roomSize);
   const membersOf = (i: number): number => {
@@ -113,7 +113,7 @@ export async function sparse(options: Options): Promise<SparseResult> {
   const intervals: ReturnType<typeof setInterval>[] = [];
   let stopped = false;
   const started = performance.now();
-  const window = new Window(pid, clkTck);
+  const window = new Window(options);
   const sendOne = (i: number): void => {
     if (performance.now() - started >= durationMs || sent[i] >= perClient) return;
     const seq = sent[i]++;
@@ -170,6 +170,7 @@ export async function sparse(options: Options): Promise<SparseResult> {
     client_cpu_s: measured.client_cpu_s,
     client_user_s: measured.client_user_s,
     client_sys_s: measured.client_sys_s,
+    watched_cpu_s: measured.watched_cpu_s,
     latency_ms: {
       p50: percentile(sorted, 50),
       p90: percentile(sorted, 90),
