@@ -3,8 +3,9 @@
 Redis runs commands one at a time, so ``XADD`` gives every entry one place in
 one order that all readers see alike; that is all the replicas need (see
 :mod:`roomcast.ports.broker`). Each node reads the stream with a blocking
-``XREAD`` on its own connection and writes through another, pipelining what
-it appended during one loop turn.
+``XREAD`` on its own connection and writes through another; what it appended
+during one loop turn becomes one stream record (a JSON array of entries), so
+Redis work grows with loop turns, not with messages.
 
 Every entry carries its origin node and that node's counter, so an entry is
 applied at most once even when it is both applied locally (see below) and
@@ -41,7 +42,8 @@ from roomcast.ports.broker import (
     Input,
     Replica,
     SnapshotRequest,
-    decode_input,
+    decode_batch,
+    encode_batch,
     encode_input,
 )
 
@@ -155,16 +157,19 @@ class RedisBroker:
 
     async def _flush(self) -> None:
         while self._outbox:
+            # One stream record per batch: what was appended during a loop turn
+            # costs one XADD and one record to read, not one per entry.
             batch = self._outbox[:512]
-            async with self._writer.pipeline(transaction=False) as pipe:
-                for counter, data, _ in batch:
-                    pipe.xadd(
-                        self._log_key,
-                        {"o": self.node_id, "n": counter, "d": data},
-                        maxlen=self._max_log,
-                        approximate=True,
-                    )
-                await pipe.execute()
+            await self._writer.xadd(
+                self._log_key,
+                {
+                    "o": self.node_id,
+                    "n": batch[0][0],  # the first entry's counter; the rest follow on
+                    "d": encode_batch([data for _, data, _ in batch]),
+                },
+                maxlen=self._max_log,
+                approximate=True,
+            )
             # Only what was sent leaves the outbox (a degrade meanwhile emptied it).
             done = batch[-1][0]
             self._outbox = [item for item in self._outbox if item[0] > done]
@@ -228,12 +233,13 @@ class RedisBroker:
     def _receive(self, fields: dict[bytes, bytes]) -> None:
         try:
             origin = fields[b"o"].decode()
-            counter = int(fields[b"n"])
-            entry = decode_input(fields[b"d"])
+            first = int(fields[b"n"])
+            entries = decode_batch(fields[b"d"])
         except Exception:
-            log.exception("unreadable log entry skipped")
+            log.exception("unreadable log record skipped")
             return
-        self._apply(origin, counter, entry)
+        for offset, entry in enumerate(entries):
+            self._apply(origin, first + offset, entry)
 
     def _apply(self, origin: str, counter: int, entry: Input) -> None:
         if counter <= self._applied.get(origin, 0):

@@ -164,15 +164,20 @@ Input = (
 )
 
 _encoder = msgspec.json.Encoder()
-_decoder: msgspec.json.Decoder[Input] = msgspec.json.Decoder(Input)
+_batch_decoder: msgspec.json.Decoder[list[Input]] = msgspec.json.Decoder(list[Input])
 
 
 def encode_input(entry: Input) -> bytes:
     return _encoder.encode(entry)
 
 
-def decode_input(data: bytes) -> Input:
-    return _decoder.decode(data)
+def encode_batch(encoded: list[bytes]) -> bytes:
+    """Several encoded entries as one JSON array (one log record for many entries)."""
+    return b"[" + b",".join(encoded) + b"]"
+
+
+def decode_batch(data: bytes) -> list[Input]:
+    return _batch_decoder.decode(data)
 
 
 class BrokerUnavailable(Exception):
