@@ -79,6 +79,7 @@ class RedisBroker:
         self._last_id = b"0-0"
         self._run_id: str | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
         # Separate connections: the reader spends its time blocked in XREAD.
         self._writer: redis.Redis = redis.from_url(
             url, socket_timeout=2.0, socket_connect_timeout=2.0
@@ -119,17 +120,20 @@ class RedisBroker:
 
     async def close(self) -> None:
         """Write what is still queued, leave the live list, disconnect."""
+        self._closing = True
         with contextlib.suppress(*_UNREACHABLE):
             await asyncio.wait_for(self._flush(), timeout=2.0)
-            await self._writer.zrem(self._nodes_key, self.node_id)
+            await asyncio.wait_for(self._writer.zrem(self._nodes_key, self.node_id), 2.0)
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, *_UNREACHABLE):
-                await task
+        # Bounded: redis-py may turn a cancelled read into a connection error,
+        # which the loops would otherwise treat as an outage and retry.
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=2.0)
         self._replica = None
-        await self._writer.aclose()
-        await self._reader.aclose()
+        for client in (self._writer, self._reader):
+            with contextlib.suppress(*_UNREACHABLE):
+                await asyncio.wait_for(client.aclose(), 2.0)
 
     # -- appending ---------------------------------------------------------------------
 
@@ -142,7 +146,7 @@ class RedisBroker:
         self._wake.set()
 
     async def _write_forever(self) -> None:
-        while True:
+        while not self._closing:
             await self._wake.wait()
             self._wake.clear()
             try:
@@ -201,7 +205,7 @@ class RedisBroker:
     async def _read_forever(self) -> None:
         pause = 0.05
         interrupted = False
-        while True:
+        while not self._closing:
             try:
                 if interrupted and await self._entries_trimmed():
                     log.warning("log entries were trimmed while away node=%s", self.node_id)
@@ -258,7 +262,7 @@ class RedisBroker:
 
     async def _watch_forever(self) -> None:
         period = max(self.node_ttl / 3, 0.05)
-        while True:
+        while not self._closing:
             await asyncio.sleep(period)
             try:
                 await self._refresh_liveness()
