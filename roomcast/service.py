@@ -155,7 +155,7 @@ class ChatService:
             ring_timeout=settings.ring_timeout,
             require_shared_room=not settings.allow_calls_outside_rooms,
         )
-        self.sequencer: RoomSequencer[bytes] = RoomSequencer(settings.gap_wait)
+        self.sequencer: RoomSequencer[bytes] = RoomSequencer(settings.gap_wait, self._now)
         self._clock_ms = clock_ms
         self._connections: dict[str, Connection] = {}  # this node's own
         self._node_of: dict[str, str] = {}  # every connection in the replica -> its node
@@ -288,11 +288,12 @@ class ChatService:
         return any(c in self._connections for c in self.engine.connections_of(user_id))
 
     def _apply_message(self, message: ChatMessage, seq: int) -> None:
-        deliveries = self.engine.message_stored(message)
-        # Typing ends in log order; the message itself goes out in room order.
-        self.publish(deliveries[:-1])
         room_id = message.room_id
-        released = self.sequencer.offer(room_id, seq, self.frame(message), self._now())
+        # Typing ends in log order; the message itself goes out in room order.
+        typing_ended = self.engine.message_stored(message)
+        if typing_ended:
+            self.publish(typing_ended)
+        released = self.sequencer.offer(room_id, seq, self.frame(message))
         if not released:
             self._arm_gap_timer()
             return
@@ -348,7 +349,7 @@ class ChatService:
                 )
         finally:
             self._settle(conn.id)
-            for frame in self.sequencer.resume(room_id, self._now()):
+            for frame in self.sequencer.resume(room_id):
                 self.deliver_room(room_id, frame)
 
     def _apply_request(self, entry: log_entries.ClientRequest, mine: bool) -> None:
@@ -541,11 +542,11 @@ class ChatService:
                 rows = await self.store.messages_in_seq_range(room_id, after, through)
                 found = [(item.seq, self.frame(item.message)) for item in rows]
                 self.metrics.gap_fills += 1
-            released = self.sequencer.fill(room_id, found, through, self._now())
+            released = self.sequencer.fill(room_id, found, through)
         except Exception as exc:
             log.error("gap fill failed room=%s error=%r", room_id, exc)
         finally:
-            released += self.sequencer.resume(room_id, self._now())
+            released += self.sequencer.resume(room_id)
             for frame in released:
                 self.deliver_room(room_id, frame)
             self._arm_gap_timer()
@@ -559,7 +560,7 @@ class ChatService:
 
     def _gaps_due(self) -> None:
         self._gap_timer = None
-        for gap in self.sequencer.overdue(self._now()):
+        for gap in self.sequencer.overdue():
             self._spawn(self._fill(gap.room, gap.after, gap.through))
         self._arm_gap_timer()
 

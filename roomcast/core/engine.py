@@ -155,10 +155,13 @@ class ChatEngine:
         return user_id
 
     def message_stored(self, message: ChatMessage) -> list[Delivery]:
-        """A chat message is committed: it goes out, and it ends its author's typing."""
-        deliveries = self._stop_typing(message.room_id, message.user_id)
-        deliveries.append(ToRoom(message.room_id, message))
-        return deliveries
+        """A chat message is committed: it ends its author's typing (returned here).
+
+        The message itself is sent by the caller, in its room's sequence order.
+        """
+        if not self.typing.is_typing((message.room_id, message.user_id)):
+            return []  # the usual case, kept cheap
+        return self._stop_typing(message.room_id, message.user_id)
 
     def set_typing(self, conn_id: str, room_id: int, is_typing: bool, now: float) -> list[Delivery]:
         user_id = self.require_member(conn_id, room_id, "typing")

@@ -11,11 +11,12 @@ database and hands it in with :meth:`RoomSequencer.fill`.
 
 A room can also be *paused* while a joining connection's backlog is read, so
 that the backlog goes out before anything newer. The sequencer is a plain
-state machine: time is passed in and nothing here does I/O.
+state machine: the clock is passed in (tests control it) and nothing here does I/O.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -44,8 +45,9 @@ class Gap:
 
 
 class RoomSequencer(Generic[T]):
-    def __init__(self, gap_wait: float) -> None:
+    def __init__(self, gap_wait: float, clock: Callable[[], float]) -> None:
         self.gap_wait = gap_wait
+        self._clock = clock  # read only when a gap starts or is checked
         self._rooms: dict[int, _RoomOrder[T]] = {}
 
     def start(self, room: int, floor: int) -> None:
@@ -57,7 +59,7 @@ class RoomSequencer(Generic[T]):
         order = self._rooms.get(room)
         return 0 if order is None else order.delivered
 
-    def offer(self, room: int, seq: int, item: T, now: float) -> list[T]:
+    def offer(self, room: int, seq: int, item: T) -> list[T]:
         """An arrival; returns what can be delivered now, in order."""
         order = self._rooms.get(room)
         if order is None:
@@ -70,7 +72,7 @@ class RoomSequencer(Generic[T]):
         if seq <= order.delivered or seq in order.held:
             return []  # already delivered (a gap fill and the log both had it)
         order.held[seq] = item
-        return self._release(order, now)
+        return self._release(order)
 
     def pause(self, room: int) -> None:
         order = self._rooms.get(room)
@@ -78,12 +80,12 @@ class RoomSequencer(Generic[T]):
             order = self._rooms[room] = _RoomOrder(delivered=0)
         order.paused += 1
 
-    def resume(self, room: int, now: float) -> list[T]:
+    def resume(self, room: int) -> list[T]:
         order = self._rooms[room]
         order.paused -= 1
-        return self._release(order, now)
+        return self._release(order)
 
-    def fill(self, room: int, found: list[tuple[int, T]], through: int, now: float) -> list[T]:
+    def fill(self, room: int, found: list[tuple[int, T]], through: int) -> list[T]:
         """The database's view of ``(after, through]``: what it has joins what is held,
         numbers it lacks (deleted messages) are skipped. Returns what can be
         delivered now; nothing while the room is paused (a backlog read still
@@ -94,11 +96,12 @@ class RoomSequencer(Generic[T]):
                 order.held.setdefault(seq, item)
         order.settled = max(order.settled, through)
         order.waiting_since = None
-        return self._release(order, now)
+        return self._release(order)
 
-    def overdue(self, now: float) -> list[Gap]:
+    def overdue(self) -> list[Gap]:
         """Gaps that have waited ``gap_wait`` and must be read from the database."""
         gaps = []
+        now = self._clock()
         for room, order in self._rooms.items():
             if (
                 order.held
@@ -119,7 +122,7 @@ class RoomSequencer(Generic[T]):
         ]
         return min(waits) + self.gap_wait if waits else None
 
-    def _release(self, order: _RoomOrder[T], now: float) -> list[T]:
+    def _release(self, order: _RoomOrder[T]) -> list[T]:
         if order.paused:
             return []
         out: list[T] = []
@@ -134,5 +137,5 @@ class RoomSequencer(Generic[T]):
         if not held:
             order.waiting_since = None
         elif order.waiting_since is None:
-            order.waiting_since = now
+            order.waiting_since = self._clock()
         return out
