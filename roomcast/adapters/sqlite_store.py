@@ -54,6 +54,13 @@ T = TypeVar("T")
 
 log = logging.getLogger("roomcast.store")
 
+#: Rooms as :data:`store_rules.ROOM_COLUMNS`, with ``last_seq`` taken from the
+#: messages (this store does not keep ``rooms.last_seq`` up to date; see
+#: ``SQLiteStore._numbering``).
+_ROOM_COLUMNS = rules.ROOM_COLUMNS.replace(
+    "last_seq", "(SELECT COALESCE(MAX(seq), 0) FROM messages WHERE messages.room_id = rooms.id)"
+)
+
 
 def sqlite_path(url: str) -> str:
     """``sqlite:///relative.db``, ``sqlite:////abs.db`` or a bare path."""
@@ -80,6 +87,8 @@ class SQLiteStore:
         self._clock_ms = clock_ms
         self._reader_thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-reader")
         self._writer: sqlite3.Connection | None = None
+        # Each room's last sequence number, as committed (see _numbering).
+        self._last_seq: dict[int, int] = {}
         self._reader: sqlite3.Connection | None = None
         self._checkpointer: asyncio.Task[None] | None = None
         self._committer: GroupCommitter[Operation, Result] = GroupCommitter(
@@ -204,14 +213,7 @@ class SQLiteStore:
                 )
             ]
             plan = rules.InsertPlan(ops, stored)
-            last_seqs = {}
-            for room_id, count in sorted(plan.counts.items()):
-                row = conn.execute(
-                    "UPDATE rooms SET last_seq = last_seq + ? WHERE id = ? RETURNING last_seq",
-                    (count, room_id),
-                ).fetchone()
-                if row is not None:
-                    last_seqs[room_id] = row[0]
+            last_seqs = self._numbering(conn, plan.counts)
             plan.begin(last_seqs)
             results: list[Result] = []
             for item in rules.runs(ops):
@@ -225,7 +227,33 @@ class SQLiteStore:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+        self._last_seq.update(last_seqs)
         return results
+
+    def _numbering(self, conn: sqlite3.Connection, counts: dict[int, int]) -> dict[int, int]:
+        """Each room's last sequence number after this batch's inserts.
+
+        This connection is the file's only writer (as the id assignment in
+        _insert_run assumes), so a room's last number is remembered here
+        instead of being written to ``rooms.last_seq`` in every transaction:
+        that update cost a row write and a page more per commit. It is read
+        from the messages once per room (an index lookup), and the rooms'
+        ``last_seq`` values are computed the same way when rooms are read.
+        """
+        raised: dict[int, int] = {}
+        for room_id, count in counts.items():
+            last = self._last_seq.get(room_id)
+            if last is None:
+                row = conn.execute(
+                    "SELECT (SELECT COALESCE(MAX(seq), 0) FROM messages WHERE room_id = ?) "
+                    "FROM rooms WHERE id = ?",
+                    (room_id, room_id),
+                ).fetchone()
+                if row is None:
+                    continue  # no such room: the plan refuses the batch
+                last = row[0]
+            raised[room_id] = last + count
+        return raised
 
     @staticmethod
     def _insert_run(conn: sqlite3.Connection, run: rules.InsertRun) -> list[Result]:
@@ -302,9 +330,7 @@ class SQLiteStore:
 
     @staticmethod
     def _room(conn: sqlite3.Connection, room_id: int) -> Room | None:
-        row = conn.execute(
-            f"SELECT {rules.ROOM_COLUMNS} FROM rooms WHERE id = ?", (room_id,)
-        ).fetchone()
+        row = conn.execute(f"SELECT {_ROOM_COLUMNS} FROM rooms WHERE id = ?", (room_id,)).fetchone()
         if row is None:
             return None
         members = conn.execute(
@@ -361,7 +387,7 @@ class SQLiteStore:
         def read() -> list[Room]:
             conn = self._r()
             rooms = conn.execute(
-                f"SELECT {rules.ROOM_COLUMNS} FROM rooms WHERE private = 0 OR id IN "
+                f"SELECT {_ROOM_COLUMNS} FROM rooms WHERE private = 0 OR id IN "
                 "(SELECT room_id FROM room_members WHERE user_id = ?) ORDER BY id",
                 (user_id,),
             ).fetchall()
