@@ -1,13 +1,17 @@
 """Soak test: a few hundred clients chatting and reconnecting for minutes.
 
-Starts its own ``roomcast serve`` on a free port with a fresh SQLite file,
-runs the clients for ``--seconds``, and samples the server's resident memory
-and open file descriptors. It passes when, after the clients are gone, open
-descriptors are back at their idle level and memory stopped growing (the
-second half of the run grew less than ``--max-growth-mb``), and every client
-saw each message of its room exactly once and in order.
+Starts its own ``roomcast serve`` on a free port with a fresh SQLite file
+(or, with ``--nodes N``, a cluster of N nodes on the PostgreSQL and Redis of
+this machine; each reconnect then goes to the next node), runs the clients
+for ``--seconds``, and samples the servers' resident memory and open file
+descriptors. It passes when, after the clients are gone, open descriptors are
+back at their idle level and memory stopped growing (the second half of the
+run grew less than ``--max-growth-mb``), and every client saw each message of
+its room exactly once and in order, with none missing: from the first message
+it saw to its last, it saw every message the database holds for its room.
 
     .venv/bin/python scripts/soak.py --clients 300 --seconds 300
+    .venv/bin/python scripts/soak.py --clients 200 --seconds 120 --nodes 2
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.support import ServerProcess
+from tests.support import ServerProcess, drop_cluster_state, stored_messages
 
 
 def rss_mb(pid: int) -> float:
@@ -52,12 +56,15 @@ class Stats:
         self.seen: dict[tuple[int, int], list[int]] = defaultdict(list)
 
 
-async def client(number: int, url: str, rooms: int, deadline: float, stats: Stats) -> None:
+async def client(number: int, urls: list[str], rooms: int, deadline: float, stats: Stats) -> None:
     room = number % rooms + 1
     user = f"soak-{number}"
     last_id: int | None = None
+    visits = number  # which node the next connection goes to
     async with aiohttp.ClientSession() as session:
         while time.monotonic() < deadline:
+            url = urls[visits % len(urls)]
+            visits += 1
             try:
                 async with session.ws_connect(f"{url}?user_id={user}") as ws:
                     join: dict[str, int] = {"room_id": room}
@@ -98,55 +105,85 @@ async def client(number: int, url: str, rooms: int, deadline: float, stats: Stat
                 await asyncio.sleep(0.5)
 
 
-async def soak(clients: int, seconds: float, rooms: int, max_growth_mb: float) -> int:
+async def soak(clients: int, seconds: float, rooms: int, max_growth_mb: float, nodes: int) -> int:
+    cluster = f"t_soak_{os.getpid()}" if nodes > 1 else None
+    if cluster:
+        drop_cluster_state(cluster)
     with tempfile.TemporaryDirectory() as folder:
-        server = ServerProcess(Path(folder) / "soak.db").start()
-        assert server.proc is not None
-        pid = server.proc.pid
-        idle_fds = open_fds(pid)
+        servers = [
+            ServerProcess(Path(folder) / f"soak{i}.db", cluster=cluster).start()
+            for i in range(nodes)
+        ]
+        pids = [server.proc.pid for server in servers if server.proc is not None]
+        idle_fds = sum(open_fds(pid) for pid in pids)
+        # Per sample: seconds, the largest node's RSS, open descriptors of all nodes.
         samples: list[tuple[float, float, int]] = []
         stats = Stats()
         deadline = time.monotonic() + seconds
+        urls = [server.ws_url for server in servers]
         tasks = [
-            asyncio.create_task(client(i, server.ws_url, rooms, deadline, stats))
-            for i in range(clients)
+            asyncio.create_task(client(i, urls, rooms, deadline, stats)) for i in range(clients)
         ]
         started = time.monotonic()
         while time.monotonic() < deadline:
             await asyncio.sleep(min(5.0, max(0.1, deadline - time.monotonic())))
-            samples.append((time.monotonic() - started, rss_mb(pid), open_fds(pid)))
+            rss = max(rss_mb(pid) for pid in pids)
+            samples.append((time.monotonic() - started, rss, sum(open_fds(p) for p in pids)))
             print(
                 f"t={samples[-1][0]:6.1f}s rss={samples[-1][1]:7.1f} MB fds={samples[-1][2]:5d} "
                 f"sent={stats.sent} received={stats.received} reconnects={stats.reconnects}",
                 flush=True,
             )
         await asyncio.gather(*tasks)
-        await asyncio.sleep(2)  # let the server notice every close
-        final_fds = open_fds(pid)
-        final_rss = rss_mb(pid)
-        server.stop()
+        await asyncio.sleep(2)  # let the servers notice every close
+        final_fds = sum(open_fds(pid) for pid in pids)
+        final_rss = max(rss_mb(pid) for pid in pids)
+        stored = stored_messages(servers[0])
+        for server in servers:
+            server.stop()
+    if cluster:
+        drop_cluster_state(cluster)
 
     half = [rss for t, rss, _ in samples if t >= seconds / 2]
     growth = (max(half) - min(half)) if half else 0.0
     duplicates = sum(len(ids) - len(set(ids)) for ids in stats.seen.values())
     disordered = sum(1 for ids in stats.seen.values() if ids != sorted(ids))
+    missing = count_missing(stats.seen, stored)
     unexpected = [e for e in stats.errors if e not in ("rate_limited",)]
     print(
         f"\nclients={clients} seconds={seconds:.0f} sent={stats.sent} received={stats.received} "
         f"reconnects={stats.reconnects}\n"
         f"fds idle={idle_fds} end={final_fds}; rss end={final_rss:.1f} MB, "
         f"growth over the second half={growth:.1f} MB\n"
-        f"duplicates={duplicates} out_of_order={disordered} errors={len(unexpected)}"
+        f"duplicates={duplicates} out_of_order={disordered} missing={missing} "
+        f"errors={len(unexpected)}"
     )
     ok = (
-        final_fds <= idle_fds + 2
+        # Each cluster node may also have opened its database pool (10) and
+        # Redis connections (2) since it was idle.
+        final_fds <= idle_fds + nodes * (2 + (12 if cluster else 0))
         and growth <= max_growth_mb
         and duplicates == 0
         and disordered == 0
+        and missing == 0
         and not unexpected
     )
     print("PASS" if ok else "FAIL")
     return 0 if ok else 1
+
+
+def count_missing(seen: dict[tuple[int, int], list[int]], stored: list[tuple[int, int]]) -> int:
+    """Stored messages a client should have seen (its room, between its first and
+    last message) but did not."""
+    by_room: dict[int, list[int]] = defaultdict(list)
+    for message_id, room_id in stored:
+        by_room[room_id].append(message_id)
+    missing = 0
+    for (_, room), ids in seen.items():
+        if ids:
+            expected = [i for i in by_room[room] if ids[0] <= i <= ids[-1]]
+            missing += len(set(expected) - set(ids))
+    return missing
 
 
 def main() -> int:
@@ -155,9 +192,17 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=300)
     parser.add_argument("--rooms", type=int, default=30)
     parser.add_argument("--max-growth-mb", type=float, default=20.0)
+    parser.add_argument(
+        "--nodes",
+        type=int,
+        default=1,
+        help="cluster nodes on PostgreSQL + Redis (default: 1, SQLite)",
+    )
     args = parser.parse_args()
     with contextlib.suppress(KeyboardInterrupt):
-        return asyncio.run(soak(args.clients, args.seconds, args.rooms, args.max_growth_mb))
+        return asyncio.run(
+            soak(args.clients, args.seconds, args.rooms, args.max_growth_mb, args.nodes)
+        )
     return 1
 
 

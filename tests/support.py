@@ -68,16 +68,24 @@ def drop_cluster_state(name: str) -> None:
 
 def stored_ids(server: ServerProcess) -> set[int]:
     """Ids of every message in the server's database, whichever database it is."""
+    return {message_id for message_id, _ in stored_messages(server)}
+
+
+def stored_messages(server: ServerProcess) -> list[tuple[int, int]]:
+    """``(id, room_id)`` of every message in the server's database, by id."""
     if server.cluster is None:
         with sqlite3.connect(server.database) as conn:
-            return {row[0] for row in conn.execute("SELECT id FROM messages")}
+            query = "SELECT id, room_id FROM messages ORDER BY id"
+            return [(row[0], row[1]) for row in conn.execute(query)]
+    query = f"SELECT id, room_id FROM {server.cluster}.messages ORDER BY id"
     result = subprocess.run(
-        ["psql", POSTGRES_URL, "-At", "-c", f"SELECT id FROM {server.cluster}.messages"],
+        ["psql", POSTGRES_URL, "-At", "-F", " ", "-c", query],
         check=True,
         capture_output=True,
         text=True,
     )
-    return {int(line) for line in result.stdout.split()}
+    rows = (line.split() for line in result.stdout.splitlines() if line.strip())
+    return [(int(message_id), int(room_id)) for message_id, room_id in rows]
 
 
 @contextlib.asynccontextmanager
