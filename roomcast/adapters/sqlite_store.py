@@ -54,12 +54,16 @@ T = TypeVar("T")
 
 log = logging.getLogger("roomcast.store")
 
+#: A room's last sequence number: that of its newest message, since seq order is
+#: id order within a room (the (room_id, id) index finds it at once).
+_LAST_SEQ = (
+    "SELECT seq FROM messages WHERE messages.room_id = rooms.id ORDER BY messages.id DESC LIMIT 1"
+)
+
 #: Rooms as :data:`store_rules.ROOM_COLUMNS`, with ``last_seq`` taken from the
 #: messages (this store does not keep ``rooms.last_seq`` up to date; see
 #: ``SQLiteStore._numbering``).
-_ROOM_COLUMNS = rules.ROOM_COLUMNS.replace(
-    "last_seq", "(SELECT COALESCE(MAX(seq), 0) FROM messages WHERE messages.room_id = rooms.id)"
-)
+_ROOM_COLUMNS = rules.ROOM_COLUMNS.replace("last_seq", "COALESCE((" + _LAST_SEQ + "), 0)")
 
 
 def sqlite_path(url: str) -> str:
@@ -245,9 +249,7 @@ class SQLiteStore:
             last = self._last_seq.get(room_id)
             if last is None:
                 row = conn.execute(
-                    "SELECT (SELECT COALESCE(MAX(seq), 0) FROM messages WHERE room_id = ?) "
-                    "FROM rooms WHERE id = ?",
-                    (room_id, room_id),
+                    f"SELECT COALESCE(({_LAST_SEQ}), 0) FROM rooms WHERE id = ?", (room_id,)
                 ).fetchone()
                 if row is None:
                     continue  # no such room: the plan refuses the batch

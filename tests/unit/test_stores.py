@@ -473,7 +473,7 @@ async def test_room_sequence_migration_numbers_existing_messages(
         for sql in statements:
             conn.execute(sql)
         monkeypatch.setattr(migrations, "load", lambda: everything)
-        assert migrations.apply_sqlite(conn, 0) == [4]
+        assert migrations.apply_sqlite(conn, 0) == [4, 5]
         conn.close()
     else:
         pg_conn = await asyncpg.connect(db.url)
@@ -481,7 +481,7 @@ async def test_room_sequence_migration_numbers_existing_messages(
         for sql in statements:
             await pg_conn.execute(sql)
         monkeypatch.setattr(migrations, "load", lambda: everything)
-        assert await migrations.apply_postgres(pg_conn, 0) == [4]
+        assert await migrations.apply_postgres(pg_conn, 0) == [4, 5]
         await pg_conn.close()
     rows = await db.fetch("SELECT id, seq FROM messages ORDER BY id")
     assert rows == [(10, 1), (11, 1), (12, 2), (13, 3), (14, 2)]
@@ -493,9 +493,30 @@ async def test_room_sequence_migration_numbers_existing_messages(
     await store.close()
 
 
+async def test_a_migration_for_one_database_is_recorded_but_not_run_on_the_other(
+    db: Database,
+) -> None:
+    """0005 drops the (room_id, seq) index on SQLite only; both record version 5."""
+    store = db.open()
+    await store.start()
+    await store.close()
+    assert (5,) in await db.fetch("SELECT version FROM schema_migrations")
+    if db.kind == "sqlite":
+        query = (
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND name = 'messages_by_room_seq'"
+        )
+        assert await db.fetch(query) == []
+    else:
+        query = (
+            "SELECT indexname FROM pg_indexes "
+            "WHERE indexname = 'messages_by_room_seq' AND schemaname = current_schema()"
+        )
+        assert await db.fetch(query) == [("messages_by_room_seq",)]
+
+
 async def test_migrate_describes_what_it_did(db: Database) -> None:
     first = await migrate(db.url)
-    assert "applied 0001, 0002, 0003, 0004" in first
+    assert "applied 0001, 0002, 0003, 0004, 0005" in first
     assert (await migrate(db.url)).endswith("up to date (nothing to apply)")
 
 

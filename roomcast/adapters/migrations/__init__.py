@@ -7,7 +7,10 @@ version.
 
 The files are written for SQLite and serve PostgreSQL too, through a
 mechanical translation (:func:`postgres_sql`). They stay exactly as they were
-applied: SQLite databases in use have run them as written.
+applied: SQLite databases in use have run them as written. A file whose first
+line is ``-- only: sqlite`` (or ``-- only: postgresql``) changes that database
+alone; the other records the version and runs nothing, so both count the
+same versions.
 """
 
 from __future__ import annotations
@@ -25,6 +28,13 @@ class Migration:
     version: int
     name: str
     sql: str
+    only: str | None = None  # "sqlite" or "postgresql": the one database it is for
+
+    def runs_on(self, database: str) -> bool:
+        return self.only is None or self.only == database
+
+
+_ONLY = re.compile(r"--\s*only:\s*(sqlite|postgresql)\s*$")
 
 
 def load() -> list[Migration]:
@@ -32,7 +42,16 @@ def load() -> list[Migration]:
     for entry in resources.files(__package__).iterdir():
         if entry.name.endswith(".sql"):
             version, _, rest = entry.name.partition("_")
-            migrations.append(Migration(int(version), rest.removesuffix(".sql"), entry.read_text()))
+            sql = entry.read_text()
+            only = _ONLY.match(sql.split("\n", 1)[0])
+            migrations.append(
+                Migration(
+                    int(version),
+                    rest.removesuffix(".sql"),
+                    sql,
+                    only.group(1) if only else None,
+                )
+            )
     return sorted(migrations, key=lambda m: m.version)
 
 
@@ -47,9 +66,10 @@ def apply_sqlite(conn: sqlite3.Connection, now_ms: int) -> list[int]:
     for migration in load():
         if migration.version in done:
             continue
+        sql = migration.sql if migration.runs_on("sqlite") else ""
         conn.executescript(
             "BEGIN;\n"
-            f"{migration.sql}\n"
+            f"{sql}\n"
             f"INSERT INTO schema_migrations (version, name, applied_at) VALUES "
             f"({migration.version}, '{migration.name}', {now_ms});\n"
             "COMMIT;"
@@ -126,7 +146,8 @@ async def apply_postgres(conn: asyncpg.Connection[asyncpg.Record], now_ms: int) 
                 "SELECT 1 FROM schema_migrations WHERE version = $1", migration.version
             ):
                 continue  # another process applied it while this one waited
-            await conn.execute(postgres_sql(migration.sql))
+            if migration.runs_on("postgresql"):
+                await conn.execute(postgres_sql(migration.sql))
             await conn.execute(
                 "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
                 migration.version,
