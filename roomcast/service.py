@@ -158,6 +158,7 @@ class ChatService:
         self.sequencer: RoomSequencer[bytes] = RoomSequencer(settings.gap_wait, self._now)
         self._clock_ms = clock_ms
         self._connections: dict[str, Connection] = {}  # this node's own
+        self._own_by_user: dict[str, set[str]] = {}  # this node's, by user
         self._node_of: dict[str, str] = {}  # every connection in the replica -> its node
         self._absent_since: dict[str, float] = {}  # nodes missing from the live list
         self._announce_due = False  # a snapshot waits for this node's entries in flight
@@ -588,6 +589,8 @@ class ChatService:
             last_seen=asyncio.get_running_loop().time(),
         )
         self._connections[conn.id] = conn
+        if user_id is not None:
+            self._own_by_user.setdefault(user_id, set()).add(conn.id)
         self.fanout.add(conn.id, transport)
         self._append(log_entries.Opened(conn.id, self.node_id, user_id))
         log.info("connect conn=%s user=%s remote=%s", conn.id, user_id, remote)
@@ -600,6 +603,12 @@ class ChatService:
             return
         conn.closed = True
         self._connections.pop(conn.id, None)
+        if conn.user_id is not None:
+            own = self._own_by_user.get(conn.user_id)
+            if own is not None:
+                own.discard(conn.id)
+                if not own:
+                    del self._own_by_user[conn.user_id]
         for room_id in self.engine.rooms.rooms_of(conn.id):
             self.fanout.membership_changed(room_id)
         self.fanout.remove(conn.id)
@@ -639,6 +648,11 @@ class ChatService:
 
     def connections(self) -> list[Connection]:
         return list(self._connections.values())
+
+    def connection_count(self, user_id: str) -> int:
+        """The user's open connections in the cluster: those of the replica, and this
+        node's own at once (the replica learns of a new one only from the log)."""
+        return len(set(self.engine.connections_of(user_id)) | self._own_by_user.get(user_id, set()))
 
     # -- requests ----------------------------------------------------------------------
 
@@ -741,7 +755,7 @@ class ChatService:
         if conn.user_id is None:
             if claimed and self.settings.open_mode and len(set(claimed)) == 1:
                 most = self.settings.max_connections_per_user
-                if len(self.engine.connections_of(claimed[0])) >= most:
+                if self.connection_count(claimed[0]) >= most:
                     refusal = ProtocolError(
                         ErrorCode.RATE_LIMITED, "too many connections for this user", request.TYPE
                     )
@@ -749,6 +763,7 @@ class ChatService:
                     self.close_soon(conn, CLOSE_POLICY_VIOLATION, "too many connections")
                     raise refusal
                 conn.user_id = claimed[0]
+                self._own_by_user.setdefault(conn.user_id, set()).add(conn.id)
                 self._append(log_entries.Identified(conn.id, claimed[0]))
                 log.info("identify conn=%s user=%s", conn.id, claimed[0])
             elif claimed and self.settings.open_mode:

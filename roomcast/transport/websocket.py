@@ -119,8 +119,7 @@ class WebSocketEndpoint:
             return WSCloseCode.POLICY_VIOLATION, "too many connections from this address"
         if (
             user_id is not None
-            and len(self.service.engine.connections_of(user_id))
-            >= settings.max_connections_per_user
+            and self.service.connection_count(user_id) >= settings.max_connections_per_user
         ):
             return WSCloseCode.POLICY_VIOLATION, "too many connections for this user"
         return None
