@@ -286,7 +286,7 @@ class ChatService:
             self.limiter.forget_user(user_id)
 
     def _holds_user(self, user_id: str) -> bool:
-        return any(c in self._connections for c in self.engine.connections_of(user_id))
+        return user_id in self._own_by_user
 
     def _apply_message(self, message: ChatMessage, seq: int) -> None:
         room_id = message.room_id
@@ -357,7 +357,11 @@ class ChatService:
         conn_id = entry.conn
         request = decode_client(bytes(entry.data))
         try:
-            if isinstance(request, TypingRequest):
+            if isinstance(request, PingRequest):
+                # Answered in log order: the pong follows what was sent before the ping.
+                if (conn := self._connections.get(conn_id)) is not None:
+                    self.send(conn, Pong())
+            elif isinstance(request, TypingRequest):
                 self.publish(
                     self.engine.set_typing(conn_id, request.room_id, request.is_typing, entry.at)
                 )
@@ -790,7 +794,8 @@ class ChatService:
         self, conn: Connection, request: Request, data: bytes | str
     ) -> Coroutine[Any, Any, None] | None:
         """Requests other than chat and join_room, on the node that received them."""
-        if isinstance(request, PingRequest):
+        if isinstance(request, PingRequest) and self.broker.pending() == 0:
+            # Nothing of this node's is on its way through the log: answer now.
             self.send(conn, Pong())
             return None
         if isinstance(request, (MessageEditRequest, MessageDeleteRequest, MessageReactionRequest)):
@@ -806,13 +811,17 @@ class ChatService:
             if request.type == "offer" and request.call_id is None:
                 new_id = uuid.uuid4().hex
         elif not isinstance(
-            request, (TypingRequest, PresenceRequest, LeaveRoomRequest, CallEndRequest)
+            request, (TypingRequest, PresenceRequest, LeaveRoomRequest, CallEndRequest, PingRequest)
         ) and not isinstance(request, CallRejectRequest):  # pragma: no cover
             raise ProtocolError(ErrorCode.UNKNOWN_TYPE, "unhandled type", request.TYPE)
         # Leaving waits for the log, so that the next request sees the room left.
         waiting = self._expect(conn) if isinstance(request, LeaveRoomRequest) else None
-        if isinstance(request, TypingRequest):  # cheap to refuse here, before the log
-            self.engine.require_member(conn.id, request.room_id, request.TYPE)
+        if isinstance(request, TypingRequest) and not self.engine.is_member(
+            conn.id, request.room_id
+        ):  # cheap to refuse here, before the log (joins are applied before this)
+            raise ProtocolError(
+                ErrorCode.FORBIDDEN, f"not a member of room {request.room_id}", request.TYPE
+            )
         # Re-encoded: only the request's own fields travel, whatever the client padded.
         entry = log_entries.ClientRequest(
             conn.id, msgspec.Raw(encode_request(request)), self._now(), self._clock_ms(), new_id

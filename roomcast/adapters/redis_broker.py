@@ -60,14 +60,14 @@ class RedisBroker:
         prefix: str = "roomcast",
         node_ttl: float = 10.0,
         node_id: str | None = None,
-        max_log_entries: int = 100_000,
+        max_log_records: int = 20_000,
     ) -> None:
         self.node_id = node_id or uuid.uuid4().hex[:12]
         self.url = url
         self.node_ttl = node_ttl
         self._log_key = f"{prefix}:log"
         self._nodes_key = f"{prefix}:nodes"
-        self._max_log = max_log_entries
+        self._max_log = max_log_records
         self._replica: Replica | None = None
         self._state = BrokerState.CONNECTED
         self._counter = 0
@@ -123,6 +123,7 @@ class RedisBroker:
         self._closing = True
         with contextlib.suppress(*_UNREACHABLE):
             await asyncio.wait_for(self._flush(), timeout=2.0)
+        with contextlib.suppress(*_UNREACHABLE):
             await asyncio.wait_for(self._writer.zrem(self._nodes_key, self.node_id), 2.0)
         for task in self._tasks:
             task.cancel()
@@ -169,7 +170,7 @@ class RedisBroker:
                 {
                     "o": self.node_id,
                     "n": batch[0][0],  # the first entry's counter; the rest follow on
-                    "d": encode_batch([data for _, data, _ in batch]),
+                    "b": encode_batch([data for _, data, _ in batch]),
                 },
                 maxlen=self._max_log,
                 approximate=True,
@@ -213,7 +214,10 @@ class RedisBroker:
                         self._replica.log_interrupted()
                 interrupted = False
                 response: Any = await self._reader.xread(
-                    {self._log_key: self._last_id}, count=1000, block=1000
+                    # A few records at a time: a node catching up still serves its users.
+                    {self._log_key: self._last_id},
+                    count=50,
+                    block=1000,
                 )
             except _UNREACHABLE:
                 interrupted = True
@@ -238,7 +242,7 @@ class RedisBroker:
         try:
             origin = fields[b"o"].decode()
             first = int(fields[b"n"])
-            entries = decode_batch(fields[b"d"])
+            entries = decode_batch(fields[b"b"])
         except Exception:
             log.exception("unreadable log record skipped")
             return

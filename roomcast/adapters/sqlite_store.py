@@ -91,8 +91,10 @@ class SQLiteStore:
         self._clock_ms = clock_ms
         self._reader_thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-reader")
         self._writer: sqlite3.Connection | None = None
-        # Each room's last sequence number, as committed (see _numbering).
+        # Each room's last sequence number, as committed (see _numbering), and
+        # the file's data_version when it was last known right.
         self._last_seq: dict[int, int] = {}
+        self._data_version = -1
         self._reader: sqlite3.Connection | None = None
         self._checkpointer: asyncio.Task[None] | None = None
         self._committer: GroupCommitter[Operation, Result] = GroupCommitter(
@@ -207,6 +209,12 @@ class SQLiteStore:
         conn = self._w()
         conn.execute("BEGIN IMMEDIATE")
         try:
+            # Another process wrote to the file since this one last committed:
+            # its room numbers may have moved on, so count them again.
+            data_version = conn.execute("PRAGMA data_version").fetchone()[0]
+            if data_version != self._data_version:
+                self._last_seq.clear()
+                self._data_version = data_version
             stored = [
                 row
                 for key in rules.client_ids(ops)
@@ -237,12 +245,13 @@ class SQLiteStore:
     def _numbering(self, conn: sqlite3.Connection, counts: dict[int, int]) -> dict[int, int]:
         """Each room's last sequence number after this batch's inserts.
 
-        This connection is the file's only writer (as the id assignment in
-        _insert_run assumes), so a room's last number is remembered here
-        instead of being written to ``rooms.last_seq`` in every transaction:
-        that update cost a row write and a page more per commit. It is read
-        from the messages once per room (an index lookup), and the rooms'
-        ``last_seq`` values are computed the same way when rooms are read.
+        A room's last number is remembered here instead of being written to
+        ``rooms.last_seq`` in every transaction: that update cost a row write
+        and a page more per commit. It is read from the messages once per
+        room (an index lookup), again whenever another process has written
+        to the file (``PRAGMA data_version``, checked under the write lock),
+        and the rooms' ``last_seq`` values are computed the same way when
+        rooms are read.
         """
         raised: dict[int, int] = {}
         for room_id, count in counts.items():

@@ -114,6 +114,10 @@ def _record(call: Call) -> CallRecord:
     )
 
 
+#: How many ended call ids a registry remembers (see ``CallRegistry.restore``).
+_ENDED_KEPT = 1000
+
+
 class CallRegistry:
     def __init__(
         self,
@@ -129,6 +133,9 @@ class CallRegistry:
         self._calls: dict[str, Call] = {}
         self._call_of_user: dict[str, str] = {}  # users with a ringing or active call
         self._deadlines: list[tuple[float, str]] = []
+        # Calls that ended lately (oldest first): a snapshot taken before its
+        # end reached the sending node must not bring one back.
+        self._ended: dict[str, None] = {}
 
     # -- lookups -------------------------------------------------------------------------
 
@@ -155,7 +162,7 @@ class CallRegistry:
 
     def restore(self, call: Call) -> None:
         """Take over a call another replica knows and this one does not."""
-        if call.id in self._calls:
+        if call.id in self._calls or call.id in self._ended:
             return
         self._calls[call.id] = call
         self._call_of_user[call.caller] = call.id
@@ -395,6 +402,9 @@ class CallRegistry:
         call.end_reason = reason
         call.ringing_conns = set()
         del self._calls[call.id]
+        self._ended[call.id] = None
+        if len(self._ended) > _ENDED_KEPT:
+            del self._ended[next(iter(self._ended))]
         for user in (call.caller, call.callee):
             if self._call_of_user.get(user) == call.id:
                 del self._call_of_user[user]

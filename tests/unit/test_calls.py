@@ -300,3 +300,15 @@ def test_a_given_call_id_is_used_and_a_restored_call_can_be_dropped(
     ]
     assert other.call_of("ann") is None and other.call_of("bob") is None
     assert other.drop("from-node-a", wall_ms=6000) == []
+
+
+def test_a_call_that_ended_here_is_not_brought_back_by_an_older_snapshot(
+    registry: CallRegistry,
+) -> None:
+    call_id = ring(registry)
+    call = registry.get(call_id)
+    assert call is not None
+    registry.hang_up("a1", "ann", call, wall_ms=2000)
+    registry.restore(call)  # a snapshot taken before the hang-up reached its node
+    assert registry.get(call_id) is None
+    assert registry.call_of("ann") is None and registry.call_of("bob") is None

@@ -726,3 +726,24 @@ async def test_a_writer_killed_while_waiting_for_a_room_is_retried(pg: Database)
     for conn in (other, admin):
         await conn.close()
     await store.close()
+
+
+async def test_two_stores_on_one_database_take_turns_without_repeating_a_seq(
+    db: Database,
+) -> None:
+    """Two processes' stores writing one room in turn (an old server still
+    finishing while a new one starts): every message gets its own number."""
+    first, second = db.open(), db.open()
+    await first.start()
+    await second.start()
+    try:
+        await first.ensure_room(1, "al", 0)
+        seqs = []
+        for store in (first, second, first, second, first):
+            seqs.append((await store.run(insert(1, "al", "hi"))).seq)
+        assert seqs == [1, 2, 3, 4, 5]
+        room = await second.get_room(1)
+        assert room is not None and room.last_seq == 5
+    finally:
+        await first.close()
+        await second.close()
