@@ -34,6 +34,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.integration.test_calls import OFFER, answer, ring, uid
+from tests.integration.test_calls import signal as signal_to
 from tests.support import (
     POSTGRES_URL,
     Client,
@@ -54,9 +56,6 @@ BASE_ARGS = (
 )  # fmt: skip
 ROOM = 1
 OTHER_ROOM = 2
-
-OFFER = {"type": "offer", "sdp": "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"}
-ANSWER = {"type": "answer", "sdp": "v=0\r\no=- 2 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n"}
 
 
 def candidate(port: int) -> dict[str, Any]:
@@ -153,10 +152,6 @@ def typing(user_id: str, is_typing: bool, room_id: int = ROOM) -> dict[str, Any]
 
 def presence(user_id: str, status: str) -> dict[str, str]:
     return {"user_id": user_id, "status": status}
-
-
-def uid(client: Client) -> str:
-    return str(client.connected["user_id"])
 
 
 async def barrier(client: Client, room_id: int = ROOM, expect_users: Any = None) -> None:
@@ -434,55 +429,6 @@ async def test_users_on_two_nodes_join_and_leave_once_and_see_presence_and_typin
 
 
 # -- 3. calls ------------------------------------------------------------------------------
-
-
-async def ring(caller: Client, *callee_conns: Client) -> str:
-    """``caller`` calls the user of ``callee_conns``; all of them ring. Returns the call id."""
-    caller_id, callee_id = uid(caller), uid(callee_conns[0])
-    await caller.send("webrtc", {"type": "offer", "to_user_id": callee_id, "data": OFFER})
-    ringing = (await caller.recv("call_ringing"))["payload"]
-    call_id = ringing["call_id"]
-    assert isinstance(call_id, str) and call_id
-    parties = {"call_id": call_id, "from_user_id": caller_id, "to_user_id": callee_id}
-    assert ringing == {**parties, "media": None}
-    for conn in callee_conns:
-        assert (await conn.recv("incoming_call"))["payload"] == {**parties, "media": None}
-        assert (await conn.recv("webrtc"))["payload"] == {"type": "offer", **parties, "data": OFFER}
-    return str(call_id)
-
-
-async def answer(callee: Client, caller: Client, call_id: str) -> None:
-    """``callee`` answers; the caller gets the answer, then both get call_active."""
-    caller_id, callee_id = uid(caller), uid(callee)
-    await callee.send(
-        "webrtc", {"type": "answer", "call_id": call_id, "to_user_id": caller_id, "data": ANSWER}
-    )
-    assert (await caller.recv("webrtc"))["payload"] == {
-        "type": "answer",
-        "call_id": call_id,
-        "from_user_id": callee_id,
-        "to_user_id": caller_id,
-        "data": ANSWER,
-    }
-    active = {"call_id": call_id, "from_user_id": caller_id, "to_user_id": callee_id}
-    assert (await caller.recv("call_active"))["payload"] == active
-    assert (await callee.recv("call_active"))["payload"] == active
-
-
-async def signal_to(
-    sender: Client, kind: str, call_id: str, to_user_id: str, data: Any
-) -> dict[str, Any]:
-    """Send one in-call signal; returns the payload its receiver should get."""
-    await sender.send(
-        "webrtc", {"type": kind, "call_id": call_id, "to_user_id": to_user_id, "data": data}
-    )
-    return {
-        "type": kind,
-        "call_id": call_id,
-        "from_user_id": uid(sender),
-        "to_user_id": to_user_id,
-        "data": data,
-    }
 
 
 async def offer_refused(caller: Client, callee_id: str, reason: str) -> str:
