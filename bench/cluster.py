@@ -317,20 +317,6 @@ def table(lines: list[Line]) -> list[list[str]]:
     return out
 
 
-def render(lines: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(HEADER)]
-    out = [" | ".join(h.ljust(w) for h, w in zip(HEADER, widths, strict=True))]
-    out.append("-+-".join("-" * w for w in widths))
-    out += [" | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in lines]
-    return "\n".join(out)
-
-
-def markdown(lines: list[list[str]]) -> str:
-    out = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
-    out += ["| " + " | ".join(line) + " |" for line in lines]
-    return "\n".join(out)
-
-
 # -- main -----------------------------------------------------------------------------------
 
 
@@ -409,7 +395,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     lines = table(rows)
     elapsed = time.monotonic() - started
     print()
-    print(render(lines))
+    print(run.render(lines, HEADER))
     print(f"\nwall time {elapsed:.0f} s")
     environment: dict[str, Any] = {
         "cpus": os.cpu_count(),
@@ -429,7 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     (results_dir / "results.json").write_text(json.dumps(document, indent=2))
     (results_dir / "results.md").write_text(
-        f"# roomcast cluster benchmark {stamp}\n\n`{command}`\n\n{markdown(lines)}\n"
+        f"# roomcast cluster benchmark {stamp}\n\n`{command}`\n\n{run.markdown(lines, HEADER)}\n"
     )
     failed = [r for r in runs if not r.get("ok")]
     if failed:

@@ -628,16 +628,17 @@ def table(rows: list[Row]) -> list[list[str]]:
     return lines
 
 
-def render(lines: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(HEADER)]
-    out = [" | ".join(h.ljust(w) for h, w in zip(HEADER, widths, strict=True))]
+def render(lines: list[list[str]], header: list[str] = HEADER) -> str:
+    """The table as aligned text, for a terminal."""
+    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header)]
+    out = [" | ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))]
     out.append("-+-".join("-" * w for w in widths))
     out += [" | ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)) for line in lines]
     return "\n".join(out)
 
 
-def markdown(lines: list[list[str]]) -> str:
-    out = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+def markdown(lines: list[list[str]], header: list[str] = HEADER) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join(line) + " |" for line in lines]
     return "\n".join(out)
 

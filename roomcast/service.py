@@ -81,6 +81,18 @@ from roomcast.transport.fanout import FanOut, Writable, text_frame
 
 log = logging.getLogger("roomcast.service")
 
+#: Requests that change shared state and so travel through the log (besides
+#: ping, which does when this node has entries in flight).
+_LOGGED_REQUESTS = (
+    TypingRequest,
+    PresenceRequest,
+    LeaveRoomRequest,
+    WebRTCRequest,
+    CallEndRequest,
+    CallRejectRequest,
+    PingRequest,
+)
+
 #: WebSocket close code for policy violations (floods, slow consumers).
 CLOSE_POLICY_VIOLATION = 1008
 
@@ -295,12 +307,18 @@ class ChatService:
         if typing_ended:
             self.publish(typing_ended)
         released = self.sequencer.offer(room_id, seq, self.frame(message))
-        if not released:
+        if released:
+            self._send_chat(room_id, released)
+        else:
             self._arm_gap_timer()
+
+    def _send_chat(self, room_id: int, frames: list[bytes]) -> None:
+        """Chat frames the room's sequencer released, in order, to this node's members."""
+        if not frames:
             return
         members = self.engine.rooms.connections(room_id)
-        self.metrics.messages_out["chat"] += len(members) * len(released)
-        for frame in released:
+        self.metrics.messages_out["chat"] += len(members) * len(frames)
+        for frame in frames:
             self.fanout.send_room(room_id, members, frame)
 
     def _apply_join(self, entry: log_entries.Joined) -> None:
@@ -342,16 +360,10 @@ class ChatService:
             if waiting is not None and not waiting.done():
                 waiting.set_exception(StoreUnavailable(str(exc)))
             if not conn.ended:
-                leave = encode_request(LeaveRoomRequest(room_id=room_id))
-                self._append(
-                    log_entries.ClientRequest(
-                        conn.id, msgspec.Raw(leave), self._now(), self._clock_ms()
-                    )
-                )
+                self._append_request(conn, LeaveRoomRequest(room_id=room_id))
         finally:
             self._settle(conn.id)
-            for frame in self.sequencer.resume(room_id):
-                self.deliver_room(room_id, frame)
+            self._send_chat(room_id, self.sequencer.resume(room_id))
 
     def _apply_request(self, entry: log_entries.ClientRequest, mine: bool) -> None:
         conn_id = entry.conn
@@ -551,9 +563,7 @@ class ChatService:
         except Exception as exc:
             log.error("gap fill failed room=%s error=%r", room_id, exc)
         finally:
-            released += self.sequencer.resume(room_id)
-            for frame in released:
-                self.deliver_room(room_id, frame)
+            self._send_chat(room_id, released + self.sequencer.resume(room_id))
             self._arm_gap_timer()
 
     def _arm_gap_timer(self) -> None:
@@ -694,7 +704,7 @@ class ChatService:
             elif type(request) is JoinRoomRequest:
                 return self._guarded(conn, request, self._join(conn, request))
             else:
-                return self._dispatch(conn, request, data)
+                return self._dispatch(conn, request)
         except Exception as exc:
             self._fail(conn, request, request_type, exc)
         return None
@@ -790,9 +800,7 @@ class ChatService:
                     request.TYPE,
                 )
 
-    def _dispatch(
-        self, conn: Connection, request: Request, data: bytes | str
-    ) -> Coroutine[Any, Any, None] | None:
+    def _dispatch(self, conn: Connection, request: Request) -> Coroutine[Any, Any, None] | None:
         """Requests other than chat and join_room, on the node that received them."""
         if isinstance(request, PingRequest) and self.broker.pending() == 0:
             # Nothing of this node's is on its way through the log: answer now.
@@ -810,9 +818,7 @@ class ChatService:
                 )
             if request.type == "offer" and request.call_id is None:
                 new_id = uuid.uuid4().hex
-        elif not isinstance(
-            request, (TypingRequest, PresenceRequest, LeaveRoomRequest, CallEndRequest, PingRequest)
-        ) and not isinstance(request, CallRejectRequest):  # pragma: no cover
+        elif not isinstance(request, _LOGGED_REQUESTS):  # pragma: no cover
             raise ProtocolError(ErrorCode.UNKNOWN_TYPE, "unhandled type", request.TYPE)
         # Leaving waits for the log, so that the next request sees the room left.
         waiting = self._expect(conn) if isinstance(request, LeaveRoomRequest) else None
@@ -822,14 +828,20 @@ class ChatService:
             raise ProtocolError(
                 ErrorCode.FORBIDDEN, f"not a member of room {request.room_id}", request.TYPE
             )
-        # Re-encoded: only the request's own fields travel, whatever the client padded.
-        entry = log_entries.ClientRequest(
-            conn.id, msgspec.Raw(encode_request(request)), self._now(), self._clock_ms(), new_id
-        )
-        self._append(entry)
+        self._append_request(conn, request, new_id)
         if waiting is None or waiting.done():
             return None
         return self._guarded(conn, request, self._settled(waiting))
+
+    def _append_request(self, conn: Connection, request: Request, new_id: str = "") -> None:
+        """Put a request of this connection in the log, for every replica to apply.
+
+        Re-encoded: only the request's own fields travel, whatever the client padded.
+        """
+        data = msgspec.Raw(encode_request(request))
+        self._append(
+            log_entries.ClientRequest(conn.id, data, self._now(), self._clock_ms(), new_id)
+        )
 
     def _expect(self, conn: Connection) -> asyncio.Future[None]:
         """A future settled when this connection's next awaited entry is applied."""

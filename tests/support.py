@@ -66,6 +66,25 @@ def drop_cluster_state(name: str) -> None:
     )
 
 
+async def history(server: ServerProcess, room_id: int) -> list[dict[str, Any]]:
+    """Every stored message of the room, oldest first, following the HTTP history pages."""
+    messages: list[dict[str, Any]] = []
+    before: int | None = None
+    while True:
+        query = "limit=100" + (f"&before={before}" if before is not None else "")
+        status, page = await http_json("GET", f"{server.http}/api/rooms/{room_id}/messages?{query}")
+        assert status == 200, page
+        messages[:0] = page["messages"]
+        before = page["next_before"]
+        if before is None:
+            return messages
+
+
+def stored(message: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    """The history item of a broadcast ``chat`` payload."""
+    return {**message, "edited_at": None, "reactions": {}, **changes}
+
+
 def stored_ids(server: ServerProcess) -> set[int]:
     """Ids of every message in the server's database, whichever database it is."""
     return {message_id for message_id, _ in stored_messages(server)}

@@ -48,26 +48,21 @@ def describe(url: str) -> str:
 
 def open_store(url: str, settings: Settings, metrics: Metrics | None) -> Store:
     """The store for ``url``, set up from ``settings``; call ``start()`` before use."""
-    on_commit = metrics.observe_commit if metrics is not None else None
+    kind: type[PostgresStore] | type[SQLiteStore]
     if is_postgres(url):
-        return PostgresStore(
-            url,
-            _wall_ms,
-            settings.commit_max_batch,
-            on_commit,
-            settings.db_timeout,
-            settings.commit_linger_ms / 1000,
-        )
-    if "://" in url and not url.startswith("sqlite://"):
+        kind = PostgresStore
+    elif "://" not in url or url.startswith("sqlite://"):
+        kind = SQLiteStore
+    else:
         raise ValueError(
             f"unsupported database URL {url.partition('://')[0]}://... "
             "(expected sqlite:///path or postgresql://user@host/database)"
         )
-    return SQLiteStore(
+    return kind(
         url,
         _wall_ms,
         settings.commit_max_batch,
-        on_commit,
+        metrics.observe_commit if metrics is not None else None,
         settings.db_timeout,
         settings.commit_linger_ms / 1000,
     )

@@ -10,28 +10,9 @@ from typing import Any
 
 import pytest
 
-from tests.support import Client, Connect, ServerProcess, http_json, now_ms
+from tests.support import Client, Connect, ServerProcess, history, now_ms, stored
 
 CHAT_FIELDS = {"id", "room_id", "user_id", "content", "type", "created_at"}
-
-
-async def history(server: ServerProcess, room_id: int) -> list[dict[str, Any]]:
-    """Every stored message of the room, oldest first, following the pages."""
-    messages: list[dict[str, Any]] = []
-    before: int | None = None
-    while True:
-        query = "limit=100" + (f"&before={before}" if before is not None else "")
-        status, page = await http_json("GET", f"{server.http}/api/rooms/{room_id}/messages?{query}")
-        assert status == 200, page
-        messages[:0] = page["messages"]
-        before = page["next_before"]
-        if before is None:
-            return messages
-
-
-def stored(message: dict[str, Any], **changes: Any) -> dict[str, Any]:
-    """The history item of a broadcast ``chat`` payload."""
-    return {**message, "edited_at": None, "reactions": {}, **changes}
 
 
 async def send_chat(client: Client, room_id: int, content: str) -> None:

@@ -43,7 +43,9 @@ from tests.support import (
     cluster_args,
     drop_cluster_state,
     free_port,
+    history,
     http_json,
+    stored,
     stored_ids,
 )
 
@@ -173,25 +175,6 @@ async def send_chat(client: Client, content: str, room_id: int = ROOM) -> None:
     await client.send("chat", {"room_id": room_id, "content": content, "type": "text"})
 
 
-async def history(server: ServerProcess, room_id: int = ROOM) -> list[dict[str, Any]]:
-    """Every stored message of the room, oldest first, following the pages."""
-    messages: list[dict[str, Any]] = []
-    before: int | None = None
-    while True:
-        query = "limit=100" + (f"&before={before}" if before is not None else "")
-        status, page = await http_json("GET", f"{server.http}/api/rooms/{room_id}/messages?{query}")
-        assert status == 200, page
-        messages[:0] = page["messages"]
-        before = page["next_before"]
-        if before is None:
-            return messages
-
-
-def stored(message: dict[str, Any], **changes: Any) -> dict[str, Any]:
-    """The history item of a broadcast ``chat`` payload."""
-    return {**message, "edited_at": None, "reactions": {}, **changes}
-
-
 def db_ids(name: str, room_id: int = ROOM) -> list[int]:
     """The room's message ids in the cluster's database, read without any node."""
     result = subprocess.run(
@@ -317,8 +300,8 @@ async def test_chat_edits_deletes_and_reactions_cross_nodes(cluster: Cluster) ->
         stored(one, content="one!", edited_at=edit["edited_at"], reactions={"👍": ["bob"]}),
         *(stored(m) for m in sent[2:]),
     ]
-    assert await history(a) == expected
-    assert await history(b) == expected
+    assert await history(a, ROOM) == expected
+    assert await history(b, ROOM) == expected
     assert await history(a, OTHER_ROOM) == []
 
 
@@ -611,7 +594,7 @@ async def test_concurrent_senders_on_three_nodes_every_client_sees_one_order(
     assert sorted(stored_ids(nodes[0])) == ids
     expected = [stored(m) for m in reference]
     for node in nodes:
-        assert await history(node) == expected
+        assert await history(node, ROOM) == expected
 
 
 # -- 5. a node dies ----------------------------------------------------------------------
@@ -852,7 +835,7 @@ async def test_redis_restart_while_messages_flow_loses_and_repeats_nothing(
     assert unexpected == {uid(c): [] for c in clients}
     reference = received["watcher-a"]
     assert all(messages == reference for messages in received.values())
-    assert await history(b) == [stored(m) for m in reference]
+    assert await history(b, ROOM) == [stored(m) for m in reference]
     assert late == {}, "local delivery stalled while Redis was away"
 
 
@@ -942,7 +925,7 @@ async def test_postgres_unreachable_fails_the_sender_only_and_recovers(
         after = await alice.chat(ROOM, "after the outage")
         assert (await bob.recv("chat"))["payload"] == after
         assert after["id"] > before["id"]
-        assert await history(node) == [stored(before), stored(after)]
+        assert await history(node, ROOM) == [stored(before), stored(after)]
         assert stored_ids(node) == {before["id"], after["id"]}
         await bob.sync()
     finally:
