@@ -30,7 +30,7 @@ _HELP = {
     "max_content_chars": "longest chat message",
     "history_page_max": "largest history page over HTTP",
     "commit_max_batch": "most writes in one group commit",
-    "commit_linger_ms": "milliseconds a commit waits for more writes to share it",
+    "commit_linger_ms": "most milliseconds a commit waits while more writes keep arriving",
     "db_timeout": "seconds a write waits for a locked database before it fails",
     "max_send_buffer": "unsent bytes a connection may hold before it is cut",
     "ring_timeout": "seconds a call rings before it ends with no_answer",

@@ -93,7 +93,7 @@ class GroupCommitter(Generic[OpT, ResultT]):
         while True:
             await self._wakeup.wait()
             if self._linger and not self._closing:
-                await asyncio.sleep(self._linger)
+                await self._gather_company()
             self._wakeup.clear()
             while self._queue:
                 batch = self._queue[: self._max_batch]
@@ -101,6 +101,21 @@ class GroupCommitter(Generic[OpT, ResultT]):
                 await self._commit(batch)
             if self._closing:
                 return
+
+    async def _gather_company(self) -> None:
+        """Wait while writes keep arriving, at most ``linger`` seconds.
+
+        Each pass lets the event loop run once (reading every socket that is
+        ready). A pass that brought no new write ends the wait: a burst is
+        committed together as soon as it has been read, and a lone message
+        costs one loop turn, not the whole linger.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._linger
+        seen = -1
+        while len(self._queue) != seen and not self._closing and loop.time() < deadline:
+            seen = len(self._queue)
+            await asyncio.sleep(0)
 
     async def _commit(self, batch: list[tuple[OpT, Done[ResultT]]]) -> None:
         started = time.perf_counter()
