@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -268,7 +269,12 @@ class SQLiteStore:
 
     @staticmethod
     def _insert_run(conn: sqlite3.Connection, run: rules.InsertRun) -> list[Result]:
-        """Insert a run of messages in one statement (a third of the cost of one each).
+        """Insert a run of messages with multi-row ``INSERT`` statements.
+
+        One statement of 32 rows costs two thirds of ``executemany`` over
+        the same rows (one statement step, one ``sqlite_sequence`` update).
+        Chunks have power-of-two sizes, so at most seven statement texts
+        ever reach the connection's statement cache.
 
         Their ids are consecutive: this connection is the only writer, inside
         one transaction, and AUTOINCREMENT hands out max + 1 for each row.
@@ -276,9 +282,12 @@ class SQLiteStore:
         rows = run.rows
         if not rows:
             return run.results([])
-        conn.executemany(
-            f"INSERT INTO messages ({rules.INSERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", rows
-        )
+        start = 0
+        while start < len(rows):
+            size = _chunk_size(len(rows) - start)
+            chunk = rows[start : start + size]
+            conn.execute(_multi_insert(size), [value for row in chunk for value in row])
+            start += size
         last = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
         return run.results(range(last - len(rows) + 1, last + 1))
 
@@ -478,3 +487,19 @@ class SQLiteStore:
             return rules.newest_page(rows, limit)
 
         return await self._on_reader(read)
+
+
+#: Most rows in one INSERT statement (7 values each, far below SQLite's
+#: limit of 32,766 bound values).
+_MAX_INSERT_ROWS = 64
+
+
+def _chunk_size(remaining: int) -> int:
+    """The largest power of two that is at most ``remaining`` and ``_MAX_INSERT_ROWS``."""
+    return 1 << (min(remaining, _MAX_INSERT_ROWS).bit_length() - 1)
+
+
+@functools.cache
+def _multi_insert(rows: int) -> str:
+    values = ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * rows)
+    return f"INSERT INTO messages ({rules.INSERT_COLUMNS}) VALUES {values}"

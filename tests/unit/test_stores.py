@@ -164,6 +164,27 @@ async def test_concurrent_submissions_share_transactions_and_keep_order(store: S
     assert [m.content for m in history] == [f"m{i}" for i in range(400, 500)]
 
 
+@pytest.mark.parametrize("count", [1, 7, 64, 100, 131])
+async def test_every_message_of_a_batch_gets_the_id_of_its_own_row(
+    db: Database, store: Store, count: int
+) -> None:
+    await store.ensure_room(1, "al", 0)
+    await store.ensure_room(2, "al", 0)
+    results = await asyncio.gather(
+        *(store.run(insert(1 + i % 2, f"u{i % 3}", f"m{i}")) for i in range(count))
+    )
+    rows = {
+        message_id: (room, user, content, seq)
+        for message_id, room, user, content, seq in await db.fetch(
+            "SELECT id, room_id, user_id, content, seq FROM messages"
+        )
+    }
+    assert len(rows) == count
+    for i, result in enumerate(results):
+        assert rows[result.message_id] == (1 + i % 2, f"u{i % 3}", f"m{i}", result.seq)
+    assert [r.seq for r in results if r.room_id == 1] == list(range(1, (count + 1) // 2 + 1))
+
+
 async def test_edit_delete_and_reactions_follow_the_rules(db: Database, store: Store) -> None:
     await store.ensure_room(1, "al", 0)
     mine = (await store.run(insert(1, "al", "hello"))).message_id
