@@ -378,17 +378,17 @@ def run_sparse(bench: Bench, servers: Sequence[Server], repeat: int) -> None:
         show(result)
 
 
-def run_connections(bench: Bench, names: Sequence[str], repeat: int) -> None:
+def run_connections(bench: Bench, names: Sequence[str], count: int, repeat: int) -> None:
     """Each server fresh for this scenario: memory freed by earlier runs would hide the growth."""
     args = bench.args
-    label = f"connections {args.connections}"
+    label = f"connections {count}"
     order = list(names) if repeat % 2 == 0 else list(reversed(names))
     for name in order:
         server = bench.new_server(name).start()
         try:
             print(f"  {label:<18} {server.name:<9}", flush=True)
             options: dict[str, object] = {
-                "clients": args.connections,
+                "clients": count,
                 "concurrency": args.connect_concurrency,
                 "prefix": f"c{repeat}",
                 "time-limit": 240,
@@ -807,7 +807,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--sparse-room-size", type=int, default=5)
     parser.add_argument("--sparse-interval-ms", type=float, default=200)
     parser.add_argument("--sparse-duration", type=float, default=10.0)
-    parser.add_argument("--connections", type=int, default=10_000)
+    parser.add_argument(
+        "--connections",
+        default="1000,10000,19000",
+        help="idle-connection counts to hold, comma-separated (default: 1000,10000,19000)",
+    )
     parser.add_argument("--connect-concurrency", type=int, default=100)
     parser.add_argument("--repeat", type=int, default=1, help="runs per scenario; median shown")
     parser.add_argument("--results-dir", type=Path, default=BENCH / "results")
@@ -857,10 +861,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("taskset or a second CPU is missing: running unpinned", flush=True)
     bun = ensure_bun()
     fd_limit = raise_fd_limit()
-    if "connections" in scenarios and args.connections + 100 > fd_limit:
-        raise SystemExit(
-            f"--connections {args.connections} needs more than the {fd_limit} fd limit"
-        )
+    counts = [int(c) for c in args.connections.split(",")]
+    if "connections" in scenarios and max(counts) + 100 > fd_limit:
+        raise SystemExit(f"--connections {max(counts)} needs more than the {fd_limit} fd limit")
     stamp = time.strftime("%Y%m%d-%H%M%S")
     results_dir: Path = args.results_dir / stamp
     results_dir.mkdir(parents=True, exist_ok=True)
@@ -901,8 +904,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print("  load generator check (fan-out 32: one vs two load generators)", flush=True)
                 checks = check_loadgen(bench, servers)
         if "connections" in scenarios:
-            for repeat in range(args.repeat):
-                run_connections(bench, names, repeat)
+            for count in counts:
+                for repeat in range(args.repeat):
+                    run_connections(bench, names, count, repeat)
         runs = bench.runs
         environment["server_restarts"] = {s.name: s.restarts for s in servers}
     rows = rows_of(runs)
