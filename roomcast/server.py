@@ -88,7 +88,7 @@ def build(settings: Settings) -> Server:
     endpoint = WebSocketEndpoint(service, auth, settings)
     api = HttpApi(service, store, auth, settings)
     app = web.Application(middlewares=[protocol_errors], client_max_size=settings.max_message_bytes)
-    app.add_routes([web.get("/ws", endpoint.handle), *api.routes()])
+    app.add_routes([web.get("/ws", endpoint.late_upgrade), *api.routes()])
     return Server(settings, app, service, endpoint, store, broker)
 
 
@@ -98,10 +98,18 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
     await server.start()
     runner = web.AppRunner(server.app, handle_signals=False, access_log=None)
     await runner.setup()
-    site = web.TCPSite(
-        runner, settings.host, settings.port, reuse_address=True, reuse_port=settings.reuse_port
+    assert runner.server is not None
+    loop = asyncio.get_running_loop()
+    # One listening socket: roomcast's front door answers WebSocket upgrades
+    # itself and hands every other connection to aiohttp (see transport.websocket).
+    listener = await loop.create_server(
+        server.endpoint.front_door(runner.server),
+        settings.host,
+        settings.port,
+        reuse_address=True,
+        reuse_port=settings.reuse_port,
+        backlog=1024,
     )
-    await site.start()
     log.info(
         "listening host=%s port=%d database=%s broker=%s node=%s mode=%s",
         settings.host,
@@ -112,7 +120,6 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
         "open" if settings.open_mode else "token",
     )
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     # The handlers stay installed through shutdown: a second Ctrl-C or SIGTERM
     # must not kill the process before pending writes are committed.
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -124,7 +131,7 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
         await stop.wait()
         log.info("shutdown signal received")
     finally:
-        await site.stop()  # no new connections
+        listener.close()  # no new connections
         await server.stop()
         await runner.cleanup()
         log.info("stopped")

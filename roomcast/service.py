@@ -77,7 +77,8 @@ from roomcast.protocol import (
     encode_request,
     error_event,
 )
-from roomcast.transport.fanout import FanOut, Writable, text_frame
+from roomcast.transport.fanout import FanOut, Writable
+from roomcast.transport.frames import text_frame
 
 log = logging.getLogger("roomcast.service")
 

@@ -401,24 +401,36 @@ OPCODE_PONG = 0xA
 
 
 def mask_frame(
-    payload: bytes, opcode: int = OPCODE_TEXT, fin: bool = True, key: bytes | None = None
+    payload: bytes,
+    opcode: int = OPCODE_TEXT,
+    fin: bool = True,
+    key: bytes | None = None,
+    rsv: int = 0,
+    masked: bool = True,
 ) -> bytes:
-    """One client frame as RFC 6455 section 5.2 has it: masked with ``key`` (random if None)."""
+    """One client frame as RFC 6455 section 5.2 has it: masked with ``key`` (random if None).
+
+    ``rsv`` sets reserved bits and ``masked=False`` leaves the mask out, as no
+    conforming client would.
+    """
     key = os.urandom(4) if key is None else key
     assert len(key) == 4
     length = len(payload)
-    first = (0x80 if fin else 0) | opcode
+    first = (0x80 if fin else 0) | rsv | opcode
+    mask_bit = 0x80 if masked else 0
     if length < 126:
-        header = struct.pack("!BB", first, 0x80 | length)
+        header = struct.pack("!BB", first, mask_bit | length)
     elif length < 65536:
-        header = struct.pack("!BBH", first, 0x80 | 126, length)
+        header = struct.pack("!BBH", first, mask_bit | 126, length)
     else:
-        header = struct.pack("!BBQ", first, 0x80 | 127, length)
+        header = struct.pack("!BBQ", first, mask_bit | 127, length)
+    if not masked:
+        return header + payload
     keystream = (key * (length // 4 + 1))[:length]
-    masked = (int.from_bytes(payload, "big") ^ int.from_bytes(keystream, "big")).to_bytes(
+    body = (int.from_bytes(payload, "big") ^ int.from_bytes(keystream, "big")).to_bytes(
         length, "big"
     )
-    return header + key + masked
+    return header + key + body
 
 
 def close_code(payload: bytes) -> int | None:

@@ -26,30 +26,8 @@ consumer), so one stuck reader never grows the server's memory unboundedly.
 from __future__ import annotations
 
 import asyncio
-import struct
 from collections.abc import Callable, Iterable
 from typing import Protocol
-
-OPCODE_PING = 0x9
-OPCODE_PONG = 0xA
-
-
-def control_frame(opcode: int, payload: bytes) -> bytes:
-    """An unmasked ping or pong (payloads of control frames are at most 125 bytes)."""
-    payload = payload[:125]
-    return bytes((0x80 | opcode, len(payload))) + payload
-
-
-def text_frame(payload: bytes) -> bytes:
-    """An unmasked, final, uncompressed text frame (server to client)."""
-    length = len(payload)
-    if length < 126:
-        header = bytes((0x81, length))
-    elif length < 65536:
-        header = struct.pack("!BBH", 0x81, 126, length)
-    else:
-        header = struct.pack("!BBQ", 0x81, 127, length)
-    return header + payload
 
 
 class Writable(Protocol):

@@ -1,141 +1,126 @@
-"""The ``/ws`` endpoint: aiohttp's WebSocket handshake and reader, our writer.
+"""The ``/ws`` endpoint: roomcast's own WebSocket connections, beside aiohttp's HTTP.
 
-aiohttp parses frames, answers pings and runs the heartbeat; outgoing frames
-go through the corked :class:`~roomcast.transport.fanout.FanOut` instead of
-``send_str`` (see that module for why). ``autoclose=False`` keeps aiohttp from
-answering a client's CLOSE before our queued frames are written, and
-``compress=False`` because the fan-out writes plain frames.
+Every accepted TCP connection starts in a :class:`FrontDoor`. A valid
+WebSocket upgrade of ``/ws`` is answered there and the connection becomes a
+:class:`WebSocketConnection`; anything else is handed, with the bytes read
+so far, to aiohttp's HTTP protocol, which serves it as if it had accepted
+the connection itself. One port serves both.
+
+Why not aiohttp's WebSocket: it delivers each frame to a task per
+connection, so every message costs a task switch and a loop turn before
+the service sees it, and each connection keeps aiohttp's request, response,
+parser and handler task alive (about 16 KiB). Here frames are parsed in
+``data_received`` (:mod:`roomcast.transport.frames`) and handed straight to
+the service; outgoing frames go through the corked fan-out
+(:mod:`roomcast.transport.fanout`), which writes to the transport itself.
+
+A request the service must wait for (``join_room`` reads the database)
+pauses reading from that connection until it is done, so each
+connection's requests are still handled one after the other, in order.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter
+from collections import Counter, deque
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any, cast
 
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import web
 
 from roomcast.auth import Authenticator, AuthError
 from roomcast.config import Settings
 from roomcast.protocol import Error, ErrorCode, ProtocolError, encode
-from roomcast.service import ChatService, wall_ms
-from roomcast.transport.fanout import OPCODE_PING, OPCODE_PONG, control_frame
+from roomcast.service import ChatService, Connection, wall_ms
+from roomcast.transport.frames import (
+    CLOSE_GOING_AWAY,
+    CLOSE_NORMAL,
+    CLOSE_POLICY_VIOLATION,
+    CLOSE_TRY_AGAIN_LATER,
+    OPCODE_PING,
+    OPCODE_PONG,
+    Binary,
+    Close,
+    Event,
+    FrameReader,
+    Ping,
+    Text,
+    Violation,
+    close_frame,
+    control_frame,
+    text_frame,
+)
+from roomcast.transport.handshake import MAX_HEAD, Upgrade, parse_upgrade, switching_protocols
 
 log = logging.getLogger("roomcast.websocket")
 
+PATH = "/ws"
+_PREFIX = b"GET " + PATH.encode()
+
+#: Seconds the client has to answer our close frame before the socket is dropped.
+CLOSE_TIMEOUT = 5.0
+
 
 class WebSocketEndpoint:
+    """Accepts WebSocket connections and keeps the limits on them."""
+
     def __init__(self, service: ChatService, auth: Authenticator, settings: Settings) -> None:
         self.service = service
         self.auth = auth
         self.settings = settings
-        self.sockets: set[web.WebSocketResponse] = set()
+        self.sockets: set[WebSocketConnection] = set()
         self._per_address: Counter[str] = Counter()
+        self._waiting: set[FrontDoor] = set()
 
-    def new_socket(self) -> web.WebSocketResponse:
-        # No aiohttp heartbeat and no autoping: aiohttp's heartbeat re-arms a
-        # timer on every received chunk of every connection. Instead each
-        # frame stamps conn.last_seen and one task (watch_idle) pings the
-        # quiet connections and drops the silent ones.
-        return web.WebSocketResponse(
-            autoping=False,
-            autoclose=False,
-            compress=False,
-            # aiohttp refuses a frame of max_msg_size bytes; ours is the largest allowed.
-            max_msg_size=self.settings.max_message_bytes + 1,
+    def front_door(self, http: Callable[[], asyncio.BaseProtocol]) -> Callable[[], FrontDoor]:
+        """The protocol factory for the listening socket; ``http`` is aiohttp's."""
+        return lambda: FrontDoor(self, http)
+
+    def accept(self, transport: asyncio.Transport, upgrade: Upgrade, rest: bytes) -> None:
+        """Complete the handshake and make the connection a WebSocket."""
+        transport.write(switching_protocols(upgrade.key))
+        peer = transport.get_extra_info("peername")
+        remote = str(peer[0]) if isinstance(peer, tuple) else "?"
+        connection = WebSocketConnection(self, transport, remote)
+        transport.set_protocol(connection)
+        connection.start(upgrade.query)
+        if rest:
+            connection.data_received(rest)
+
+    async def late_upgrade(self, request: web.Request) -> web.Response:
+        """``GET /ws`` that reached aiohttp: no valid upgrade, or not the first request."""
+        raise web.HTTPBadRequest(
+            text="GET /ws takes a WebSocket upgrade (RFC 6455, version 13) "
+            "as the first request on its connection"
         )
 
-    async def handle(self, request: web.Request) -> web.WebSocketResponse:
-        ws = self.new_socket()
-        await ws.prepare(request)
-        transport = request.transport
-        if transport is None:
-            return ws
-        remote = request.remote or "?"
-        try:
-            user_id = self.auth.resolve(request.query.get("token"), request.query.get("user_id"))
-        except AuthError as exc:
-            await self._refuse(ws, ErrorCode.UNAUTHENTICATED, str(exc))
-            return ws
-        refusal = self._over_limit(remote, user_id)
-        if refusal is not None:
-            code, why = refusal
-            await self._refuse(ws, ErrorCode.RATE_LIMITED, why, close_code=code)
-            return ws
-
-        async def close(code: int, reason: str) -> None:
-            service.stop_sending(conn)
-            await ws.close(code=code, message=reason.encode())
-
-        service = self.service
-        loop = asyncio.get_running_loop()
-        conn = service.open(remote, close, transport, user_id)
-        self.sockets.add(ws)
-        self._per_address[remote] += 1
-        reason = "closed by client"
-        try:
-            async for message in ws:
-                conn.last_seen = loop.time()
-                if message.type is WSMsgType.TEXT:
-                    await service.receive(conn, message.data)
-                elif message.type is WSMsgType.PING:
-                    service.fanout.send((conn.id,), control_frame(OPCODE_PONG, message.data))
-                elif message.type is WSMsgType.PONG:
-                    pass  # last_seen is all a pong is for
-                elif message.type is WSMsgType.BINARY:
-                    service.reply_error(
-                        conn,
-                        ProtocolError(
-                            ErrorCode.INVALID_MESSAGE, "frames must be JSON text, not binary"
-                        ),
-                    )
-                elif message.type is WSMsgType.CLOSE:
-                    service.stop_sending(conn)
-                    await ws.close()
-                    break
-                elif message.type is WSMsgType.ERROR:
-                    reason = f"error {ws.exception()!r}"
-                    break
-            else:
-                if ws.close_code is not None:
-                    reason = f"closed code={ws.close_code}"
-        except asyncio.CancelledError:
-            reason = "server shutdown"
-            raise
-        finally:
-            self.sockets.discard(ws)
-            self._per_address[remote] -= 1
-            if not self._per_address[remote]:
-                del self._per_address[remote]
-            service.closed(conn, reason)
-        return ws
-
-    def _over_limit(self, remote: str, user_id: str | None) -> tuple[int, str] | None:
+    def over_limit(self, remote: str, user_id: str | None) -> tuple[int, str] | None:
         """Why a new connection may not stay, with its close code; None if it may."""
         settings = self.settings
         if len(self.sockets) >= settings.max_connections:
-            return WSCloseCode.TRY_AGAIN_LATER, "the server is full; try again later"
+            return CLOSE_TRY_AGAIN_LATER, "the server is full; try again later"
         if self._per_address[remote] >= settings.max_connections_per_ip:
-            return WSCloseCode.POLICY_VIOLATION, "too many connections from this address"
+            return CLOSE_POLICY_VIOLATION, "too many connections from this address"
         if (
             user_id is not None
             and self.service.connection_count(user_id) >= settings.max_connections_per_user
         ):
-            return WSCloseCode.POLICY_VIOLATION, "too many connections for this user"
+            return CLOSE_POLICY_VIOLATION, "too many connections for this user"
         return None
 
-    async def _refuse(
-        self,
-        ws: web.WebSocketResponse,
-        code: ErrorCode,
-        why: str,
-        close_code: int = WSCloseCode.POLICY_VIOLATION,
-    ) -> None:
-        """Tell the client why in a frame it can read, then close."""
-        log.info("refused code=%s reason=%s", code, why)
-        frame = encode(Error(code=code, message=why), wall_ms())
-        await ws.send_str(frame.decode())
-        await ws.close(code=close_code, message=code.encode())
+    def register(self, connection: WebSocketConnection) -> None:
+        self.sockets.add(connection)
+        self._per_address[connection.remote] += 1
+
+    def unregister(self, connection: WebSocketConnection) -> None:
+        if connection not in self.sockets:
+            return
+        self.sockets.discard(connection)
+        remote = connection.remote
+        self._per_address[remote] -= 1
+        if not self._per_address[remote]:
+            del self._per_address[remote]
 
     async def watch_idle(self) -> None:
         """Ping connections quiet for half the idle timeout; drop those silent past it.
@@ -164,10 +149,243 @@ class WebSocketEndpoint:
 
     async def close_all(self) -> None:
         """Graceful shutdown: every client gets 1001 after its queued frames."""
+        for door in list(self._waiting):
+            door.abandon()
         await asyncio.gather(
             *(
-                conn.close(WSCloseCode.GOING_AWAY, "server shutdown")
-                for conn in self.service.connections()
+                connection.close(CLOSE_GOING_AWAY, "server shutdown")
+                for connection in list(self.sockets)
             ),
             return_exceptions=True,
         )
+
+
+class FrontDoor(asyncio.Protocol):
+    """A new TCP connection, until its first request says what it is."""
+
+    def __init__(self, endpoint: WebSocketEndpoint, http: Callable[[], asyncio.BaseProtocol]):
+        self._endpoint = endpoint
+        self._http = http
+        self._head = bytearray()
+        self._transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport, but are one.
+        self._transport = cast(asyncio.Transport, transport)
+        self._endpoint._waiting.add(self)
+        # A connection that never completes its request head is idle too.
+        timeout = self._endpoint.settings.idle_timeout
+        self._timer = asyncio.get_running_loop().call_later(timeout, self.abandon)
+
+    def data_received(self, data: bytes) -> None:
+        head = self._head
+        head += data
+        if not head.startswith(_PREFIX):
+            if not _PREFIX.startswith(head):
+                self._to_http()
+            return  # too short to tell yet
+        end = head.find(b"\r\n\r\n")
+        if end < 0:
+            if len(head) > MAX_HEAD:
+                self._to_http()
+            return
+        upgrade = parse_upgrade(bytes(head[:end]), PATH)
+        if upgrade is None:
+            self._to_http()
+            return
+        transport = self._leave()
+        self._endpoint.accept(transport, upgrade, bytes(head[end + 4 :]))
+
+    def _leave(self) -> asyncio.Transport:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._endpoint._waiting.discard(self)
+        assert self._transport is not None
+        return self._transport
+
+    def _to_http(self) -> None:
+        """aiohttp takes the connection over, as if it had accepted it."""
+        transport = self._leave()
+        protocol = self._http()
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        cast(asyncio.Protocol, protocol).data_received(bytes(self._head))
+
+    def eof_received(self) -> bool:
+        self._leave()
+        return False  # the transport closes itself
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._leave()
+
+    def abandon(self) -> None:
+        """No request head in time, or the server is stopping."""
+        self._leave().close()
+
+
+class WebSocketConnection(asyncio.Protocol):
+    """One client's WebSocket: frames in to the service, close handshake both ways."""
+
+    def __init__(self, endpoint: WebSocketEndpoint, transport: asyncio.Transport, remote: str):
+        self.endpoint = endpoint
+        self.service = endpoint.service
+        self.transport = transport
+        self.remote = remote
+        self.reader = FrameReader(endpoint.settings.max_message_bytes)
+        self.conn: Connection | None = None
+        self._loop = asyncio.get_running_loop()
+        self._closed: asyncio.Future[None] = self._loop.create_future()
+        self._backlog: deque[Event] = deque()
+        self._busy = False  # a request of this connection is being awaited
+        self._ended: str | None = None  # why it ended while a request was still busy
+        self._released = False  # the service has been told the connection is over
+        self._sent_close: int | None = None
+        self._received_close: int | None = None
+        self._close_timer: asyncio.TimerHandle | None = None
+
+    def start(self, query: dict[str, str]) -> None:
+        """Authenticate and admit the connection, or tell it why not and close."""
+        try:
+            user_id = self.endpoint.auth.resolve(query.get("token"), query.get("user_id"))
+        except AuthError as exc:
+            self._refuse(ErrorCode.UNAUTHENTICATED, str(exc), CLOSE_POLICY_VIOLATION)
+            return
+        refusal = self.endpoint.over_limit(self.remote, user_id)
+        if refusal is not None:
+            close_code, why = refusal
+            self._refuse(ErrorCode.RATE_LIMITED, why, close_code)
+            return
+        self.endpoint.register(self)
+        self.conn = self.service.open(self.remote, self.close, self.transport, user_id)
+
+    def _refuse(self, code: ErrorCode, why: str, close_code: int) -> None:
+        """Tell the client why in a frame it can read, then close."""
+        log.info("refused code=%s reason=%s", code, why)
+        self.transport.write(text_frame(encode(Error(code=code, message=why), wall_ms())))
+        self._send_close(close_code, code)
+
+    # -- incoming ------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        conn = self.conn
+        if conn is not None:
+            conn.last_seen = self._loop.time()
+        events = self.reader.feed(data)
+        if self._busy:
+            self._backlog.extend(events)
+        else:
+            self._handle(events)
+
+    def _handle(self, events: Iterable[Event]) -> None:
+        pending_events = iter(events)
+        for event in pending_events:
+            pending = self._event(event)
+            if pending is not None:
+                # Later frames wait until this request is done, in order.
+                self._busy = True
+                self._backlog.extend(pending_events)
+                self.transport.pause_reading()
+                task = self._loop.create_task(pending)
+                task.add_done_callback(self._resume)
+                return
+
+    def _resume(self, task: asyncio.Task[None]) -> None:
+        self._busy = False
+        if not task.cancelled() and task.exception() is not None:
+            log.error("request failed remote=%s error=%r", self.remote, task.exception())
+        backlog, self._backlog = self._backlog, deque()
+        self._handle(backlog)
+        if self._busy:
+            return
+        if self._ended is not None:
+            self._release(self._ended)
+        elif not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def _event(self, event: Event) -> Coroutine[Any, Any, None] | None:
+        conn = self.conn
+        if isinstance(event, Text):  # the hot path first
+            return None if conn is None else self.service.receive_now(conn, event.data)
+        if isinstance(event, Ping):
+            pong = control_frame(OPCODE_PONG, event.payload)
+            if conn is not None and not conn.closing:
+                self.service.fanout.send((conn.id,), pong)  # in order with queued frames
+            elif self._sent_close is None:
+                self.transport.write(pong)
+        elif isinstance(event, Binary):
+            if conn is not None:
+                error = ProtocolError(
+                    ErrorCode.INVALID_MESSAGE, "frames must be JSON text, not binary"
+                )
+                self.service.reply_error(conn, error)
+        elif isinstance(event, Close):
+            self._received_close = event.code or CLOSE_NORMAL
+            self._stop_sending()
+            self._send_close(CLOSE_NORMAL, "")
+            self.transport.close()  # both close frames are on their way
+        elif isinstance(event, Violation):
+            log.info(
+                "protocol violation remote=%s code=%d reason=%s",
+                self.remote,
+                event.code,
+                event.reason,
+            )
+            self._stop_sending()
+            self._send_close(event.code, "")
+            self.transport.close()
+        return None
+
+    # -- closing -------------------------------------------------------------------
+
+    async def close(self, code: int, reason: str) -> None:
+        """Close after the frames already queued; returns once the socket is closed."""
+        self._stop_sending()
+        self._send_close(code, reason)
+        await asyncio.shield(self._closed)
+
+    def _stop_sending(self) -> None:
+        if self.conn is not None and not self.conn.closing:
+            self.service.stop_sending(self.conn)
+
+    def _send_close(self, code: int, reason: str) -> None:
+        """Our close frame; the socket closes when the client's arrives, or after a timeout.
+
+        The connection is over for the service at once: it leaves its rooms
+        now, not when (or if) the client answers.
+        """
+        transport = self.transport
+        if self._sent_close is None and not transport.is_closing():
+            self._sent_close = code
+            transport.write(close_frame(code, reason))
+            if self._received_close is None:
+                self._close_timer = self._loop.call_later(CLOSE_TIMEOUT, transport.abort)
+        self._release(self._why())
+
+    def _why(self, exc: BaseException | None = None) -> str:
+        if exc is not None:
+            return f"error {exc!r}"
+        if self._received_close is not None:
+            return f"closed by client code={self._received_close}"
+        if self._sent_close is not None:
+            return f"closed code={self._sent_close}"
+        return "connection lost"
+
+    def _release(self, reason: str) -> None:
+        """Hand the connection's end to the service (once, and after a request in flight)."""
+        if self._busy:
+            self._ended = self._ended or reason
+            return
+        if self._released:
+            return
+        self._released = True
+        self.endpoint.unregister(self)
+        if self.conn is not None:
+            self.service.closed(self.conn, reason)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+        self._release(self._why(exc))
+        if not self._closed.done():
+            self._closed.set_result(None)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from roomcast.transport.fanout import FanOut, text_frame
+from roomcast.transport.fanout import FanOut
 
 
 class FakeTransport:
@@ -26,12 +26,6 @@ class FakeTransport:
 
     def abort(self) -> None:
         self.closing = True
-
-
-def test_text_frame_headers() -> None:
-    assert text_frame(b"hi") == b"\x81\x02hi"
-    assert text_frame(b"x" * 200)[:4] == b"\x81\x7e\x00\xc8"
-    assert text_frame(b"x" * 70000)[:10] == b"\x81\x7f" + (70000).to_bytes(8, "big")
 
 
 async def test_room_frames_share_one_buffer_and_one_write_per_connection() -> None:

@@ -1,0 +1,243 @@
+"""The WebSocket transport against a real server: one port for HTTP and WebSocket,
+handshakes in odd shapes, fragments, control frames and both close handshakes."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import socket
+import struct
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from tests.support import (
+    OPCODE_CLOSE,
+    OPCODE_PING,
+    OPCODE_PONG,
+    OPCODE_TEXT,
+    Client,
+    Connect,
+    RawWebSocket,
+    ServerProcess,
+    close_code,
+    mask_frame,
+)
+
+UserName = Callable[[str], str]
+
+OPCODE_CONTINUATION = 0x0
+
+
+@pytest.fixture
+async def raw_sockets() -> AsyncIterator[list[RawWebSocket | socket.socket]]:
+    opened: list[RawWebSocket | socket.socket] = []
+    yield opened
+    for item in opened:
+        item.close()
+
+
+async def open_socket(server: ServerProcess) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", server.port))
+    return sock
+
+
+async def read_response(sock: socket.socket, timeout: float = 3.0) -> bytes:
+    """Everything the server sends until it closes or goes quiet for ``timeout``."""
+    loop = asyncio.get_running_loop()
+    data = b""
+    while True:
+        try:
+            chunk = await asyncio.wait_for(loop.sock_recv(sock, 65536), timeout)
+        except (TimeoutError, ConnectionResetError):
+            return data
+        if not chunk:
+            return data
+        data += chunk
+        if b"\r\n\r\n" in data and b"Content-Length" in data:
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+            if len(body) >= length:
+                return data
+
+
+def upgrade_request(port: int, query: str) -> bytes:
+    key = base64.b64encode(os.urandom(16)).decode()
+    return (
+        f"GET /ws?{query} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    ).encode()
+
+
+async def raw_member_and_observer(
+    server: ServerProcess, connect: Connect, room_id: int, user: UserName, name: str
+) -> tuple[Client, RawWebSocket]:
+    """Bob (an ordinary client) and a raw-socket client ``name``, both in the room."""
+    bob = await connect(user("bob"))
+    await bob.join(room_id)
+    raw = await RawWebSocket.connect(server.port, f"user_id={user(name)}")
+    await raw.recv("connected")
+    await raw.send_json("join_room", {"room_id": room_id})
+    await raw.recv("room_users")
+    await bob.recv("user_joined")
+    return bob, raw
+
+
+async def test_http_sent_one_byte_at_a_time_is_still_served(server: ServerProcess) -> None:
+    sock = await open_socket(server)
+    try:
+        loop = asyncio.get_running_loop()
+        for byte in b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n":
+            await loop.sock_sendall(sock, bytes((byte,)))
+        response = await read_response(sock)
+    finally:
+        sock.close()
+    assert response.startswith(b"HTTP/1.1 200 OK")
+    assert json.loads(response.partition(b"\r\n\r\n")[2])["status"] == "ok"
+
+
+async def test_keep_alive_http_then_an_upgrade_on_the_same_connection_is_refused(
+    server: ServerProcess, user: UserName
+) -> None:
+    sock = await open_socket(server)
+    loop = asyncio.get_running_loop()
+    try:
+        await loop.sock_sendall(sock, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        first = await read_response(sock)
+        assert first.startswith(b"HTTP/1.1 200 OK")
+        await loop.sock_sendall(sock, upgrade_request(server.port, f"user_id={user('late')}"))
+        second = await read_response(sock)
+    finally:
+        sock.close()
+    assert second.startswith(b"HTTP/1.1 400 ")
+    assert b"first request on its connection" in second
+
+
+@pytest.mark.parametrize(
+    "request_head",
+    [
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: c2hvcnQ=\r\nSec-WebSocket-Version: 13\r\nConnection: close\r\n\r\n",
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: MDEyMzQ1Njc4OWFiY2RlZg==\r\nSec-WebSocket-Version: 8\r\n\r\n",
+    ],
+    ids=["no-upgrade", "bad-key", "old-version"],
+)
+async def test_an_invalid_upgrade_gets_400_and_no_connection(
+    server: ServerProcess, request_head: bytes
+) -> None:
+    sock = await open_socket(server)
+    try:
+        await asyncio.get_running_loop().sock_sendall(sock, request_head)
+        response = await read_response(sock)
+    finally:
+        sock.close()
+    assert response.startswith(b"HTTP/1.1 400 ")
+
+
+async def test_the_first_frame_may_come_in_the_same_write_as_the_upgrade(
+    server: ServerProcess, connect: Connect, room_id: int, user: UserName
+) -> None:
+    bob = await connect(user("bob"))
+    await bob.join(room_id)
+    sock = await open_socket(server)
+    try:
+        join = json.dumps({"type": "join_room", "payload": {"room_id": room_id}}).encode()
+        data = upgrade_request(server.port, f"user_id={user('eager')}") + mask_frame(join)
+        await asyncio.get_running_loop().sock_sendall(sock, data)
+        joined = await bob.recv("user_joined")
+    finally:
+        sock.close()
+    assert joined["payload"]["user_id"] == user("eager")
+
+
+async def test_frames_split_anywhere_and_fragmented_messages_arrive_whole(
+    server: ServerProcess,
+    connect: Connect,
+    room_id: int,
+    user: UserName,
+    raw_sockets: list[RawWebSocket | socket.socket],
+) -> None:
+    bob, raw = await raw_member_and_observer(server, connect, room_id, user, "frag")
+    raw_sockets.append(raw)
+
+    chat = json.dumps({"type": "chat", "payload": {"room_id": room_id, "content": "héllo"}})
+    encoded = chat.encode()
+    # Three fragments, a ping between them, the whole written a few bytes at a time.
+    stream = (
+        mask_frame(encoded[:10], OPCODE_TEXT, fin=False)
+        + mask_frame(b"are you there", OPCODE_PING)
+        + mask_frame(encoded[10:41], OPCODE_CONTINUATION, fin=False)
+        + mask_frame(encoded[41:], OPCODE_CONTINUATION)
+    )
+    loop = asyncio.get_running_loop()
+    for start in range(0, len(stream), 7):
+        await loop.sock_sendall(raw.sock, stream[start : start + 7])
+        await asyncio.sleep(0.001)
+    assert await raw.read_frame() == (OPCODE_PONG, b"are you there")
+    echoed = await raw.recv("chat")
+    assert echoed["payload"]["content"] == "héllo"
+    assert (await bob.recv("chat"))["payload"] == echoed["payload"]
+
+
+async def test_client_close_is_answered_and_the_user_leaves(
+    server: ServerProcess,
+    connect: Connect,
+    room_id: int,
+    user: UserName,
+    raw_sockets: list[RawWebSocket | socket.socket],
+) -> None:
+    bob, raw = await raw_member_and_observer(server, connect, room_id, user, "leaver")
+    raw_sockets.append(raw)
+    await raw.send_frame(struct.pack("!H", 4000) + b"see you", OPCODE_CLOSE)
+    opcode, payload = await raw.read_frame()
+    assert (opcode, close_code(payload)) == (OPCODE_CLOSE, 1000)
+    assert (await raw.read_to_end())[0] == b""  # then the server closes the TCP connection
+    left = await bob.recv("user_left")
+    assert left["payload"]["user_id"] == user("leaver")
+
+
+async def test_a_malformed_close_gets_1002_and_the_user_leaves_at_once(
+    server: ServerProcess,
+    connect: Connect,
+    room_id: int,
+    user: UserName,
+    raw_sockets: list[RawWebSocket | socket.socket],
+) -> None:
+    bob, raw = await raw_member_and_observer(server, connect, room_id, user, "mute")
+    raw_sockets.append(raw)
+    # A close frame of the wrong shape: the server closes with 1002 and drops the socket.
+    started = time.monotonic()
+    await raw.send_frame(b"\x03", OPCODE_CLOSE)
+    assert (await bob.recv("user_left"))["payload"]["user_id"] == user("mute")
+    data, _ = await raw.read_to_end()
+    assert data == b"\x88\x02" + struct.pack("!H", 1002)
+    assert time.monotonic() - started < 3
+
+
+async def test_a_silent_half_open_handshake_is_dropped_after_the_idle_timeout(
+    tmp_path: Path,
+) -> None:
+    server = ServerProcess(tmp_path / "roomcast.db", "--idle-timeout", "1").start()
+    try:
+        sock = await open_socket(server)
+        try:
+            loop = asyncio.get_running_loop()
+            await loop.sock_sendall(sock, b"GET /ws HTTP/1.1\r\nHost: x\r\n")  # and no more
+            started = time.monotonic()
+            data = await read_response(sock, timeout=5)
+            assert data == b""
+            assert time.monotonic() - started < 4
+        finally:
+            sock.close()
+        client = await Client.connect(server.ws_url, "after")  # the server still serves
+        await client.close()
+    finally:
+        server.stop()
