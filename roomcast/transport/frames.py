@@ -102,7 +102,7 @@ class FrameReader:
     before its payload is buffered.
     """
 
-    __slots__ = ("_buffer", "_failed", "_fragments", "_fragments_size", "_message_opcode", "max")
+    __slots__ = ("_buffer", "_finished", "_fragments", "_fragments_size", "_message_opcode", "max")
 
     def __init__(self, max_message: int) -> None:
         self.max = max_message
@@ -110,10 +110,10 @@ class FrameReader:
         self._fragments: list[bytes] = []
         self._fragments_size = 0
         self._message_opcode = 0  # TEXT or BINARY while a fragmented message is open
-        self._failed = False
+        self._finished = False  # after a close frame or a violation nothing more is read
 
     def feed(self, data: bytes) -> list[Event]:
-        if self._failed:
+        if self._finished:
             return []
         buffer = self._buffer
         if buffer:
@@ -139,6 +139,9 @@ class FrameReader:
                 if end - position < header:
                     break
                 length = int.from_bytes(view[position + 2 : position + 10], "big")
+                if length >> 63:
+                    events.append(self._fail(Violation(CLOSE_PROTOCOL_ERROR, "invalid length")))
+                    return events
             violation = self._check_header(first, second, length)
             if violation is not None:
                 events.append(self._fail(violation))
@@ -151,8 +154,9 @@ class FrameReader:
             event = self._frame(first & 0x80, first & 0x0F, payload)
             if event is not None:
                 events.append(event)
-                if type(event) is Violation:
-                    self._failed = True
+                if type(event) is Violation or type(event) is Close:
+                    self._finished = True
+                    self._buffer.clear()
                     return events
         if position:
             if view is buffer:
@@ -177,7 +181,7 @@ class FrameReader:
         return None
 
     def _fail(self, violation: Violation) -> Violation:
-        self._failed = True
+        self._finished = True
         self._buffer.clear()
         self._fragments.clear()
         return violation

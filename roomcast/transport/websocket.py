@@ -72,6 +72,7 @@ class WebSocketEndpoint:
         self.sockets: set[WebSocketConnection] = set()
         self._per_address: Counter[str] = Counter()
         self._waiting: set[FrontDoor] = set()
+        self.closing = False  # shutting down: no new WebSocket is accepted
 
     def front_door(self, http: Callable[[], asyncio.BaseProtocol]) -> Callable[[], FrontDoor]:
         """The protocol factory for the listening socket; ``http`` is aiohttp's."""
@@ -149,6 +150,7 @@ class WebSocketEndpoint:
 
     async def close_all(self) -> None:
         """Graceful shutdown: every client gets 1001 after its queued frames."""
+        self.closing = True
         for door in list(self._waiting):
             door.abandon()
         await asyncio.gather(
@@ -174,6 +176,9 @@ class FrontDoor(asyncio.Protocol):
         # uvloop's transports do not subclass asyncio.Transport, but are one.
         self._transport = cast(asyncio.Transport, transport)
         self._endpoint._waiting.add(self)
+        if self._endpoint.closing:  # accepted just before the listener closed
+            self.abandon()
+            return
         # A connection that never completes its request head is idle too.
         timeout = self._endpoint.settings.idle_timeout
         self._timer = asyncio.get_running_loop().call_later(timeout, self.abandon)
@@ -238,6 +243,7 @@ class WebSocketConnection(asyncio.Protocol):
         self._closed: asyncio.Future[None] = self._loop.create_future()
         self._backlog: deque[Event] = deque()
         self._busy = False  # a request of this connection is being awaited
+        self._request: asyncio.Task[None] | None = None
         self._ended: str | None = None  # why it ended while a request was still busy
         self._released = False  # the service has been told the connection is over
         self._sent_close: int | None = None
@@ -286,12 +292,13 @@ class WebSocketConnection(asyncio.Protocol):
                 self._busy = True
                 self._backlog.extend(pending_events)
                 self.transport.pause_reading()
-                task = self._loop.create_task(pending)
-                task.add_done_callback(self._resume)
+                self._request = self._loop.create_task(pending)
+                self._request.add_done_callback(self._resume)
                 return
 
     def _resume(self, task: asyncio.Task[None]) -> None:
         self._busy = False
+        self._request = None
         if not task.cancelled() and task.exception() is not None:
             log.error("request failed remote=%s error=%r", self.remote, task.exception())
         backlog, self._backlog = self._backlog, deque()
@@ -300,8 +307,8 @@ class WebSocketConnection(asyncio.Protocol):
             return
         if self._ended is not None:
             self._release(self._ended)
-        elif not self.transport.is_closing():
-            self.transport.resume_reading()
+        if not self.transport.is_closing():
+            self.transport.resume_reading()  # the client's close frame must still be read
 
     def _event(self, event: Event) -> Coroutine[Any, Any, None] | None:
         conn = self.conn
@@ -311,7 +318,7 @@ class WebSocketConnection(asyncio.Protocol):
             pong = control_frame(OPCODE_PONG, event.payload)
             if conn is not None and not conn.closing:
                 self.service.fanout.send((conn.id,), pong)  # in order with queued frames
-            elif self._sent_close is None:
+            elif self._sent_close is None and not self.transport.is_closing():
                 self.transport.write(pong)
         elif isinstance(event, Binary):
             if conn is not None:
@@ -349,7 +356,8 @@ class WebSocketConnection(asyncio.Protocol):
             self.service.stop_sending(self.conn)
 
     def _send_close(self, code: int, reason: str) -> None:
-        """Our close frame; the socket closes when the client's arrives, or after a timeout.
+        """Our close frame; the socket closes when the client's arrives (and our
+        unsent bytes are written), or is dropped after ``CLOSE_TIMEOUT``.
 
         The connection is over for the service at once: it leaves its rooms
         now, not when (or if) the client answers.
@@ -358,8 +366,9 @@ class WebSocketConnection(asyncio.Protocol):
         if self._sent_close is None and not transport.is_closing():
             self._sent_close = code
             transport.write(close_frame(code, reason))
-            if self._received_close is None:
-                self._close_timer = self._loop.call_later(CLOSE_TIMEOUT, transport.abort)
+            # Whoever started it, a client that stops reading could hold the
+            # socket and its unsent bytes forever; the timer bounds that.
+            self._close_timer = self._loop.call_later(CLOSE_TIMEOUT, transport.abort)
         self._release(self._why())
 
     def _why(self, exc: BaseException | None = None) -> str:

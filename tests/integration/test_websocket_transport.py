@@ -7,6 +7,7 @@ import asyncio
 import base64
 import json
 import os
+import signal
 import socket
 import struct
 import time
@@ -25,6 +26,7 @@ from tests.support import (
     RawWebSocket,
     ServerProcess,
     close_code,
+    database_locked,
     mask_frame,
 )
 
@@ -65,6 +67,22 @@ async def read_response(sock: socket.socket, timeout: float = 3.0) -> bytes:
             length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
             if len(body) >= length:
                 return data
+
+
+def server_side_open(server_port: int, client_port: int) -> bool:
+    """Whether a process still holds a socket from ``server_port`` to ``client_port``.
+
+    Read from /proc/net/tcp: a socket the process has let go of may linger in
+    the kernel (FIN-WAIT, its inode 0) while the kernel sends what it had queued.
+    """
+    wanted = (f"{server_port:04X}", f"{client_port:04X}")
+    with open("/proc/net/tcp") as table:
+        for line in table.readlines()[1:]:
+            fields = line.split()
+            local, remote, inode = fields[1], fields[2], fields[9]
+            if (local.rsplit(":", 1)[1], remote.rsplit(":", 1)[1]) == wanted and inode != "0":
+                return True
+    return False
 
 
 def upgrade_request(port: int, query: str) -> bytes:
@@ -239,5 +257,67 @@ async def test_a_silent_half_open_handshake_is_dropped_after_the_idle_timeout(
             sock.close()
         client = await Client.connect(server.ws_url, "after")  # the server still serves
         await client.close()
+    finally:
+        server.stop()
+
+
+async def test_a_close_during_a_request_in_flight_still_reads_the_clients_answer(
+    tmp_path: Path, raw_sockets: list[RawWebSocket | socket.socket]
+) -> None:
+    """Reading is paused while a join waits for the database; the server's close
+    (here: shutdown) must still see the client's close frame once the join is done."""
+    server = ServerProcess(tmp_path / "roomcast.db").start()
+    try:
+        raw = await RawWebSocket.connect(server.port, "user_id=busy")
+        raw_sockets.append(raw)
+        await raw.recv("connected")
+        async with database_locked(server):
+            await raw.send_json("join_room", {"room_id": 5})  # a new room: waits for the lock
+            await asyncio.sleep(0.3)
+            assert server.proc is not None
+            server.proc.send_signal(signal.SIGTERM)
+            opcode, payload = await raw.read_frame()
+            assert (opcode, close_code(payload)) == (OPCODE_CLOSE, 1001)
+            await raw.send_frame(struct.pack("!H", 1001), OPCODE_CLOSE)
+            await asyncio.sleep(0.3)
+        released = time.monotonic()
+        _, ending = await raw.read_to_end(timeout=8)
+        assert ending == "eof"  # closed cleanly, not dropped by the close timeout
+        assert time.monotonic() - released < 3
+    finally:
+        assert server.stop() == 0
+
+
+async def test_a_client_that_closes_but_stops_reading_is_dropped(
+    tmp_path: Path, raw_sockets: list[RawWebSocket | socket.socket]
+) -> None:
+    """Its close frame is answered, but the answer and what is queued before it
+    cannot be written to a client that reads nothing: the socket is dropped."""
+    # Room for more unsent bytes than the kernel's buffers take, so some stay in ours.
+    server = ServerProcess(
+        tmp_path / "roomcast.db",
+        "--rate-limits", "off",
+        "--max-send-buffer", str(32 << 20),
+        "--max-content-chars", "60000",
+    ).start()  # fmt: skip
+    try:
+        stuck = await RawWebSocket.connect(server.port, "user_id=stuck", rcvbuf=4096)
+        raw_sockets.append(stuck)
+        await stuck.recv("connected")
+        await stuck.send_json("join_room", {"room_id": 9})
+        await stuck.recv("room_users")
+        talker = await Client.connect(server.ws_url, "talker")
+        try:
+            await talker.join(9)
+            for _ in range(140):  # 8.4 MB: more than the kernel buffers of both ends hold
+                await talker.send("chat", {"room_id": 9, "content": "x" * 60000})
+            await talker.recv_many(140, timeout=10)
+        finally:
+            await talker.close()
+        await stuck.send_frame(struct.pack("!H", 1000), OPCODE_CLOSE)
+        client_port = stuck.sock.getsockname()[1]
+        assert server_side_open(server.port, client_port)
+        await asyncio.sleep(6.5)  # past the server's 5 s close timeout, reading nothing
+        assert not server_side_open(server.port, client_port)
     finally:
         server.stop()

@@ -140,6 +140,18 @@ def test_violations_end_the_stream(data: bytes, code: int) -> None:
     assert reader.feed(frame(b"later")) == []  # nothing is read after a violation
 
 
+def test_nothing_is_read_after_a_close_frame() -> None:
+    reader = FrameReader(64)
+    events = reader.feed(frame(b"", OPCODE_CLOSE) + frame(b"after"))
+    assert events == [Close(None, "")]
+    assert reader.feed(frame(b"later")) == []
+
+
+def test_a_64_bit_length_with_the_top_bit_set_is_a_protocol_error() -> None:
+    header = struct.pack("!BBQ", 0x81, 0x80 | 127, 2**63) + b"mask"
+    assert FrameReader(64).feed(header) == [Violation(CLOSE_PROTOCOL_ERROR, "invalid length")]
+
+
 def test_an_oversized_frame_is_refused_from_its_header_alone() -> None:
     reader = FrameReader(64)
     header = struct.pack("!BBQ", 0x81, 0x80 | 127, 2**40) + b"mask"
