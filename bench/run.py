@@ -707,6 +707,7 @@ def chart(rows: list[Row], path: Path) -> Path | None:
     servers = sorted({r.server for r in fanout}, key=lambda s: s != "roomcast")
     lookup = {(r.label.removeprefix("fanout "), r.server): r for r in fanout}
     sparse = [r for r in rows if r.label.startswith("sparse") and r.p50 is not None]
+    held = [r for r in rows if r.label.startswith("connections") and r.mem_per_conn is not None]
     try:
         import matplotlib
 
@@ -714,7 +715,7 @@ def chart(rows: list[Row], path: Path) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return svg_chart(groups, servers, lookup, path.with_suffix(".svg"))
-    panels = 3 if sparse else 2
+    panels = 2 + bool(sparse) + bool(held)
     fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4.2))
     width = 0.8 / len(servers)
     for k, server in enumerate(servers):
@@ -740,6 +741,21 @@ def chart(rows: list[Row], path: Path) -> Path | None:
         ax.set_xticklabels(names)
         ax.set_yscale("log")
         ax.set_title(f"{sparse[0].label}: end-to-end latency ms (log)", fontsize=10)
+        ax.legend()
+    if held:
+        ax = axes[-1]
+        counts = list(dict.fromkeys(r.label.removeprefix("connections ") for r in held))
+        memory = {
+            (r.label.removeprefix("connections "), r.server): (r.mem_per_conn or 0) / 1024
+            for r in held
+        }
+        for k, server in enumerate(servers):
+            xs = [i + k * width for i in range(len(counts))]
+            ax.bar(xs, [memory.get((c, server)) or 0 for c in counts], width, label=server)
+        ax.set_xticks([i + width * (len(servers) - 1) / 2 for i in range(len(counts))])
+        ax.set_xticklabels(counts)
+        ax.set_xlabel("idle connections held")
+        ax.set_title("memory per idle connection, KiB (VmRSS growth)", fontsize=10)
         ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)

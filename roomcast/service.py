@@ -102,7 +102,7 @@ def wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Connection:
     """One WebSocket connection, as the service sees it."""
 
@@ -111,7 +111,7 @@ class Connection:
     close: Callable[[int, str], Coroutine[Any, Any, None]]
     abort: Callable[[], None]
     # True once the socket is closing; checked after awaits, since the
-    # connection's cleanup only runs when its handler returns.
+    # connection's cleanup waits for a request in flight to finish.
     gone: Callable[[], bool]
     user_id: str | None = None
     closing: bool = False  # a close frame is on its way: nothing more is sent or read

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, cast
 
@@ -230,7 +230,30 @@ class FrontDoor(asyncio.Protocol):
 
 
 class WebSocketConnection(asyncio.Protocol):
-    """One client's WebSocket: frames in to the service, close handshake both ways."""
+    """One client's WebSocket: frames in to the service, close handshake both ways.
+
+    Slotted and lean: an idle server holds one of these per client.
+    """
+
+    __slots__ = (
+        "_backlog",
+        "_busy",
+        "_close_timer",
+        "_closed",
+        "_ended",
+        "_gone",
+        "_loop",
+        "_received_close",
+        "_released",
+        "_request",
+        "_sent_close",
+        "conn",
+        "endpoint",
+        "reader",
+        "remote",
+        "service",
+        "transport",
+    )
 
     def __init__(self, endpoint: WebSocketEndpoint, transport: asyncio.Transport, remote: str):
         self.endpoint = endpoint
@@ -240,8 +263,9 @@ class WebSocketConnection(asyncio.Protocol):
         self.reader = FrameReader(endpoint.settings.max_message_bytes)
         self.conn: Connection | None = None
         self._loop = asyncio.get_running_loop()
-        self._closed: asyncio.Future[None] = self._loop.create_future()
-        self._backlog: deque[Event] = deque()
+        self._closed: asyncio.Future[None] | None = None  # made when someone waits for it
+        self._gone = False  # connection_lost has run
+        self._backlog: list[Event] = []  # frames read while a request is busy
         self._busy = False  # a request of this connection is being awaited
         self._request: asyncio.Task[None] | None = None
         self._ended: str | None = None  # why it ended while a request was still busy
@@ -301,7 +325,7 @@ class WebSocketConnection(asyncio.Protocol):
         self._request = None
         if not task.cancelled() and task.exception() is not None:
             log.error("request failed remote=%s error=%r", self.remote, task.exception())
-        backlog, self._backlog = self._backlog, deque()
+        backlog, self._backlog = self._backlog, []
         self._handle(backlog)
         if self._busy:
             return
@@ -349,6 +373,10 @@ class WebSocketConnection(asyncio.Protocol):
         """Close after the frames already queued; returns once the socket is closed."""
         self._stop_sending()
         self._send_close(code, reason)
+        if self._gone:
+            return
+        if self._closed is None:
+            self._closed = self._loop.create_future()
         await asyncio.shield(self._closed)
 
     def _stop_sending(self) -> None:
@@ -396,5 +424,6 @@ class WebSocketConnection(asyncio.Protocol):
         if self._close_timer is not None:
             self._close_timer.cancel()
         self._release(self._why(exc))
-        if not self._closed.done():
+        self._gone = True
+        if self._closed is not None and not self._closed.done():
             self._closed.set_result(None)
