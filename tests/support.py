@@ -108,8 +108,12 @@ def stored_messages(server: ServerProcess) -> list[tuple[int, int]]:
 
 
 @contextlib.asynccontextmanager
-async def database_locked(server: ServerProcess) -> AsyncIterator[None]:
-    """Another process holds the write lock of the server's database until the block ends."""
+async def database_locked(server: ServerProcess, rooms: bool = False) -> AsyncIterator[None]:
+    """Another process holds the write lock of the server's database until the block ends.
+
+    On PostgreSQL that locks the messages table; ``rooms=True`` also locks the
+    rooms table against reads, so that a ``join_room`` waits too.
+    """
     if server.cluster is None:
         blocker = sqlite3.connect(server.database, isolation_level=None)
         blocker.execute("BEGIN EXCLUSIVE")
@@ -124,6 +128,8 @@ async def database_locked(server: ServerProcess) -> AsyncIterator[None]:
         transaction = conn.transaction()
         await transaction.start()
         await conn.execute(f"LOCK TABLE {server.cluster}.messages IN EXCLUSIVE MODE")
+        if rooms:
+            await conn.execute(f"LOCK TABLE {server.cluster}.rooms IN ACCESS EXCLUSIVE MODE")
         try:
             yield
         finally:

@@ -271,7 +271,7 @@ async def test_a_close_during_a_request_in_flight_still_reads_the_clients_answer
         raw = await RawWebSocket.connect(server.port, "user_id=busy")
         raw_sockets.append(raw)
         await raw.recv("connected")
-        async with database_locked(server):
+        async with database_locked(server, rooms=True):
             await raw.send_json("join_room", {"room_id": 5})  # a new room: waits for the lock
             await asyncio.sleep(0.3)
             assert server.proc is not None
