@@ -10,17 +10,28 @@ from __future__ import annotations
 
 import asyncio
 import json
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from roomcast.protocol import CLIENT_TYPES, ErrorCode
-from tests.support import Client, ServerProcess, http_json
+from tests.support import (
+    OPCODE_CLOSE,
+    OPCODE_PONG,
+    OPCODE_TEXT,
+    Client,
+    RawWebSocket,
+    ServerProcess,
+    close_code,
+    http_json,
+    mask_frame,
+)
 
 CODES = {code.value for code in ErrorCode} - {"internal"}
 FIELDS = [
@@ -95,7 +106,8 @@ def check_frame(frame: dict[str, Any], me: str) -> None:
             assert payload[key] == me, frame
 
 
-async def run_example(server: ServerProcess, sequence: list[str]) -> None:
+async def private_watcher(server: ServerProcess) -> Client:
+    """A user alone in a new private room the fuzzing user cannot enter."""
     status, room = await http_json(
         "POST",
         f"{server.http}/api/rooms?user_id=watcher",
@@ -103,9 +115,14 @@ async def run_example(server: ServerProcess, sequence: list[str]) -> None:
     )
     assert status == 201
     watcher = await Client.connect(server.ws_url, "watcher")
+    await watcher.join(room["id"])
+    return watcher
+
+
+async def run_example(server: ServerProcess, sequence: list[str]) -> None:
+    watcher = await private_watcher(server)
     fuzzer = await Client.connect(server.ws_url, "fuzzer")
     try:
-        await watcher.join(room["id"])
         for text in sequence:
             await fuzzer.send_raw(text)
         await fuzzer.send("ping")
@@ -131,6 +148,78 @@ def test_random_frames_get_documented_errors_and_isolation_holds(
     fuzz_server: ServerProcess, sequence: list[str]
 ) -> None:
     asyncio.run(run_example(fuzz_server, sequence))
+
+
+# -- the same at the WebSocket frame level ----------------------------------------------
+
+WIRE_CLOSE_CODES = {1000, 1002, 1007, 1009}
+
+# Mostly well-formed, so that a sequence gets past its first frame: each broken
+# property (flags, opcode, mask, fragments, UTF-8) is rare on its own.
+wire_frames = st.builds(
+    lambda payload, opcode, fin, rsv, masked: mask_frame(
+        payload, opcode, fin, rsv=rsv, masked=masked
+    ),
+    envelopes.map(str.encode)
+    | st.binary(max_size=140)
+    | st.sampled_from([b"\xff\xfe", "é".encode()[:1], struct.pack("!H", 1000), b"\x03"]),
+    st.sampled_from([OPCODE_TEXT] * 12 + [0x0, 0x2, 0x3, 0x8, 0x9, 0xA, 0xB]),
+    st.sampled_from([True] * 7 + [False]),
+    st.sampled_from([0] * 15 + [0x40]),
+    st.sampled_from([True] * 15 + [False]),
+)
+wire_sequences = st.tuples(
+    st.lists(wire_frames, min_size=1, max_size=6), st.integers(min_value=1, max_value=64)
+)
+
+
+async def run_wire_example(server: ServerProcess, frames: list[bytes], chunk: int) -> None:
+    watcher = await private_watcher(server)
+    raw = await RawWebSocket.connect(server.port, "user_id=fuzzer")
+    try:
+        check_frame(await raw.recv("connected"), "fuzzer")
+        stream = b"".join(frames) + mask_frame(json.dumps({"type": "ping"}).encode())
+        loop = asyncio.get_running_loop()
+        try:
+            for start in range(0, len(stream), chunk):
+                await loop.sock_sendall(raw.sock, stream[start : start + chunk])
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server closed after a violation: what it sent says why
+        # Either the connection survived and answers the ping, or it was closed
+        # with one of the documented codes and then ended.
+        while True:
+            opcode, payload = await raw.read_frame(timeout=5)
+            if opcode == OPCODE_CLOSE:
+                assert close_code(payload) in WIRE_CLOSE_CODES, payload
+                event(f"closed with {close_code(payload)}")
+                _, ending = await raw.read_to_end()
+                assert ending in ("eof", "reset")
+                break
+            if opcode == OPCODE_TEXT:
+                frame = json.loads(payload)
+                check_frame(frame, "fuzzer")
+                if frame["type"] == "pong":
+                    event("answered the ping")
+                    break
+            else:
+                assert opcode == OPCODE_PONG, (opcode, payload)
+        await watcher.sync()  # the watcher got nothing but its own pong
+    finally:
+        raw.close()
+        await watcher.close()
+
+
+@settings(
+    max_examples=50,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(example=wire_sequences)
+def test_random_wire_frames_end_in_a_pong_or_a_documented_close(
+    fuzz_server: ServerProcess, example: tuple[list[bytes], int]
+) -> None:
+    frames, chunk = example
+    asyncio.run(run_wire_example(fuzz_server, frames, chunk))
 
 
 def test_server_is_healthy_after_fuzzing(fuzz_server: ServerProcess) -> None:
