@@ -31,7 +31,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeAlias
@@ -699,40 +699,54 @@ def describe_checks(checks: list[Result], rows: list[Row]) -> str:
 
 
 def chart(rows: list[Row], path: Path) -> Path | None:
-    """Fan-out throughput and CPU cost per delivery by room size, plus sparse latency."""
+    """One panel per measured kind: fan-out rate and CPU by room size, sparse latency,
+    memory per idle connection by count. None when nothing chartable ran."""
     fanout = [r for r in rows if r.label.startswith("fanout") and r.delivered is not None]
-    if not fanout:
-        return None
-    groups = list(dict.fromkeys(r.label.removeprefix("fanout ") for r in fanout))
-    servers = sorted({r.server for r in fanout}, key=lambda s: s != "roomcast")
-    lookup = {(r.label.removeprefix("fanout "), r.server): r for r in fanout}
     sparse = [r for r in rows if r.label.startswith("sparse") and r.p50 is not None]
     held = [r for r in rows if r.label.startswith("connections") and r.mem_per_conn is not None]
+    if not (fanout or sparse or held):
+        return None
+    servers = sorted({r.server for r in rows if "/" not in r.server}, key=lambda s: s != "roomcast")
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        if not fanout:
+            return None
+        groups = list(dict.fromkeys(r.label.removeprefix("fanout ") for r in fanout))
+        lookup = {(r.label.removeprefix("fanout "), r.server): r for r in fanout}
         return svg_chart(groups, servers, lookup, path.with_suffix(".svg"))
-    panels = 2 + bool(sparse) + bool(held)
-    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4.2))
+    panels = 2 * bool(fanout) + bool(sparse) + bool(held)
+    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4.2), squeeze=False)
+    free = iter(axes[0])
     width = 0.8 / len(servers)
-    for k, server in enumerate(servers):
-        xs = [i + k * width for i in range(len(groups))]
-        found = [lookup.get((g, server)) for g in groups]
-        axes[0].bar(xs, [r.delivered or 0 if r else 0 for r in found], width, label=server)
-        axes[1].bar(xs, [r.cpu_per_million or 0 if r else 0 for r in found], width, label=server)
-    titles = ["fan-out: delivered messages/s", "fan-out: server CPU s per million deliveries"]
-    for ax, title in zip(axes[:2], titles, strict=True):
+
+    def grouped_bars(
+        ax: Any, prefix: str, chosen: list[Row], value: Callable[[Row], float]
+    ) -> None:
+        groups = list(dict.fromkeys(r.label.removeprefix(prefix) for r in chosen))
+        lookup = {(r.label.removeprefix(prefix), r.server): value(r) for r in chosen}
+        for k, server in enumerate(servers):
+            xs = [i + k * width for i in range(len(groups))]
+            ax.bar(xs, [lookup.get((g, server), 0.0) for g in groups], width, label=server)
         ax.set_xticks([i + width * (len(servers) - 1) / 2 for i in range(len(groups))])
         ax.set_xticklabels(groups)
-        ax.set_xlabel("clients per room (x rooms at once)")
-        ax.set_yscale("log")
-        ax.set_title(title + " (log)", fontsize=10)
         ax.legend()
+
+    if fanout:
+        for title, value in (
+            ("fan-out: delivered messages/s", lambda r: r.delivered or 0.0),
+            ("fan-out: server CPU s per million deliveries", lambda r: r.cpu_per_million or 0.0),
+        ):
+            ax = next(free)
+            grouped_bars(ax, "fanout ", fanout, value)
+            ax.set_xlabel("clients per room (x rooms at once)")
+            ax.set_yscale("log")
+            ax.set_title(title + " (log)", fontsize=10)
     if sparse:
-        ax = axes[2]
+        ax = next(free)
         names = [r.server for r in sparse]
         for k, metric in enumerate(("p50", "p99", "max")):
             values = [getattr(r, metric) for r in sparse]
@@ -743,20 +757,10 @@ def chart(rows: list[Row], path: Path) -> Path | None:
         ax.set_title(f"{sparse[0].label}: end-to-end latency ms (log)", fontsize=10)
         ax.legend()
     if held:
-        ax = axes[-1]
-        counts = list(dict.fromkeys(r.label.removeprefix("connections ") for r in held))
-        memory = {
-            (r.label.removeprefix("connections "), r.server): (r.mem_per_conn or 0) / 1024
-            for r in held
-        }
-        for k, server in enumerate(servers):
-            xs = [i + k * width for i in range(len(counts))]
-            ax.bar(xs, [memory.get((c, server)) or 0 for c in counts], width, label=server)
-        ax.set_xticks([i + width * (len(servers) - 1) / 2 for i in range(len(counts))])
-        ax.set_xticklabels(counts)
+        ax = next(free)
+        grouped_bars(ax, "connections ", held, lambda r: (r.mem_per_conn or 0.0) / 1024)
         ax.set_xlabel("idle connections held")
         ax.set_title("memory per idle connection, KiB (VmRSS growth)", fontsize=10)
-        ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -710,6 +710,17 @@ class ChatService:
             self._fail(conn, request, request_type, exc)
         return None
 
+    def receive_binary(self, conn: Connection) -> None:
+        """A binary frame: refused, and charged to the rate limits like any garbage."""
+        if conn.closing:
+            return
+        self.metrics.messages_in["invalid"] += 1
+        try:
+            self._limit(conn, MessageClass.OTHER, None)
+            raise ProtocolError(ErrorCode.INVALID_MESSAGE, "frames must be JSON text, not binary")
+        except ProtocolError as exc:
+            self._fail(conn, None, None, exc)
+
     async def _guarded(
         self, conn: Connection, request: Request, work: Coroutine[Any, Any, None]
     ) -> None:

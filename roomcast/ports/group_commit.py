@@ -37,9 +37,9 @@ class GroupCommitter(Generic[OpT, ResultT]):
         linger: float = 0.0,
     ) -> None:
         self._execute = execute
-        # How long the first operation of a batch waits for company. A commit
-        # has a fixed cost (locks, log writes) that a lone message pays in
-        # full; a millisecond of waiting lets a trickle share it.
+        # The longest the first operation of a batch waits for company while
+        # more keep arriving (see _gather_company). A commit has a fixed cost
+        # (locks, log writes) that a lone message pays in full.
         self._linger = linger
         # Told (batch size, seconds, succeeded) after every transaction.
         self._on_commit = on_commit

@@ -37,6 +37,10 @@ CLOSE_POLICY_VIOLATION = 1008
 CLOSE_TOO_BIG = 1009
 CLOSE_TRY_AGAIN_LATER = 1013
 
+#: Most frames one message may arrive in: empty fragments cost no payload
+#: bytes, so without a count a client could grow one message forever.
+MAX_FRAGMENTS = 1024
+
 #: Close codes a peer may send (RFC 6455 section 7.4; 1004-1006 and 1015 are never sent).
 _VALID_CLOSE_CODES = frozenset({1000, 1001, 1002, 1003, *range(1007, 1015)})
 
@@ -199,6 +203,8 @@ class FrameReader:
         if opcode == OPCODE_CONTINUATION:
             if not self._message_opcode:
                 return Violation(CLOSE_PROTOCOL_ERROR, "continuation without a message")
+            if len(self._fragments) >= MAX_FRAGMENTS:
+                return Violation(CLOSE_TOO_BIG, f"message in more than {MAX_FRAGMENTS} fragments")
             self._fragments.append(payload)
             self._fragments_size += len(payload)
             if not fin:

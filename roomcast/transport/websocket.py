@@ -31,7 +31,7 @@ from aiohttp import web
 
 from roomcast.auth import Authenticator, AuthError
 from roomcast.config import Settings
-from roomcast.protocol import Error, ErrorCode, ProtocolError, encode
+from roomcast.protocol import Error, ErrorCode, encode
 from roomcast.service import ChatService, Connection, wall_ms
 from roomcast.transport.frames import (
     CLOSE_GOING_AWAY,
@@ -346,10 +346,7 @@ class WebSocketConnection(asyncio.Protocol):
                 self.transport.write(pong)
         elif isinstance(event, Binary):
             if conn is not None:
-                error = ProtocolError(
-                    ErrorCode.INVALID_MESSAGE, "frames must be JSON text, not binary"
-                )
-                self.service.reply_error(conn, error)
+                self.service.receive_binary(conn)
         elif isinstance(event, Close):
             self._received_close = event.code or CLOSE_NORMAL
             self._stop_sending()

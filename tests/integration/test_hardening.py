@@ -343,7 +343,7 @@ async def flood_in_step(
     raise AssertionError(f"still connected after {limit} frames past the limit")
 
 
-@pytest.mark.parametrize("flood", ["garbage", "chat"])
+@pytest.mark.parametrize("flood", ["garbage", "binary", "chat"])
 async def test_flooding_client_is_cut_with_1008_and_the_room_carries_on(
     limited: ServerProcess, pool: Pool, new_room: NewRoom, user: UserName, flood: str
 ) -> None:
@@ -356,6 +356,8 @@ async def test_flooding_client_is_cut_with_1008_and_the_room_carries_on(
     async def send_one(i: int) -> None:
         if flood == "garbage":
             await flooder.send_raw("{not json")
+        elif flood == "binary":
+            await flooder.send_raw(b"\x00\x01")
         else:
             await send_chat(flooder, room_id, f"flood {i}")
         if i == 40:
@@ -365,10 +367,11 @@ async def test_flooding_client_is_cut_with_1008_and_the_room_carries_on(
     assert (close.data, close.extra) == (1008, "flooding")
     refused = [a["payload"] for a in answers if a["payload"].get("code") == "rate_limited"]
     passed = [a for a in answers if a["payload"].get("code") != "rate_limited"]
-    if flood == "garbage":
-        # The first 50 (and what 10/s refilled meanwhile) pass the limiter: bad JSON.
+    if flood in ("garbage", "binary"):
+        # The first 50 (and what 10/s refilled meanwhile) pass the limiter: refused as such.
         assert 50 <= len(passed) <= 50 + int(10 * elapsed), (len(passed), elapsed)
-        assert {a["payload"]["code"] for a in passed} == {"invalid_json"}
+        expected = "invalid_json" if flood == "garbage" else "invalid_message"
+        assert {a["payload"]["code"] for a in passed} == {expected}
         for error in refused:
             assert_rate_limited(error, None, 100)
     else:

@@ -160,6 +160,17 @@ async def test_an_invalid_upgrade_gets_400_and_no_connection(
     assert response.startswith(b"HTTP/1.1 400 ")
 
 
+async def test_other_methods_on_ws_get_405(server: ServerProcess) -> None:
+    sock = await open_socket(server)
+    try:
+        request = b"POST /ws HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        await asyncio.get_running_loop().sock_sendall(sock, request)
+        response = await read_response(sock)
+    finally:
+        sock.close()
+    assert response.startswith(b"HTTP/1.1 405 ")
+
+
 async def test_the_first_frame_may_come_in_the_same_write_as_the_upgrade(
     server: ServerProcess, connect: Connect, room_id: int, user: UserName
 ) -> None:
@@ -318,6 +329,37 @@ async def test_a_client_that_closes_but_stops_reading_is_dropped(
         client_port = stuck.sock.getsockname()[1]
         assert server_side_open(server.port, client_port)
         await asyncio.sleep(6.5)  # past the server's 5 s close timeout, reading nothing
+        assert not server_side_open(server.port, client_port)
+    finally:
+        server.stop()
+
+
+async def test_a_client_cut_by_the_server_that_never_answers_is_dropped(
+    tmp_path: Path, raw_sockets: list[RawWebSocket | socket.socket]
+) -> None:
+    """The server's close (here: a flood cut, 1008) releases the user at once;
+    the socket itself goes after the 5 s close timeout when the client stays silent."""
+    server = ServerProcess(tmp_path / "roomcast.db").start()
+    try:
+        watcher = await Client.connect(server.ws_url, "watcher")
+        try:
+            await watcher.join(3)
+            flooder = await RawWebSocket.connect(server.port, "user_id=flooder")
+            raw_sockets.append(flooder)
+            await flooder.recv("connected")
+            await flooder.send_json("join_room", {"room_id": 3})
+            await flooder.recv("room_users")
+            await watcher.recv("user_joined")
+            # One write of 200 bad frames: past the limiter's burst and 50 refusals.
+            garbage = mask_frame(b"{not json") * 200
+            await asyncio.get_running_loop().sock_sendall(flooder.sock, garbage)
+            left = await watcher.recv_until("user_left", timeout=5)
+            assert left["payload"]["user_id"] == "flooder"
+        finally:
+            await watcher.close()
+        client_port = flooder.sock.getsockname()[1]
+        assert server_side_open(server.port, client_port)  # waiting for the answer
+        await asyncio.sleep(6.5)  # the flooder reads nothing and answers nothing
         assert not server_side_open(server.port, client_port)
     finally:
         server.stop()

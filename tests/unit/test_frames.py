@@ -15,6 +15,7 @@ from roomcast.transport.frames import (
     CLOSE_INVALID_DATA,
     CLOSE_PROTOCOL_ERROR,
     CLOSE_TOO_BIG,
+    MAX_FRAGMENTS,
     OPCODE_BINARY,
     OPCODE_CLOSE,
     OPCODE_CONTINUATION,
@@ -138,6 +139,21 @@ def test_violations_end_the_stream(data: bytes, code: int) -> None:
     events = reader.feed(data + frame(b"after"))
     assert isinstance(events[-1], Violation) and events[-1].code == code
     assert reader.feed(frame(b"later")) == []  # nothing is read after a violation
+
+
+def test_a_message_may_not_come_in_endless_empty_fragments() -> None:
+    reader = FrameReader(64)
+    data = frame(b"", fin=False) + frame(b"", OPCODE_CONTINUATION, fin=False) * MAX_FRAGMENTS
+    events = reader.feed(data)
+    assert events == [Violation(CLOSE_TOO_BIG, f"message in more than {MAX_FRAGMENTS} fragments")]
+
+
+def test_many_fragments_within_the_bound_make_one_message() -> None:
+    reader = FrameReader(4096)
+    parts = [frame(b"a", fin=False)]
+    parts += [frame(b"b", OPCODE_CONTINUATION, fin=False)] * (MAX_FRAGMENTS - 2)
+    parts.append(frame(b"c", OPCODE_CONTINUATION))
+    assert reader.feed(b"".join(parts)) == [Text("a" + "b" * (MAX_FRAGMENTS - 2) + "c")]
 
 
 def test_nothing_is_read_after_a_close_frame() -> None:

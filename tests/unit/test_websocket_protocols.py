@@ -1,0 +1,118 @@
+"""The front door and the connection protocol against fake transports: the paths
+a real client can hardly hit on purpose (shutdown races, writes to a closing socket)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import cast
+
+from roomcast.adapters.local_broker import LocalBroker
+from roomcast.adapters.sqlite_store import SQLiteStore
+from roomcast.auth import Authenticator
+from roomcast.config import Settings
+from roomcast.service import ChatService, wall_ms
+from roomcast.transport.frames import OPCODE_PING
+from roomcast.transport.websocket import FrontDoor, WebSocketConnection, WebSocketEndpoint
+from tests.support import mask_frame
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closing = False
+        self.protocol: asyncio.BaseProtocol | None = None
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closing
+
+    def close(self) -> None:
+        self.closing = True
+
+    def abort(self) -> None:
+        self.closing = True
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self.protocol = protocol
+
+    def get_extra_info(self, name: str) -> object:
+        return ("127.0.0.1", 5555) if name == "peername" else None
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+class RecordingHttp(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.received = b""
+        self.transport: asyncio.BaseTransport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.received += data
+
+
+def endpoint(tmp_path: Path) -> WebSocketEndpoint:
+    settings = Settings(database=f"sqlite:///{tmp_path}/unit.db")
+    store = SQLiteStore(settings.database, wall_ms)  # never started: nothing here writes
+    service = ChatService(store, LocalBroker(), settings)
+    return WebSocketEndpoint(service, Authenticator(None), settings)
+
+
+def as_transport(fake: FakeTransport) -> asyncio.Transport:
+    return cast(asyncio.Transport, fake)
+
+
+async def test_other_requests_go_to_http_with_every_byte_read(tmp_path: Path) -> None:
+    http = RecordingHttp()
+    door = FrontDoor(endpoint(tmp_path), lambda: http)
+    fake = FakeTransport()
+    door.connection_made(as_transport(fake))
+    door.data_received(b"GE")  # could still be GET /ws
+    assert fake.protocol is None
+    door.data_received(b"T /health HTTP/1.1\r\n")
+    assert fake.protocol is http and http.transport is fake
+    assert http.received == b"GET /health HTTP/1.1\r\n"
+
+
+async def test_no_websocket_is_accepted_once_shutdown_began(tmp_path: Path) -> None:
+    ws = endpoint(tmp_path)
+    await ws.close_all()
+    http = RecordingHttp()
+    door = FrontDoor(ws, lambda: http)
+    fake = FakeTransport()
+    door.connection_made(as_transport(fake))  # accepted just before the listener closed
+    assert fake.closing and fake.protocol is None
+    assert not ws._waiting
+
+
+async def test_shutdown_closes_connections_still_deciding(tmp_path: Path) -> None:
+    ws = endpoint(tmp_path)
+    door = FrontDoor(ws, RecordingHttp)
+    fake = FakeTransport()
+    door.connection_made(as_transport(fake))
+    door.data_received(b"GET /ws HTTP/1.1\r\n")  # head not complete yet
+    await ws.close_all()
+    assert fake.closing and fake.protocol is None
+
+
+async def test_a_ping_is_answered_unless_the_socket_is_closing(tmp_path: Path) -> None:
+    ws = endpoint(tmp_path)
+    fake = FakeTransport()
+    connection = WebSocketConnection(ws, as_transport(fake), "127.0.0.1")  # not admitted
+    connection.data_received(mask_frame(b"1", OPCODE_PING))
+    assert fake.writes == [b"\x8a\x011"]
+    fake.closing = True
+    connection.data_received(mask_frame(b"2", OPCODE_PING))
+    assert fake.writes == [b"\x8a\x011"]  # nothing written to a closing socket
