@@ -251,15 +251,19 @@ async def test_a_malformed_close_gets_1002_and_the_user_leaves_at_once(
     assert time.monotonic() - started < 3
 
 
+@pytest.mark.parametrize(
+    "sent", [b"GET /ws HTTP/1.1\r\nHost: x\r\n", b""], ids=["half-a-head", "nothing"]
+)
 async def test_a_silent_half_open_handshake_is_dropped_after_the_idle_timeout(
-    tmp_path: Path,
+    tmp_path: Path, sent: bytes
 ) -> None:
     server = ServerProcess(tmp_path / "roomcast.db", "--idle-timeout", "1").start()
     try:
         sock = await open_socket(server)
         try:
             loop = asyncio.get_running_loop()
-            await loop.sock_sendall(sock, b"GET /ws HTTP/1.1\r\nHost: x\r\n")  # and no more
+            if sent:
+                await loop.sock_sendall(sock, sent)  # and no more
             started = time.monotonic()
             data = await read_response(sock, timeout=5)
             assert data == b""
