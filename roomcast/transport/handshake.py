@@ -18,8 +18,10 @@ from urllib.parse import parse_qsl, unquote
 
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
-#: The longest request head read before deciding; longer ones go to aiohttp.
-MAX_HEAD = 8192
+#: The longest request head read before deciding; longer ones go to aiohttp
+#: (which refuses them). Browsers send every cookie of the origin with the
+#: upgrade, so this is far above a typical head of under 1 KiB.
+MAX_HEAD = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)

@@ -160,6 +160,30 @@ async def test_an_invalid_upgrade_gets_400_and_no_connection(
     assert response.startswith(b"HTTP/1.1 400 ")
 
 
+async def test_an_upgrade_with_a_large_cookie_header_is_accepted(
+    server: ServerProcess, user: UserName
+) -> None:
+    sock = await open_socket(server)
+    try:
+        request = upgrade_request(server.port, f"user_id={user('cookies')}")
+        cookies = "; ".join(f"c{i}={'x' * 200}" for i in range(100))  # about 20 KiB
+        request = request.replace(b"\r\n\r\n", f"\r\nCookie: {cookies}\r\n\r\n".encode())
+        loop = asyncio.get_running_loop()
+        for start in range(0, len(request), 4096):  # as a network delivers it: in pieces
+            await loop.sock_sendall(sock, request[start : start + 4096])
+            await asyncio.sleep(0.01)
+        response = b""
+        while b'"type":"connected"' not in response:
+            chunk = await asyncio.wait_for(loop.sock_recv(sock, 65536), 5)
+            assert chunk, response
+            response += chunk
+    finally:
+        sock.close()
+    head, _, rest = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101 ")
+    assert b'"type":"connected"' in rest
+
+
 async def test_other_methods_on_ws_get_405(server: ServerProcess) -> None:
     sock = await open_socket(server)
     try:
