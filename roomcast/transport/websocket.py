@@ -91,6 +91,13 @@ class WebSocketEndpoint:
 
     async def late_upgrade(self, request: web.Request) -> web.Response:
         """``GET /ws`` that reached aiohttp: no valid upgrade, or not the first request."""
+        version = request.headers.get("Sec-WebSocket-Version")
+        if version is not None and version.strip() != "13":
+            # RFC 6455 section 4.4: say which version this server speaks.
+            raise web.HTTPUpgradeRequired(
+                headers={"Sec-WebSocket-Version": "13"},
+                text=f"WebSocket version {version} is not supported; use 13",
+            )
         raise web.HTTPBadRequest(
             text="GET /ws takes a WebSocket upgrade (RFC 6455, version 13) "
             "as the first request on its connection"

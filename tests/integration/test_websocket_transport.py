@@ -143,10 +143,8 @@ async def test_keep_alive_http_then_an_upgrade_on_the_same_connection_is_refused
         b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
         b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         b"Sec-WebSocket-Key: c2hvcnQ=\r\nSec-WebSocket-Version: 13\r\nConnection: close\r\n\r\n",
-        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        b"Sec-WebSocket-Key: MDEyMzQ1Njc4OWFiY2RlZg==\r\nSec-WebSocket-Version: 8\r\n\r\n",
     ],
-    ids=["no-upgrade", "bad-key", "old-version"],
+    ids=["no-upgrade", "bad-key"],
 )
 async def test_an_invalid_upgrade_gets_400_and_no_connection(
     server: ServerProcess, request_head: bytes
@@ -193,6 +191,21 @@ async def test_other_methods_on_ws_get_405(server: ServerProcess) -> None:
     finally:
         sock.close()
     assert response.startswith(b"HTTP/1.1 405 ")
+
+
+async def test_another_protocol_version_gets_426_naming_13(server: ServerProcess) -> None:
+    sock = await open_socket(server)
+    try:
+        request = (
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: MDEyMzQ1Njc4OWFiY2RlZg==\r\nSec-WebSocket-Version: 8\r\n\r\n"
+        )
+        await asyncio.get_running_loop().sock_sendall(sock, request)
+        response = await read_response(sock)
+    finally:
+        sock.close()
+    assert response.startswith(b"HTTP/1.1 426 ")
+    assert b"Sec-WebSocket-Version: 13\r\n" in response
 
 
 async def test_the_first_frame_may_come_in_the_same_write_as_the_upgrade(
