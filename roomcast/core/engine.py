@@ -146,13 +146,18 @@ class ChatEngine:
     # -- chat, typing, presence --------------------------------------------------
 
     def require_member(self, conn_id: str, room_id: int, request_type: str) -> str:
-        """The connection's user, if the connection is in the room; else forbidden."""
-        user_id = self._known_user(conn_id)
+        """The connection's user, if the connection is in the room; else forbidden.
+
+        Membership is checked first: on a cluster node the replica may not have
+        applied a brand-new connection yet, and its request must still get the
+        answer that is true either way (a member's join came after its opening
+        in the log, so a member's user is always known).
+        """
         if not self.rooms.has_connection(room_id, conn_id):
             raise ProtocolError(
                 ErrorCode.FORBIDDEN, f"not a member of room {room_id}", request_type
             )
-        return user_id
+        return self._known_user(conn_id)
 
     def message_stored(self, message: ChatMessage) -> list[Delivery]:
         """A chat message is committed: it ends its author's typing (returned here).

@@ -95,6 +95,15 @@ def test_non_member_may_not_post() -> None:
     assert (info.value.code, info.value.type) == (ErrorCode.FORBIDDEN, "chat")
 
 
+def test_a_connection_the_replica_has_not_seen_yet_is_not_a_member() -> None:
+    # A cluster node's replica learns of a new connection from the log, maybe
+    # after the connection's first request: the answer is forbidden all the same.
+    engine = ChatEngine()
+    with pytest.raises(ProtocolError) as info:
+        engine.require_member("unseen", 4, "chat")
+    assert (info.value.code, info.value.type) == (ErrorCode.FORBIDDEN, "chat")
+
+
 def typing_event(room: int, user: str, on: bool) -> ToRoom:
     return ToRoom(room, Typing(room_id=room, user_id=user, is_typing=on), except_user=user)
 
