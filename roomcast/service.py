@@ -690,12 +690,11 @@ class ChatService:
         request_type: str | None = None
         request: Request | None = None
         try:
-            try:
-                request = decode_client(data)
-            except ProtocolError as exc:
-                self.metrics.messages_in["invalid"] += 1
-                self._limit(conn, MessageClass.OTHER, exc.type)  # garbage counts too
-                raise
+            request = decode_client(data)
+        except ProtocolError as exc:
+            self._refuse_garbage(conn, exc)
+            return None
+        try:
             request_type = request.TYPE
             self.metrics.messages_in[request_type] += 1
             self._limit(conn, CLASS_OF_TYPE.get(request_type, MessageClass.OTHER), request_type)
@@ -711,15 +710,20 @@ class ChatService:
         return None
 
     def receive_binary(self, conn: Connection) -> None:
-        """A binary frame: refused, and charged to the rate limits like any garbage."""
-        if conn.closing:
-            return
+        """A binary frame: refused like any frame that is not a request."""
+        if not conn.closing:
+            error = ProtocolError(ErrorCode.INVALID_MESSAGE, "frames must be JSON text, not binary")
+            self._refuse_garbage(conn, error)
+
+    def _refuse_garbage(self, conn: Connection, error: ProtocolError) -> None:
+        """A frame that is no request: counted, charged to the rate limits (garbage
+        counts too), and answered with its error, or with the limiter's refusal."""
         self.metrics.messages_in["invalid"] += 1
         try:
-            self._limit(conn, MessageClass.OTHER, None)
-            raise ProtocolError(ErrorCode.INVALID_MESSAGE, "frames must be JSON text, not binary")
-        except ProtocolError as exc:
-            self._fail(conn, None, None, exc)
+            self._limit(conn, MessageClass.OTHER, error.type)
+        except ProtocolError as refused:
+            error = refused
+        self.reply_error(conn, error)
 
     async def _guarded(
         self, conn: Connection, request: Request, work: Coroutine[Any, Any, None]
@@ -834,12 +838,8 @@ class ChatService:
             raise ProtocolError(ErrorCode.UNKNOWN_TYPE, "unhandled type", request.TYPE)
         # Leaving waits for the log, so that the next request sees the room left.
         waiting = self._expect(conn) if isinstance(request, LeaveRoomRequest) else None
-        if isinstance(request, TypingRequest) and not self.engine.is_member(
-            conn.id, request.room_id
-        ):  # cheap to refuse here, before the log (joins are applied before this)
-            raise ProtocolError(
-                ErrorCode.FORBIDDEN, f"not a member of room {request.room_id}", request.TYPE
-            )
+        if isinstance(request, TypingRequest):  # cheap to refuse here, before the log
+            self.engine.require_member(conn.id, request.room_id, request.TYPE)
         self._append_request(conn, request, new_id)
         if waiting is None or waiting.done():
             return None

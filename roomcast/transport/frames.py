@@ -162,13 +162,10 @@ class FrameReader:
                     self._finished = True
                     self._buffer.clear()
                     return events
-        if position:
-            if view is buffer:
-                del buffer[:position]
-            else:
-                buffer += view[position:]
-        elif view is not buffer:
-            buffer += view
+        if view is buffer:
+            del buffer[:position]
+        elif position < end:  # keep the start of a frame that is still arriving
+            buffer += view[position:]
         return events
 
     def _check_header(self, first: int, second: int, length: int) -> Violation | None:

@@ -356,9 +356,7 @@ class WebSocketConnection(asyncio.Protocol):
                 self.service.receive_binary(conn)
         elif isinstance(event, Close):
             self._received_close = event.code or CLOSE_NORMAL
-            self._stop_sending()
-            self._send_close(CLOSE_NORMAL, "")
-            self.transport.close()  # both close frames are on their way
+            self._close_now(CLOSE_NORMAL)  # both close frames are on their way
         elif isinstance(event, Violation):
             log.info(
                 "protocol violation remote=%s code=%d reason=%s",
@@ -366,9 +364,7 @@ class WebSocketConnection(asyncio.Protocol):
                 event.code,
                 event.reason,
             )
-            self._stop_sending()
-            self._send_close(event.code, "")
-            self.transport.close()
+            self._close_now(event.code)
         return None
 
     # -- closing -------------------------------------------------------------------
@@ -382,6 +378,12 @@ class WebSocketConnection(asyncio.Protocol):
         if self._closed is None:
             self._closed = self._loop.create_future()
         await asyncio.shield(self._closed)
+
+    def _close_now(self, code: int) -> None:
+        """Queued frames, our close frame (code only), then the end of the connection."""
+        self._stop_sending()
+        self._send_close(code, "")
+        self.transport.close()
 
     def _stop_sending(self) -> None:
         if self.conn is not None and not self.conn.closing:

@@ -11,7 +11,7 @@ import signal
 import socket
 import struct
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -69,6 +69,19 @@ async def read_response(sock: socket.socket, timeout: float = 3.0) -> bytes:
                 return data
 
 
+async def exchange(server: ServerProcess, request: bytes, piece: int | None = None) -> bytes:
+    """Send ``request`` on a new connection (in pieces of ``piece`` bytes), return the answer."""
+    sock = await open_socket(server)
+    try:
+        loop = asyncio.get_running_loop()
+        step = piece or len(request)
+        for start in range(0, len(request), step):
+            await loop.sock_sendall(sock, request[start : start + step])
+        return await read_response(sock)
+    finally:
+        sock.close()
+
+
 def server_side_open(server_port: int, client_port: int) -> bool:
     """Whether a process still holds a socket from ``server_port`` to ``client_port``.
 
@@ -93,29 +106,36 @@ def upgrade_request(port: int, query: str) -> bytes:
     ).encode()
 
 
-async def raw_member_and_observer(
-    server: ServerProcess, connect: Connect, room_id: int, user: UserName, name: str
-) -> tuple[Client, RawWebSocket]:
-    """Bob (an ordinary client) and a raw-socket client ``name``, both in the room."""
-    bob = await connect(user("bob"))
-    await bob.join(room_id)
-    raw = await RawWebSocket.connect(server.port, f"user_id={user(name)}")
-    await raw.recv("connected")
-    await raw.send_json("join_room", {"room_id": room_id})
-    await raw.recv("room_users")
-    await bob.recv("user_joined")
-    return bob, raw
+RawMember = Callable[[str], Awaitable[tuple[Client, RawWebSocket]]]
+
+
+@pytest.fixture
+def raw_member(
+    server: ServerProcess,
+    connect: Connect,
+    room_id: int,
+    user: UserName,
+    raw_sockets: list[RawWebSocket | socket.socket],
+) -> RawMember:
+    """Makes Bob (an ordinary client) and a raw-socket client ``name``, both in the room."""
+
+    async def make(name: str) -> tuple[Client, RawWebSocket]:
+        bob = await connect(user("bob"))
+        await bob.join(room_id)
+        raw = await RawWebSocket.connect(server.port, f"user_id={user(name)}")
+        raw_sockets.append(raw)
+        await raw.recv("connected")
+        await raw.send_json("join_room", {"room_id": room_id})
+        await raw.recv("room_users")
+        await bob.recv("user_joined")
+        return bob, raw
+
+    return make
 
 
 async def test_http_sent_one_byte_at_a_time_is_still_served(server: ServerProcess) -> None:
-    sock = await open_socket(server)
-    try:
-        loop = asyncio.get_running_loop()
-        for byte in b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n":
-            await loop.sock_sendall(sock, bytes((byte,)))
-        response = await read_response(sock)
-    finally:
-        sock.close()
+    request = b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    response = await exchange(server, request, piece=1)
     assert response.startswith(b"HTTP/1.1 200 OK")
     assert json.loads(response.partition(b"\r\n\r\n")[2])["status"] == "ok"
 
@@ -149,13 +169,7 @@ async def test_keep_alive_http_then_an_upgrade_on_the_same_connection_is_refused
 async def test_an_invalid_upgrade_gets_400_and_no_connection(
     server: ServerProcess, request_head: bytes
 ) -> None:
-    sock = await open_socket(server)
-    try:
-        await asyncio.get_running_loop().sock_sendall(sock, request_head)
-        response = await read_response(sock)
-    finally:
-        sock.close()
-    assert response.startswith(b"HTTP/1.1 400 ")
+    assert (await exchange(server, request_head)).startswith(b"HTTP/1.1 400 ")
 
 
 async def test_an_upgrade_with_a_large_cookie_header_is_accepted(
@@ -183,27 +197,16 @@ async def test_an_upgrade_with_a_large_cookie_header_is_accepted(
 
 
 async def test_other_methods_on_ws_get_405(server: ServerProcess) -> None:
-    sock = await open_socket(server)
-    try:
-        request = b"POST /ws HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-        await asyncio.get_running_loop().sock_sendall(sock, request)
-        response = await read_response(sock)
-    finally:
-        sock.close()
-    assert response.startswith(b"HTTP/1.1 405 ")
+    request = b"POST /ws HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    assert (await exchange(server, request)).startswith(b"HTTP/1.1 405 ")
 
 
 async def test_another_protocol_version_gets_426_naming_13(server: ServerProcess) -> None:
-    sock = await open_socket(server)
-    try:
-        request = (
-            b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            b"Sec-WebSocket-Key: MDEyMzQ1Njc4OWFiY2RlZg==\r\nSec-WebSocket-Version: 8\r\n\r\n"
-        )
-        await asyncio.get_running_loop().sock_sendall(sock, request)
-        response = await read_response(sock)
-    finally:
-        sock.close()
+    request = (
+        b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: MDEyMzQ1Njc4OWFiY2RlZg==\r\nSec-WebSocket-Version: 8\r\n\r\n"
+    )
+    response = await exchange(server, request)
     assert response.startswith(b"HTTP/1.1 426 ")
     assert b"Sec-WebSocket-Version: 13\r\n" in response
 
@@ -225,14 +228,9 @@ async def test_the_first_frame_may_come_in_the_same_write_as_the_upgrade(
 
 
 async def test_frames_split_anywhere_and_fragmented_messages_arrive_whole(
-    server: ServerProcess,
-    connect: Connect,
-    room_id: int,
-    user: UserName,
-    raw_sockets: list[RawWebSocket | socket.socket],
+    raw_member: RawMember, room_id: int, user: UserName
 ) -> None:
-    bob, raw = await raw_member_and_observer(server, connect, room_id, user, "frag")
-    raw_sockets.append(raw)
+    bob, raw = await raw_member("frag")
 
     chat = json.dumps({"type": "chat", "payload": {"room_id": room_id, "content": "héllo"}})
     encoded = chat.encode()
@@ -254,14 +252,9 @@ async def test_frames_split_anywhere_and_fragmented_messages_arrive_whole(
 
 
 async def test_client_close_is_answered_and_the_user_leaves(
-    server: ServerProcess,
-    connect: Connect,
-    room_id: int,
-    user: UserName,
-    raw_sockets: list[RawWebSocket | socket.socket],
+    raw_member: RawMember, room_id: int, user: UserName
 ) -> None:
-    bob, raw = await raw_member_and_observer(server, connect, room_id, user, "leaver")
-    raw_sockets.append(raw)
+    bob, raw = await raw_member("leaver")
     await raw.send_frame(struct.pack("!H", 4000) + b"see you", OPCODE_CLOSE)
     opcode, payload = await raw.read_frame()
     assert (opcode, close_code(payload)) == (OPCODE_CLOSE, 1000)
@@ -271,14 +264,9 @@ async def test_client_close_is_answered_and_the_user_leaves(
 
 
 async def test_a_malformed_close_gets_1002_and_the_user_leaves_at_once(
-    server: ServerProcess,
-    connect: Connect,
-    room_id: int,
-    user: UserName,
-    raw_sockets: list[RawWebSocket | socket.socket],
+    raw_member: RawMember, room_id: int, user: UserName
 ) -> None:
-    bob, raw = await raw_member_and_observer(server, connect, room_id, user, "mute")
-    raw_sockets.append(raw)
+    bob, raw = await raw_member("mute")
     # A close frame of the wrong shape: the server closes with 1002 and drops the socket.
     started = time.monotonic()
     await raw.send_frame(b"\x03", OPCODE_CLOSE)
