@@ -715,6 +715,18 @@ class ChatService:
             error = ProtocolError(ErrorCode.INVALID_MESSAGE, "frames must be JSON text, not binary")
             self._refuse_garbage(conn, error)
 
+    def control_frame(self, conn: Connection) -> bool:
+        """A WebSocket ping or pong: charged to the connection's control budget.
+
+        False when it is over budget (a ping is then not answered); the refusal
+        is a strike like any other, so a connection that floods them is cut.
+        """
+        try:
+            self._limit(conn, MessageClass.CONTROL, None)
+        except ProtocolError:
+            return False
+        return True
+
     def _refuse_garbage(self, conn: Connection, error: ProtocolError) -> None:
         """A frame that is no request: counted, charged to the rate limits (garbage
         counts too), and answered with its error, or with the limiter's refusal."""

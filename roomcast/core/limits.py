@@ -23,6 +23,7 @@ class MessageClass(enum.StrEnum):
     TYPING = "typing"
     SIGNALING = "signaling"
     MEMBERSHIP = "membership"
+    CONTROL = "control"  # WebSocket pings and pongs
     OTHER = "other"
 
 
@@ -55,6 +56,8 @@ DEFAULT_RATES: dict[MessageClass, Rate] = {
     MessageClass.SIGNALING: Rate(50, 200),
     # A reconnecting client re-joins all its rooms at once (up to 100 by default).
     MessageClass.MEMBERSHIP: Rate(5, 100),
+    # Clients ping every few seconds at most; a burst of thousands is an attack.
+    MessageClass.CONTROL: Rate(10, 50),
     MessageClass.OTHER: Rate(10, 50),
 }
 

@@ -17,6 +17,12 @@ directed frame after it. When a directed frame is queued for a connection,
 every still-open batch in that connection's queue is closed, so a later room
 frame starts a new batch and cannot overtake the directed one.
 
+Every operation costs O(1) per frame, whatever a client sends: closing the
+open batches looks only at what was queued since the last directed frame
+(each queue item is looked at once), and a connection has at most one unsent
+pong (a newer ping's pong replaces it, as RFC 6455 section 5.5.3 allows), so
+a burst of pings costs neither a rescan of the queue per ping nor a pong each.
+
 Flow control is ours, since the library's writer is bypassed: after each
 flush a connection whose transport buffer exceeds ``max_buffer`` bytes is
 reported through ``on_overflow`` (the caller disconnects it as a slow
@@ -54,12 +60,14 @@ class RoomBatch:
 class Outlet:
     """One connection's outgoing side."""
 
-    __slots__ = ("conn_id", "queue", "sent_bytes", "transport")
+    __slots__ = ("conn_id", "pong", "queue", "sealed", "sent_bytes", "transport")
 
     def __init__(self, conn_id: str, transport: Writable) -> None:
         self.conn_id = conn_id
         self.transport = transport
         self.queue: list[bytes | RoomBatch] = []
+        self.sealed = 0  # queue items before this index hold no open batch
+        self.pong = -1  # index of the unsent pong in the queue, if any
         self.sent_bytes = 0
 
 
@@ -105,6 +113,22 @@ class FanOut:
             self._seal(outlet)
             self._enqueue(outlet, frame)
 
+    def send_pong(self, conn_id: str, frame: bytes) -> None:
+        """Queue a pong, in order with the connection's other frames, replacing an
+        unsent one: only the newest ping needs its answer."""
+        outlet = self._outlets.get(conn_id)
+        if outlet is None:
+            return
+        queue = outlet.queue
+        if outlet.pong >= 0:
+            if outlet.pong == len(queue) - 1:
+                queue[-1] = frame  # nothing was queued after the older one
+                return
+            queue[outlet.pong] = b""  # superseded; the new pong goes last
+        self._seal(outlet)
+        self._enqueue(outlet, frame)
+        outlet.pong = len(queue) - 1
+
     def send_room(self, room_id: int, conn_ids: Iterable[str], frame: bytes) -> None:
         """Queue a frame for every member of a room, sharing one buffer among them."""
         batch = self._open_batches.get(room_id)
@@ -120,10 +144,18 @@ class FanOut:
                 self._enqueue(outlet, batch)
 
     def _seal(self, outlet: Outlet) -> None:
-        """Close every batch still open in this connection's queue to further frames."""
-        for item in outlet.queue:
-            if isinstance(item, RoomBatch) and self._open_batches.get(item.room_id) is item:
-                del self._open_batches[item.room_id]
+        """Close every batch still open in this connection's queue to further frames.
+
+        Only items queued since the last seal can hold one: a closed batch
+        never opens again, so each item is looked at once.
+        """
+        queue = outlet.queue
+        open_batches = self._open_batches
+        for index in range(outlet.sealed, len(queue)):
+            item = queue[index]
+            if isinstance(item, RoomBatch) and open_batches.get(item.room_id) is item:
+                del open_batches[item.room_id]
+        outlet.sealed = len(queue)
 
     def membership_changed(self, room_id: int) -> None:
         """Close the room's open batch: its recipient list is no longer current.
@@ -154,6 +186,8 @@ class FanOut:
     def _write(self, outlet: Outlet) -> None:
         queue = outlet.queue
         outlet.queue = []
+        outlet.sealed = 0
+        outlet.pong = -1
         transport = outlet.transport
         if transport.is_closing():
             return

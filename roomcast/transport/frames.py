@@ -20,6 +20,7 @@ unmasked frames once, which the corked fan-out writes to every recipient.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 OPCODE_CONTINUATION = 0x0
@@ -117,15 +118,24 @@ class FrameReader:
         self._finished = False  # after a close frame or a violation nothing more is read
 
     def feed(self, data: bytes) -> list[Event]:
+        """Every event ``data`` completes (the tests' and simple callers' form)."""
+        return list(self.events(data))
+
+    def events(self, data: bytes) -> Iterator[Event]:
+        """The events ``data`` completes, parsed one at a time as they are taken.
+
+        Lazy, so that a caller that closes the connection part-way (a flood)
+        stops the parsing too: what follows in a large read costs nothing.
+        A caller that stops early must not feed this reader again.
+        """
         if self._finished:
-            return []
+            return
         buffer = self._buffer
         if buffer:
             buffer += data
             view: bytes | bytearray = buffer
         else:
             view = data
-        events: list[Event] = []
         position = 0
         end = len(view)
         while end - position >= 2:
@@ -144,12 +154,12 @@ class FrameReader:
                     break
                 length = int.from_bytes(view[position + 2 : position + 10], "big")
                 if length >> 63:
-                    events.append(self._fail(Violation(CLOSE_PROTOCOL_ERROR, "invalid length")))
-                    return events
+                    yield self._fail(Violation(CLOSE_PROTOCOL_ERROR, "invalid length"))
+                    return
             violation = self._check_header(first, second, length)
             if violation is not None:
-                events.append(self._fail(violation))
-                return events
+                yield self._fail(violation)
+                return
             if end - position < header + length:
                 break
             start = position + header
@@ -157,16 +167,16 @@ class FrameReader:
             position = start + length
             event = self._frame(first & 0x80, first & 0x0F, payload)
             if event is not None:
-                events.append(event)
                 if type(event) is Violation or type(event) is Close:
                     self._finished = True
                     self._buffer.clear()
-                    return events
+                    yield event
+                    return
+                yield event
         if view is buffer:
             del buffer[:position]
         elif position < end:  # keep the start of a frame that is still arriving
             buffer += view[position:]
-        return events
 
     def _check_header(self, first: int, second: int, length: int) -> Violation | None:
         if first & 0x70:

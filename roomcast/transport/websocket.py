@@ -45,6 +45,7 @@ from roomcast.transport.frames import (
     Event,
     FrameReader,
     Ping,
+    Pong,
     Text,
     Violation,
     close_frame,
@@ -60,6 +61,10 @@ _PREFIX = b"GET " + PATH.encode()
 
 #: Seconds the client has to answer our close frame before the socket is dropped.
 CLOSE_TIMEOUT = 5.0
+
+#: Frames read while waiting for the client's close frame before the socket is
+#: dropped: a client that keeps streaming after we closed costs bounded work.
+MAX_FRAMES_WHILE_CLOSING = 1024
 
 
 class WebSocketEndpoint:
@@ -247,6 +252,7 @@ class WebSocketConnection(asyncio.Protocol):
         "_busy",
         "_close_timer",
         "_closed",
+        "_closing_frames",
         "_ended",
         "_gone",
         "_loop",
@@ -280,6 +286,7 @@ class WebSocketConnection(asyncio.Protocol):
         self._sent_close: int | None = None
         self._received_close: int | None = None
         self._close_timer: asyncio.TimerHandle | None = None
+        self._closing_frames = 0  # frames read after the connection began closing
 
     def start(self, query: dict[str, str]) -> None:
         """Authenticate and admit the connection, or tell it why not and close."""
@@ -308,7 +315,7 @@ class WebSocketConnection(asyncio.Protocol):
         conn = self.conn
         if conn is not None:
             conn.last_seen = self._loop.time()
-        events = self.reader.feed(data)
+        events = self.reader.events(data)
         if self._busy:
             self._backlog.extend(events)
         else:
@@ -317,6 +324,8 @@ class WebSocketConnection(asyncio.Protocol):
     def _handle(self, events: Iterable[Event]) -> None:
         pending_events = iter(events)
         for event in pending_events:
+            if self.transport.is_closing():
+                return  # cut off: the rest is not even parsed
             pending = self._event(event)
             if pending is not None:
                 # Later frames wait until this request is done, in order.
@@ -343,29 +352,44 @@ class WebSocketConnection(asyncio.Protocol):
 
     def _event(self, event: Event) -> Coroutine[Any, Any, None] | None:
         conn = self.conn
+        if conn is None or conn.closing:  # refused, or our close frame is (on its way) out
+            self._while_closing(event)
+            return None
         if isinstance(event, Text):  # the hot path first
-            return None if conn is None else self.service.receive_now(conn, event.data)
+            return self.service.receive_now(conn, event.data)
         if isinstance(event, Ping):
-            pong = control_frame(OPCODE_PONG, event.payload)
-            if conn is not None and not conn.closing:
-                self.service.fanout.send((conn.id,), pong)  # in order with queued frames
-            elif self._sent_close is None and not self.transport.is_closing():
-                self.transport.write(pong)
+            # Charged like any frame; an unanswered ping over the budget is the
+            # only refusal (an error frame per ping would cost more than the pong).
+            if self.service.control_frame(conn):
+                self.service.fanout.send_pong(conn.id, control_frame(OPCODE_PONG, event.payload))
+        elif isinstance(event, Pong):
+            self.service.control_frame(conn)
         elif isinstance(event, Binary):
-            if conn is not None:
-                self.service.receive_binary(conn)
-        elif isinstance(event, Close):
+            self.service.receive_binary(conn)
+        else:
+            self._end(event)
+        return None
+
+    def _while_closing(self, event: Event) -> None:
+        """After the close began only the client's close frame matters, and a
+        client that keeps sending instead is dropped after a bounded number of frames."""
+        if isinstance(event, Close | Violation):
+            self._end(event)
+            return
+        self._closing_frames += 1
+        if self._closing_frames > MAX_FRAMES_WHILE_CLOSING:
+            log.info("dropped while closing remote=%s frames=%d", self.remote, self._closing_frames)
+            self.transport.abort()
+
+    def _end(self, event: Close | Violation) -> None:
+        if isinstance(event, Close):
             self._received_close = event.code or CLOSE_NORMAL
             self._close_now(CLOSE_NORMAL)  # both close frames are on their way
-        elif isinstance(event, Violation):
-            log.info(
-                "protocol violation remote=%s code=%d reason=%s",
-                self.remote,
-                event.code,
-                event.reason,
-            )
-            self._close_now(event.code)
-        return None
+            return
+        log.info(
+            "protocol violation remote=%s code=%d reason=%s", self.remote, event.code, event.reason
+        )
+        self._close_now(event.code)
 
     # -- closing -------------------------------------------------------------------
 

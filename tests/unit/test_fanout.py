@@ -92,3 +92,51 @@ async def test_flushing_one_connection_does_not_cut_the_others_short() -> None:
     await asyncio.sleep(0)
     assert b"".join(b.writes) == b"one,two,"
     assert b"".join(a.writes) == b"one,two,"
+
+
+async def test_a_newer_pong_replaces_an_unsent_one_and_keeps_its_order() -> None:
+    fanout = FanOut(1 << 20, lambda conn: None)
+    a = FakeTransport()
+    fanout.add("a", a)
+    for i in range(1000):
+        fanout.send_pong("a", b"pong%d," % i)
+    await asyncio.sleep(0)
+    assert a.writes == [b"pong999,"]
+    fanout.send_room(1, ["a"], b"r1,")
+    fanout.send_pong("a", b"p1,")
+    fanout.send_room(1, ["a"], b"r2,")
+    fanout.send_pong("a", b"p2,")  # answers a ping that came after r2 was queued
+    fanout.send_room(1, ["a"], b"r3,")
+    await asyncio.sleep(0)
+    assert a.writes[1] == b"r1,r2,p2,r3,"
+
+
+class CountingQueue(list[bytes | object]):
+    """A connection's queue that counts how often its items are looked at."""
+
+    looks = 0
+
+    def __getitem__(self, index):  # type: ignore[no-untyped-def]
+        CountingQueue.looks += 1
+        return super().__getitem__(index)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        for item in super().__iter__():
+            CountingQueue.looks += 1
+            yield item
+
+
+async def test_directed_frames_never_rescan_the_queue() -> None:
+    """Each queued item is looked at once however many directed frames follow
+    (a rescan per frame made a burst of pings cost quadratic time)."""
+    fanout = FanOut(1 << 20, lambda conn: None)
+    a = FakeTransport()
+    fanout.add("a", a)
+    fanout._outlets["a"].queue = CountingQueue()  # type: ignore[assignment]
+    CountingQueue.looks = 0
+    for i in range(2000):
+        fanout.send_room(i % 7, ["a"], b"r")
+        fanout.send(["a"], b"d")
+    assert CountingQueue.looks <= 2 * 4000
+    await asyncio.sleep(0)
+    assert a.writes == [b"rd" * 2000]

@@ -110,9 +110,26 @@ async def test_shutdown_closes_connections_still_deciding(tmp_path: Path) -> Non
 async def test_a_ping_is_answered_unless_the_socket_is_closing(tmp_path: Path) -> None:
     ws = endpoint(tmp_path)
     fake = FakeTransport()
-    connection = WebSocketConnection(ws, as_transport(fake), "127.0.0.1")  # not admitted
+    connection = WebSocketConnection(ws, as_transport(fake), "127.0.0.1")
+    connection.start({"user_id": "alice"})
+    await asyncio.sleep(0)  # the connected frame goes out
+    fake.writes.clear()
     connection.data_received(mask_frame(b"1", OPCODE_PING))
+    await asyncio.sleep(0)
     assert fake.writes == [b"\x8a\x011"]
     fake.closing = True
     connection.data_received(mask_frame(b"2", OPCODE_PING))
+    await asyncio.sleep(0)
     assert fake.writes == [b"\x8a\x011"]  # nothing written to a closing socket
+
+
+async def test_a_burst_of_pings_is_answered_by_one_pong_for_the_newest(tmp_path: Path) -> None:
+    ws = endpoint(tmp_path)
+    fake = FakeTransport()
+    connection = WebSocketConnection(ws, as_transport(fake), "127.0.0.1")
+    connection.start({"user_id": "alice"})
+    await asyncio.sleep(0)
+    fake.writes.clear()
+    connection.data_received(b"".join(mask_frame(b"%d" % i, OPCODE_PING) for i in range(40)))
+    await asyncio.sleep(0)
+    assert fake.writes == [b"\x8a\x0239"]
