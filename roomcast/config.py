@@ -20,6 +20,10 @@ class Settings:
     insecure_open: bool = False
     # A connection silent this long (no frame, no pong to our pings) is closed.
     idle_timeout: float = 45.0
+    # Seconds a connection has to send a complete request head (from its start,
+    # or from the end of its previous request) and an HTTP request its body.
+    head_timeout: float = 10.0
+    body_timeout: float = 10.0
     typing_timeout: float = 3.0
     max_message_bytes: int = 64 * 1024
     max_content_chars: int = 4000
@@ -54,8 +58,11 @@ class Settings:
     resume_max_messages: int = 200
     max_connections_per_user: int = 20
     max_connections_per_ip: int = 1000
-    # Beyond this many connections new ones are refused with close 1013.
+    # Beyond this many connections new ones are refused with close 1013 (HTTP 503).
     max_connections: int = 100_000
+    # File descriptors kept free below the process's open-file limit, so that
+    # the server can always accept a connection to refuse it properly.
+    reserved_descriptors: int = 256
     # Scale-out: a Redis URL makes this process one node of a cluster (with a
     # PostgreSQL database shared by all nodes); every key starts with the prefix.
     broker: str = ""
@@ -106,6 +113,10 @@ class Settings:
                 "--broker needs a PostgreSQL --database that every node shares, "
                 f"not {self.database!r}"
             )
+        if self.head_timeout <= 0 or self.body_timeout <= 0:
+            raise ValueError("head_timeout and body_timeout must be positive")
+        if self.reserved_descriptors < 16:
+            raise ValueError("reserved_descriptors must be at least 16")
         if self.node_ttl <= 0 or self.gap_wait <= 0 or self.log_timeout <= 0:
             raise ValueError("node_ttl, gap_wait and log_timeout must be positive")
         if self.rate_limits not in ("off", "default"):

@@ -26,6 +26,8 @@ from roomcast.metrics import Metrics
 from roomcast.ports.broker import Broker
 from roomcast.ports.store import Store
 from roomcast.service import ChatService
+from roomcast.transport.admission import Admission
+from roomcast.transport.front_door import Gate, request_deadlines
 from roomcast.transport.http import HttpApi, protocol_errors
 from roomcast.transport.websocket import WebSocketEndpoint
 
@@ -44,6 +46,7 @@ class Server:
     app: web.Application
     service: ChatService
     endpoint: WebSocketEndpoint
+    gate: Gate
     store: Store
     broker: Broker
 
@@ -57,6 +60,7 @@ class Server:
     async def stop(self) -> None:
         if self.idle_watch is not None:
             self.idle_watch.cancel()
+        self.gate.close()
         await self.endpoint.close_all()
         await self.store.close()  # announces what it commits on the way: broker last
         await self.broker.close()
@@ -85,11 +89,18 @@ def build(settings: Settings) -> Server:
     broker = make_broker(settings)
     auth = Authenticator(settings.auth_secret)
     service = ChatService(store, broker, settings, metrics)
-    endpoint = WebSocketEndpoint(service, auth, settings)
+    admission = Admission.for_process(
+        settings.max_connections, settings.max_connections_per_ip, settings.reserved_descriptors
+    )
+    endpoint = WebSocketEndpoint(service, auth, settings, admission)
+    gate = Gate(admission, endpoint, settings.head_timeout, settings.idle_timeout)
     api = HttpApi(service, store, auth, settings)
-    app = web.Application(middlewares=[protocol_errors], client_max_size=settings.max_message_bytes)
+    app = web.Application(
+        middlewares=[protocol_errors, request_deadlines(settings.body_timeout)],
+        client_max_size=settings.max_message_bytes,
+    )
     app.add_routes([web.get("/ws", endpoint.late_upgrade), *api.routes()])
-    return Server(settings, app, service, endpoint, store, broker)
+    return Server(settings, app, service, endpoint, gate, store, broker)
 
 
 async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
@@ -103,7 +114,7 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
     # One listening socket: roomcast's front door answers WebSocket upgrades
     # itself and hands every other connection to aiohttp (see transport.websocket).
     listener = await loop.create_server(
-        server.endpoint.front_door(runner.server),
+        server.gate.factory(runner.server),
         settings.host,
         settings.port,
         reuse_address=True,

@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import json
 import os
+import resource
 import signal
 import socket
 import sqlite3
@@ -151,8 +152,10 @@ class ServerProcess:
         *args: str,
         env: dict[str, str] | None = None,
         cluster: str | None = None,
+        open_files: int | None = None,
     ) -> None:
         self.database = database
+        self.open_files = open_files  # the process's descriptor limit, when given
         self.args = list(args)
         self.env = env or {}
         self.port = free_port()
@@ -186,7 +189,18 @@ class ServerProcess:
             *self.args,
         ]  # fmt: skip
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(command, stdout=log, stderr=log, env=env)
+        limit = self.open_files
+        self.proc = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=log,
+            env=env,
+            preexec_fn=(
+                None
+                if limit is None
+                else lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+            ),
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -1,7 +1,7 @@
 """The WebSocket opening handshake (RFC 6455 section 4), without I/O.
 
 roomcast answers the upgrade of ``/ws`` itself, before any HTTP framework
-sees the connection (see :class:`roomcast.transport.websocket.FrontDoor`):
+sees the connection (see :class:`roomcast.transport.front_door.FrontDoor`):
 :func:`parse_upgrade` recognises a complete, valid upgrade request and
 :func:`switching_protocols` is the answer. Anything else, including an
 upgrade request with a missing or wrong header, is not ours and goes to

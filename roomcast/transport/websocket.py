@@ -1,10 +1,10 @@
 """The ``/ws`` endpoint: roomcast's own WebSocket connections, beside aiohttp's HTTP.
 
-Every accepted TCP connection starts in a :class:`FrontDoor`. A valid
-WebSocket upgrade of ``/ws`` is answered there and the connection becomes a
-:class:`WebSocketConnection`; anything else is handed, with the bytes read
-so far, to aiohttp's HTTP protocol, which serves it as if it had accepted
-the connection itself. One port serves both.
+Every accepted TCP connection starts in a
+:class:`~roomcast.transport.front_door.FrontDoor`. A valid WebSocket upgrade
+of ``/ws`` is answered here and the connection becomes a
+:class:`WebSocketConnection`; anything else is served by aiohttp's HTTP
+protocol behind the front door. One port serves both.
 
 Why not aiohttp's WebSocket: it delivers each frame to a task per
 connection, so every message costs a task switch and a loop turn before
@@ -23,9 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter
-from collections.abc import Callable, Coroutine, Iterable
-from typing import Any, cast
+from collections.abc import Coroutine, Iterable
+from typing import Any
 
 from aiohttp import web
 
@@ -33,11 +32,11 @@ from roomcast.auth import Authenticator, AuthError
 from roomcast.config import Settings
 from roomcast.protocol import Error, ErrorCode, encode
 from roomcast.service import ChatService, Connection, wall_ms
+from roomcast.transport.admission import Admission, Refusal
 from roomcast.transport.frames import (
     CLOSE_GOING_AWAY,
     CLOSE_NORMAL,
     CLOSE_POLICY_VIOLATION,
-    CLOSE_TRY_AGAIN_LATER,
     OPCODE_PING,
     OPCODE_PONG,
     Binary,
@@ -52,12 +51,9 @@ from roomcast.transport.frames import (
     control_frame,
     text_frame,
 )
-from roomcast.transport.handshake import MAX_HEAD, Upgrade, parse_upgrade, switching_protocols
+from roomcast.transport.handshake import Upgrade, switching_protocols
 
 log = logging.getLogger("roomcast.websocket")
-
-PATH = "/ws"
-_PREFIX = b"GET " + PATH.encode()
 
 #: Seconds the client has to answer our close frame before the socket is dropped.
 CLOSE_TIMEOUT = 5.0
@@ -68,31 +64,45 @@ MAX_FRAMES_WHILE_CLOSING = 1024
 
 
 class WebSocketEndpoint:
-    """Accepts WebSocket connections and keeps the limits on them."""
+    """Accepts WebSocket connections and keeps the per-user limit on them."""
 
-    def __init__(self, service: ChatService, auth: Authenticator, settings: Settings) -> None:
+    def __init__(
+        self,
+        service: ChatService,
+        auth: Authenticator,
+        settings: Settings,
+        admission: Admission,
+    ) -> None:
         self.service = service
         self.auth = auth
         self.settings = settings
+        self.admission = admission
         self.sockets: set[WebSocketConnection] = set()
-        self._per_address: Counter[str] = Counter()
-        self._waiting: set[FrontDoor] = set()
-        self.closing = False  # shutting down: no new WebSocket is accepted
 
-    def front_door(self, http: Callable[[], asyncio.BaseProtocol]) -> Callable[[], FrontDoor]:
-        """The protocol factory for the listening socket; ``http`` is aiohttp's."""
-        return lambda: FrontDoor(self, http)
-
-    def accept(self, transport: asyncio.Transport, upgrade: Upgrade, rest: bytes) -> None:
-        """Complete the handshake and make the connection a WebSocket."""
+    def accept(
+        self, transport: asyncio.Transport, upgrade: Upgrade, rest: bytes, remote: str
+    ) -> None:
+        """Complete the handshake and make the connection a WebSocket; it holds
+        the connection's place in the admission count until it closes."""
         transport.write(switching_protocols(upgrade.key))
-        peer = transport.get_extra_info("peername")
-        remote = str(peer[0]) if isinstance(peer, tuple) else "?"
         connection = WebSocketConnection(self, transport, remote)
+        self.sockets.add(connection)
         transport.set_protocol(connection)
         connection.start(upgrade.query)
         if rest:
             connection.data_received(rest)
+
+    @staticmethod
+    def refuse(transport: asyncio.Transport, upgrade: Upgrade, refusal: Refusal) -> None:
+        """Complete the handshake only to say why the connection cannot stay."""
+        transport.write(
+            switching_protocols(upgrade.key)
+            + text_frame(
+                encode(Error(code=ErrorCode.RATE_LIMITED, message=refusal.reason), wall_ms())
+            )
+            + close_frame(refusal.close_code, ErrorCode.RATE_LIMITED)
+        )
+        transport.close()
 
     async def late_upgrade(self, request: web.Request) -> web.Response:
         """``GET /ws`` that reached aiohttp: no valid upgrade, or not the first request."""
@@ -108,32 +118,17 @@ class WebSocketEndpoint:
             "as the first request on its connection"
         )
 
-    def over_limit(self, remote: str, user_id: str | None) -> tuple[int, str] | None:
-        """Why a new connection may not stay, with its close code; None if it may."""
-        settings = self.settings
-        if len(self.sockets) >= settings.max_connections:
-            return CLOSE_TRY_AGAIN_LATER, "the server is full; try again later"
-        if self._per_address[remote] >= settings.max_connections_per_ip:
-            return CLOSE_POLICY_VIOLATION, "too many connections from this address"
-        if (
+    def user_over_limit(self, user_id: str | None) -> bool:
+        """Whether a new connection of ``user_id`` would be one too many."""
+        return (
             user_id is not None
-            and self.service.connection_count(user_id) >= settings.max_connections_per_user
-        ):
-            return CLOSE_POLICY_VIOLATION, "too many connections for this user"
-        return None
-
-    def register(self, connection: WebSocketConnection) -> None:
-        self.sockets.add(connection)
-        self._per_address[connection.remote] += 1
+            and self.service.connection_count(user_id) >= self.settings.max_connections_per_user
+        )
 
     def unregister(self, connection: WebSocketConnection) -> None:
-        if connection not in self.sockets:
-            return
-        self.sockets.discard(connection)
-        remote = connection.remote
-        self._per_address[remote] -= 1
-        if not self._per_address[remote]:
-            del self._per_address[remote]
+        if connection in self.sockets:
+            self.sockets.discard(connection)
+            self.admission.release(connection.remote)
 
     async def watch_idle(self) -> None:
         """Ping connections quiet for half the idle timeout; drop those silent past it.
@@ -162,9 +157,6 @@ class WebSocketEndpoint:
 
     async def close_all(self) -> None:
         """Graceful shutdown: every client gets 1001 after its queued frames."""
-        self.closing = True
-        for door in list(self._waiting):
-            door.abandon()
         await asyncio.gather(
             *(
                 connection.close(CLOSE_GOING_AWAY, "server shutdown")
@@ -172,73 +164,6 @@ class WebSocketEndpoint:
             ),
             return_exceptions=True,
         )
-
-
-class FrontDoor(asyncio.Protocol):
-    """A new TCP connection, until its first request says what it is."""
-
-    def __init__(self, endpoint: WebSocketEndpoint, http: Callable[[], asyncio.BaseProtocol]):
-        self._endpoint = endpoint
-        self._http = http
-        self._head = bytearray()
-        self._transport: asyncio.Transport | None = None
-        self._timer: asyncio.TimerHandle | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports do not subclass asyncio.Transport, but are one.
-        self._transport = cast(asyncio.Transport, transport)
-        self._endpoint._waiting.add(self)
-        if self._endpoint.closing:  # accepted just before the listener closed
-            self.abandon()
-            return
-        # A connection that never completes its request head is idle too.
-        timeout = self._endpoint.settings.idle_timeout
-        self._timer = asyncio.get_running_loop().call_later(timeout, self.abandon)
-
-    def data_received(self, data: bytes) -> None:
-        head = self._head
-        head += data
-        if not head.startswith(_PREFIX):
-            if not _PREFIX.startswith(head):
-                self._to_http()
-            return  # too short to tell yet
-        end = head.find(b"\r\n\r\n")
-        if end < 0:
-            if len(head) > MAX_HEAD:
-                self._to_http()
-            return
-        upgrade = parse_upgrade(bytes(head[:end]), PATH)
-        if upgrade is None:
-            self._to_http()
-            return
-        transport = self._leave()
-        self._endpoint.accept(transport, upgrade, bytes(head[end + 4 :]))
-
-    def _leave(self) -> asyncio.Transport:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._endpoint._waiting.discard(self)
-        assert self._transport is not None
-        return self._transport
-
-    def _to_http(self) -> None:
-        """aiohttp takes the connection over, as if it had accepted it."""
-        transport = self._leave()
-        protocol = self._http()
-        transport.set_protocol(protocol)
-        protocol.connection_made(transport)
-        cast(asyncio.Protocol, protocol).data_received(bytes(self._head))
-
-    def eof_received(self) -> bool:
-        self._leave()
-        return False  # the transport closes itself
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        self._leave()
-
-    def abandon(self) -> None:
-        """No request head in time, or the server is stopping."""
-        self._leave().close()
 
 
 class WebSocketConnection(asyncio.Protocol):
@@ -295,12 +220,10 @@ class WebSocketConnection(asyncio.Protocol):
         except AuthError as exc:
             self._refuse(ErrorCode.UNAUTHENTICATED, str(exc), CLOSE_POLICY_VIOLATION)
             return
-        refusal = self.endpoint.over_limit(self.remote, user_id)
-        if refusal is not None:
-            close_code, why = refusal
-            self._refuse(ErrorCode.RATE_LIMITED, why, close_code)
+        if self.endpoint.user_over_limit(user_id):
+            why = "too many connections for this user"
+            self._refuse(ErrorCode.RATE_LIMITED, why, CLOSE_POLICY_VIOLATION)
             return
-        self.endpoint.register(self)
         self.conn = self.service.open(self.remote, self.close, self.transport, user_id)
 
     def _refuse(self, code: ErrorCode, why: str, close_code: int) -> None:

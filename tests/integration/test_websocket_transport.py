@@ -27,6 +27,7 @@ from tests.support import (
     ServerProcess,
     close_code,
     database_locked,
+    http_request,
     mask_frame,
 )
 
@@ -196,6 +197,19 @@ async def test_an_upgrade_with_a_large_cookie_header_is_accepted(
     assert b'"type":"connected"' in rest
 
 
+@pytest.mark.parametrize("piece", [None, 4096], ids=["one-write", "in-pieces"])
+async def test_an_upgrade_head_over_64_kib_is_refused_however_it_arrives(
+    server: ServerProcess, user: UserName, piece: int | None
+) -> None:
+    request = upgrade_request(server.port, f"user_id={user('huge')}")
+    cookies = "; ".join(f"c{i}={'x' * 200}" for i in range(350))  # about 70 KiB
+    request = request.replace(b"\r\n\r\n", f"\r\nCookie: {cookies}\r\n\r\n".encode())
+    assert len(request) > 64 * 1024
+    response = await exchange(server, request, piece=piece)
+    # aiohttp refuses a header line that long (and answers in HTTP/1.0).
+    assert response.split(b"\r\n")[0].endswith(b" 400 Bad Request"), response[:80]
+
+
 async def test_other_methods_on_ws_get_405(server: ServerProcess) -> None:
     request = b"POST /ws HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     assert (await exchange(server, request)).startswith(b"HTTP/1.1 405 ")
@@ -277,12 +291,19 @@ async def test_a_malformed_close_gets_1002_and_the_user_leaves_at_once(
 
 
 @pytest.mark.parametrize(
-    "sent", [b"GET /ws HTTP/1.1\r\nHost: x\r\n", b""], ids=["half-a-head", "nothing"]
+    "sent",
+    [
+        b"GET /ws HTTP/1.1\r\nHost: x\r\n",
+        b"",
+        b"GET /health HTTP/1.1\r\nHost: x\r\nX-a: ",
+        b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n",  # answered, then idle in keep-alive
+    ],
+    ids=["half-a-websocket-head", "nothing", "half-an-http-head", "idle-keep-alive"],
 )
-async def test_a_silent_half_open_handshake_is_dropped_after_the_idle_timeout(
+async def test_a_connection_without_a_request_head_is_dropped_after_the_head_timeout(
     tmp_path: Path, sent: bytes
 ) -> None:
-    server = ServerProcess(tmp_path / "roomcast.db", "--idle-timeout", "1").start()
+    server = ServerProcess(tmp_path / "roomcast.db", "--head-timeout", "1").start()
     try:
         sock = await open_socket(server)
         try:
@@ -290,13 +311,36 @@ async def test_a_silent_half_open_handshake_is_dropped_after_the_idle_timeout(
             if sent:
                 await loop.sock_sendall(sock, sent)  # and no more
             started = time.monotonic()
-            data = await read_response(sock, timeout=5)
+            data = await read_response(sock, timeout=6)
+            if sent.endswith(b"\r\n\r\n"):
+                assert data.startswith(b"HTTP/1.1 200 OK"), data
+                data = await read_response(sock, timeout=6)
             assert data == b""
-            assert time.monotonic() - started < 4
+            assert time.monotonic() - started < 5
         finally:
             sock.close()
         client = await Client.connect(server.ws_url, "after")  # the server still serves
         await client.close()
+    finally:
+        server.stop()
+
+
+async def test_a_request_body_that_does_not_arrive_in_time_gets_408(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "roomcast.db", "--body-timeout", "1").start()
+    try:
+        sock = await open_socket(server)
+        try:
+            head = (
+                b"POST /api/rooms?user_id=slow HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+            )
+            await asyncio.get_running_loop().sock_sendall(sock, head + b'{"na')
+            data = await read_response(sock, timeout=6)
+            assert data.startswith(b"HTTP/1.1 408 "), data
+        finally:
+            sock.close()
+        status, _, rooms = await http_request("GET", f"{server.http}/api/rooms")
+        assert status == 200 and rooms["rooms"] == []  # nothing was created
     finally:
         server.stop()
 

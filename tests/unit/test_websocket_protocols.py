@@ -12,8 +12,10 @@ from roomcast.adapters.sqlite_store import SQLiteStore
 from roomcast.auth import Authenticator
 from roomcast.config import Settings
 from roomcast.service import ChatService, wall_ms
+from roomcast.transport.admission import Admission
 from roomcast.transport.frames import OPCODE_PING
-from roomcast.transport.websocket import FrontDoor, WebSocketConnection, WebSocketEndpoint
+from roomcast.transport.front_door import FrontDoor, Gate
+from roomcast.transport.websocket import WebSocketConnection, WebSocketEndpoint
 from tests.support import mask_frame
 
 
@@ -67,7 +69,13 @@ def endpoint(tmp_path: Path) -> WebSocketEndpoint:
     settings = Settings(database=f"sqlite:///{tmp_path}/unit.db")
     store = SQLiteStore(settings.database, wall_ms)  # never started: nothing here writes
     service = ChatService(store, LocalBroker(), settings)
-    return WebSocketEndpoint(service, Authenticator(None), settings)
+    admission = Admission(capacity=10, per_address=10, refusing=2)
+    return WebSocketEndpoint(service, Authenticator(None), settings, admission)
+
+
+def gate(tmp_path: Path) -> Gate:
+    ws = endpoint(tmp_path)
+    return Gate(ws.admission, ws, head_timeout=10, write_stall_timeout=45)
 
 
 def as_transport(fake: FakeTransport) -> asyncio.Transport:
@@ -76,34 +84,51 @@ def as_transport(fake: FakeTransport) -> asyncio.Transport:
 
 async def test_other_requests_go_to_http_with_every_byte_read(tmp_path: Path) -> None:
     http = RecordingHttp()
-    door = FrontDoor(endpoint(tmp_path), lambda: http)
+    door = FrontDoor(gate(tmp_path), lambda: http)
     fake = FakeTransport()
     door.connection_made(as_transport(fake))
     door.data_received(b"GE")  # could still be GET /ws
-    assert fake.protocol is None
+    assert http.transport is None
     door.data_received(b"T /health HTTP/1.1\r\n")
-    assert fake.protocol is http and http.transport is fake
+    assert http.transport is fake
     assert http.received == b"GET /health HTTP/1.1\r\n"
+    door.data_received(b"Host: x\r\n\r\n")  # the door stays in between, counting
+    assert http.received == b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+    assert fake.protocol is None
 
 
-async def test_no_websocket_is_accepted_once_shutdown_began(tmp_path: Path) -> None:
-    ws = endpoint(tmp_path)
-    await ws.close_all()
+async def test_every_connection_counts_until_it_closes(tmp_path: Path) -> None:
+    doors = gate(tmp_path)
+    admission = doors.admission
+    door = FrontDoor(doors, RecordingHttp)
+    door.connection_made(as_transport(FakeTransport()))
+    assert admission.open == 1
+    door.data_received(b"GET /health HTTP/1.1\r\n")
+    assert admission.open == 1  # served by HTTP now, still counted
+    door.connection_lost(None)
+    assert admission.open == 0
+    door.connection_lost(None)  # a second report changes nothing
+    assert admission.open == 0
+
+
+async def test_no_connection_is_taken_once_shutdown_began(tmp_path: Path) -> None:
+    doors = gate(tmp_path)
+    doors.close()
     http = RecordingHttp()
-    door = FrontDoor(ws, lambda: http)
+    door = FrontDoor(doors, lambda: http)
     fake = FakeTransport()
     door.connection_made(as_transport(fake))  # accepted just before the listener closed
     assert fake.closing and fake.protocol is None
-    assert not ws._waiting
+    assert not doors.undecided and doors.admission.open == 0
 
 
 async def test_shutdown_closes_connections_still_deciding(tmp_path: Path) -> None:
-    ws = endpoint(tmp_path)
-    door = FrontDoor(ws, RecordingHttp)
+    doors = gate(tmp_path)
+    door = FrontDoor(doors, RecordingHttp)
     fake = FakeTransport()
     door.connection_made(as_transport(fake))
     door.data_received(b"GET /ws HTTP/1.1\r\n")  # head not complete yet
-    await ws.close_all()
+    doors.close()
     assert fake.closing and fake.protocol is None
 
 
