@@ -66,6 +66,11 @@ class Metrics(Collector):
         )
         self.commit_batch = Tally((1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500))
         self.commit_failures = 0
+        # TCP connections refused by the admission limits, by why ("address",
+        # "full", or "dropped": no descriptor to spare for telling them), and
+        # connections without a request head dropped to make room.
+        self.connections_refused: Counter[str] = Counter()
+        self.connections_displaced = 0
         self._gauges: list[tuple[str, str, Callable[[], float]]] = []
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
@@ -111,6 +116,17 @@ class Metrics(Collector):
             "roomcast_flood_disconnects",
             "Connections cut for flooding past their rate limits.",
             value=self.flood_disconnects,
+        )
+        yield _labelled(
+            "roomcast_connections_refused",
+            "TCP connections refused by the connection limits, by reason.",
+            "reason",
+            self.connections_refused,
+        )
+        yield CounterMetricFamily(
+            "roomcast_connections_displaced",
+            "Connections without a request head dropped to make room on a full server.",
+            value=self.connections_displaced,
         )
         yield CounterMetricFamily(
             "roomcast_gap_fills",

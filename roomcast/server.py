@@ -93,7 +93,12 @@ def build(settings: Settings) -> Server:
         settings.max_connections, settings.max_connections_per_ip, settings.reserved_descriptors
     )
     endpoint = WebSocketEndpoint(service, auth, settings, admission)
-    gate = Gate(admission, endpoint, settings.head_timeout, settings.idle_timeout)
+    gate = Gate(admission, endpoint, settings.head_timeout, settings.idle_timeout, metrics)
+    metrics.gauge(
+        "roomcast_tcp_connections",
+        "Accepted TCP connections (HTTP, WebSocket and undecided) within the limits.",
+        lambda: admission.open,
+    )
     api = HttpApi(service, store, auth, settings)
     app = web.Application(
         middlewares=[protocol_errors, request_deadlines(settings.body_timeout)],

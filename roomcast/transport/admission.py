@@ -49,10 +49,11 @@ class Refusal:
     http_status: int
     close_code: int  # for a WebSocket upgrade
     reason: str
+    kind: str  # for metrics
 
 
-SERVER_FULL = Refusal(503, 1013, "the server is full; try again later")
-ADDRESS_FULL = Refusal(429, 1008, "too many connections from this address")
+SERVER_FULL = Refusal(503, 1013, "the server is full; try again later", "full")
+ADDRESS_FULL = Refusal(429, 1008, "too many connections from this address", "address")
 
 
 def descriptor_limit() -> int:

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, cast
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from roomcast.metrics import Metrics
 from roomcast.protocol import ErrorCode, encode_json
 from roomcast.transport.admission import Admission, Refusal
 from roomcast.transport.handshake import MAX_HEAD, parse_upgrade
@@ -62,8 +63,10 @@ class Gate:
         endpoint: WebSocketEndpoint,
         head_timeout: float,
         write_stall_timeout: float,
+        metrics: Metrics,
     ) -> None:
         self.admission = admission
+        self.metrics = metrics
         self.endpoint = endpoint
         self.head_timeout = head_timeout
         self.write_stall_timeout = write_stall_timeout
@@ -115,9 +118,11 @@ class FrontDoor(asyncio.Protocol):
             self._admitted = True
             timeout = gate.head_timeout
         elif gate.admission.can_refuse():
+            gate.metrics.connections_refused[refusal.kind] += 1
             self._refusal = refusal
             timeout = min(REFUSAL_TIMEOUT, gate.head_timeout)
         else:
+            gate.metrics.connections_refused["dropped"] += 1
             log.info("dropped at once remote=%s reason=%s", self._address, refusal.reason)
             self._transport.abort()
             return
@@ -273,6 +278,7 @@ class FrontDoor(asyncio.Protocol):
     def displace(self) -> None:
         """The server is full and this connection has sent no request: make room."""
         log.info("displaced without a request remote=%s", self._address)
+        self._gate.metrics.connections_displaced += 1
         self._release()
         if self._transport is not None:
             self._transport.abort()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import Client, RawWebSocket, ServerProcess, close_code
+from tests.support import Client, RawWebSocket, ServerProcess, close_code, http_request
 
 PARTIAL_HEAD = b"GET /health HTTP/1.1\r\nHost: x\r\nX-a: "
 FULL_HEAD = b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
@@ -42,6 +42,15 @@ async def answer(sock: socket.socket, request: bytes, timeout: float = 5.0) -> b
         if not chunk:
             return data
         data += chunk
+
+
+async def metric(server: ServerProcess, name: str) -> float:
+    status, _, body = await http_request("GET", f"{server.http}/metrics")
+    assert status == 200
+    for line in body.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return 0.0
 
 
 def server_frames(data: bytes) -> list[tuple[int, bytes]]:
@@ -115,6 +124,7 @@ async def test_http_connections_count_against_the_per_address_limit(
         client = await Client.connect(server.ws_url, "elsewhere")
         await client.sync()
         await client.close()
+        assert await metric(server, 'roomcast_connections_refused_total{reason="address"}') == 2
     finally:
         server.stop()
 
@@ -143,6 +153,14 @@ async def test_a_server_holding_partial_heads_up_to_its_descriptor_limit_still_s
             assert response.startswith(b"HTTP/1.1 200 OK"), response
         fds = len(list(Path(f"/proc/{server.proc.pid}/fd").iterdir()))  # type: ignore[union-attr]
         assert fds < 400
+        # Each attacker connection past the capacity (400 - 64) was refused (told
+        # why, or dropped at once with 32 refusals under way) or displaced an
+        # older one; the first legitimate newcomer displaced one too.
+        displaced = await metric(server, "roomcast_connections_displaced_total")
+        full = await metric(server, 'roomcast_connections_refused_total{reason="full"}')
+        dropped = await metric(server, 'roomcast_connections_refused_total{reason="dropped"}')
+        assert displaced >= 1
+        assert displaced + full + dropped >= 500 - 336
     finally:
         server.stop()
 

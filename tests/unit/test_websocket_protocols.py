@@ -11,6 +11,7 @@ from roomcast.adapters.local_broker import LocalBroker
 from roomcast.adapters.sqlite_store import SQLiteStore
 from roomcast.auth import Authenticator
 from roomcast.config import Settings
+from roomcast.metrics import Metrics
 from roomcast.service import ChatService, wall_ms
 from roomcast.transport.admission import Admission
 from roomcast.transport.frames import OPCODE_PING
@@ -75,7 +76,7 @@ def endpoint(tmp_path: Path) -> WebSocketEndpoint:
 
 def gate(tmp_path: Path) -> Gate:
     ws = endpoint(tmp_path)
-    return Gate(ws.admission, ws, head_timeout=10, write_stall_timeout=45)
+    return Gate(ws.admission, ws, head_timeout=10, write_stall_timeout=45, metrics=Metrics())
 
 
 def as_transport(fake: FakeTransport) -> asyncio.Transport:
