@@ -30,6 +30,9 @@ class Settings:
     # How long a write waits for a locked or busy database before it fails
     # (its sender gets an "internal" error; nothing unstored is broadcast).
     db_timeout: float = 5.0
+    # SQLite: the write-ahead log past this size is checkpointed and truncated
+    # (off the event loop), so sustained writes cannot grow it without bound.
+    max_wal_bytes: int = 16 * 1024 * 1024
     # Bytes a connection may have unsent before it is cut as a slow consumer.
     max_send_buffer: int = 4 * 1024 * 1024
     # Calls: how long a call rings, whether caller and callee must share a
@@ -106,6 +109,8 @@ class Settings:
                 "--broker needs a PostgreSQL --database that every node shares, "
                 f"not {self.database!r}"
             )
+        if self.max_wal_bytes < 1:
+            raise ValueError("max_wal_bytes must be at least 1")
         if self.node_ttl <= 0 or self.gap_wait <= 0 or self.log_timeout <= 0:
             raise ValueError("node_ttl, gap_wait and log_timeout must be positive")
         if self.rate_limits not in ("off", "default"):
