@@ -83,6 +83,11 @@ class Settings:
 
     def check(self) -> None:
         """Refuse settings that would be unsafe or cannot work."""
+        if self.log_level.lower() not in _LOG_LEVELS:
+            raise ValueError(
+                f"unknown log level {self.log_level!r} (expected {', '.join(_LOG_LEVELS)})"
+            )
+        check_database_url(self.database)
         if self.open_mode and not self.insecure_open and not is_loopback(self.host):
             raise ValueError(
                 "open mode (no auth secret) only listens on loopback addresses, "
@@ -115,6 +120,31 @@ class Settings:
             raise ValueError("node_ttl, gap_wait and log_timeout must be positive")
         if self.rate_limits not in ("off", "default"):
             parse_rates(self.rate_limits)
+
+
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def sqlite_path(url: str) -> str:
+    """``sqlite:///relative.db``, ``sqlite:////abs.db`` or a bare path."""
+    path = url.removeprefix("sqlite://") if url.startswith("sqlite://") else url
+    if url.startswith("sqlite://"):
+        path = path.removeprefix("/")
+    if not path or path == ":memory:":
+        raise ValueError("SQLite needs a file path (the reader and writer share it)")
+    return path
+
+
+def check_database_url(url: str) -> None:
+    """Refuse a database URL that names neither a SQLite file nor PostgreSQL."""
+    if url.startswith(("postgresql://", "postgres://")):
+        return
+    if "://" in url and not url.startswith("sqlite://"):
+        raise ValueError(
+            f"unsupported database URL {url.partition('://')[0]}://... "
+            "(expected sqlite:///path or postgresql://user@host/database)"
+        )
+    sqlite_path(url)
 
 
 def url_list(text: str) -> list[str]:

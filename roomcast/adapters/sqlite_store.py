@@ -37,6 +37,7 @@ from typing import TypeVar
 
 from roomcast.adapters import migrations
 from roomcast.adapters import store_rules as rules
+from roomcast.config import sqlite_path
 from roomcast.core.calls import CallRecord
 from roomcast.ports.group_commit import Done, GroupCommitter
 from roomcast.ports.store import (
@@ -84,16 +85,6 @@ _CHECKPOINT_BUSY_MS = 100
 _RETRY_FIRST, _RETRY_MAX = 0.02, 1.0
 
 
-def sqlite_path(url: str) -> str:
-    """``sqlite:///relative.db``, ``sqlite:////abs.db`` or a bare path."""
-    path = url.removeprefix("sqlite://") if url.startswith("sqlite://") else url
-    if url.startswith("sqlite://"):
-        path = path.removeprefix("/")
-    if not path or path == ":memory:":
-        raise ValueError("SQLite needs a file path (the reader and writer share it)")
-    return path
-
-
 class SQLiteStore:
     def __init__(
         self,
@@ -135,7 +126,10 @@ class SQLiteStore:
     # -- lifecycle ------------------------------------------------------------------
 
     async def start(self) -> None:
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreUnavailable(f"SQLite: {exc}") from exc
         self._writer = await self._on_writer(self._open_writer)
         self._reader = await self._on_reader(self._connect)
         self._checkpoint_conn = await self._run(self._checkpoint_thread, self._open_checkpointer)

@@ -20,8 +20,8 @@ import asyncpg
 
 from roomcast.adapters import migrations
 from roomcast.adapters.postgres_store import PostgresStore, prepare_schema
-from roomcast.adapters.sqlite_store import SQLiteStore, sqlite_path
-from roomcast.config import Settings
+from roomcast.adapters.sqlite_store import SQLiteStore
+from roomcast.config import Settings, sqlite_path
 from roomcast.metrics import Metrics
 from roomcast.ports.store import Store, StoreUnavailable
 
