@@ -208,6 +208,8 @@ class SQLiteStore:
                 finished = await self._truncate_wal()
             except StoreUnavailable as exc:
                 log.warning("checkpoint failed error=%s", exc)
+                if not self._wal_full.is_set():
+                    continue
                 finished = False
             if finished:
                 if blocked:
