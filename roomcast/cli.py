@@ -39,7 +39,7 @@ _HELP = {
     "commit_max_batch": "most writes in one group commit",
     "commit_linger_ms": "most milliseconds a commit waits while more writes keep arriving",
     "db_timeout": "seconds a write waits for a locked database before it fails",
-    "max_wal_bytes": "SQLite: WAL size past which it is checkpointed and truncated",
+    "max_wal_bytes": "SQLite: size the write-ahead log is kept under (emptied past half of it)",
     "max_send_buffer": "unsent bytes a connection may hold before it is cut",
     "ring_timeout": "seconds a call rings before it ends with no_answer",
     "allow_calls_outside_rooms": "let users call people they share no room with",

@@ -7,6 +7,11 @@ from dataclasses import dataclass
 
 from roomcast.core.limits import parse_rates
 
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+
+#: A smaller write-ahead log bound would checkpoint after nearly every write.
+MIN_WAL_BYTES = 64 * 1024
+
 
 @dataclass(frozen=True, slots=True)
 class Settings:
@@ -30,8 +35,9 @@ class Settings:
     # How long a write waits for a locked or busy database before it fails
     # (its sender gets an "internal" error; nothing unstored is broadcast).
     db_timeout: float = 5.0
-    # SQLite: the write-ahead log past this size is checkpointed and truncated
-    # (off the event loop), so sustained writes cannot grow it without bound.
+    # SQLite: the write-ahead log is kept under this size (past half of it, it
+    # is checkpointed and truncated off the event loop), so sustained writes
+    # cannot grow it without bound.
     max_wal_bytes: int = 16 * 1024 * 1024
     # Bytes a connection may have unsent before it is cut as a slow consumer.
     max_send_buffer: int = 4 * 1024 * 1024
@@ -114,15 +120,12 @@ class Settings:
                 "--broker needs a PostgreSQL --database that every node shares, "
                 f"not {self.database!r}"
             )
-        if self.max_wal_bytes < 1:
-            raise ValueError("max_wal_bytes must be at least 1")
+        if self.max_wal_bytes < MIN_WAL_BYTES:
+            raise ValueError(f"max_wal_bytes must be at least {MIN_WAL_BYTES} (64 KiB)")
         if self.node_ttl <= 0 or self.gap_wait <= 0 or self.log_timeout <= 0:
             raise ValueError("node_ttl, gap_wait and log_timeout must be positive")
         if self.rate_limits not in ("off", "default"):
             parse_rates(self.rate_limits)
-
-
-_LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 def sqlite_path(url: str) -> str:

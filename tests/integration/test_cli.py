@@ -73,6 +73,7 @@ def one_line_error(result: subprocess.CompletedProcess[str], code: int, text: st
         (["serve", "--port", "abc"], {}, "argument --port: invalid int value: 'abc'"),
         (["serve"], {"ROOMCAST_PORT": "abc"}, "ROOMCAST_PORT='abc': expected an integer"),
         (["serve", "--port", "70000"], {}, "port 70000 is out of range"),
+        (["serve", "--max-wal-bytes", "4096"], {}, "max_wal_bytes must be at least 65536"),
         (["migrate", "--port", "3000"], {}, "unrecognized arguments: --port"),
         (
             ["token", "alice"],
