@@ -29,6 +29,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
@@ -192,6 +193,35 @@ class Server:
                 self.proc.wait()
 
 
+class PeakFileSize:
+    """The largest size of some files (the servers' SQLite WALs), sampled every 5 ms on a
+    thread while a block runs; 0 for a file that does not exist."""
+
+    def __init__(self, paths: Sequence[Path]) -> None:
+        self.paths = list(paths)
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample_until_stopped, daemon=True)
+
+    def _sample(self) -> None:
+        for path in self.paths:
+            with contextlib.suppress(FileNotFoundError):
+                self.peak = max(self.peak, path.stat().st_size)
+
+    def _sample_until_stopped(self) -> None:
+        while not self._stop.wait(0.005):
+            self._sample()
+
+    def __enter__(self) -> PeakFileSize:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+
 #: What a load generator runs against: one server, or the nodes of a cluster (the load
 #: generator spreads its clients over them round-robin and sums their CPU time).
 Target: TypeAlias = Server | Sequence[Server]
@@ -262,12 +292,17 @@ class Bench:
         cpu_before = sum(cpu_seconds(node.pid) for node in nodes)
         busy_before, children_before = machine_busy_seconds(), children_cpu_seconds()
         started = time.monotonic()
-        try:
-            proc = subprocess.run(command, capture_output=True, text=True, timeout=limit + 30)
-        except subprocess.TimeoutExpired as exc:
-            proc = subprocess.CompletedProcess(command, -9, "", f"killed after {exc.timeout} s")
+        wals = [Path(f"{node.database}-wal") for node in nodes if node.database is not None]
+        with PeakFileSize(wals) as wal:
+            try:
+                proc = subprocess.run(command, capture_output=True, text=True, timeout=limit + 30)
+            except subprocess.TimeoutExpired as exc:
+                proc = subprocess.CompletedProcess(command, -9, "", f"killed after {exc.timeout} s")
         wall = time.monotonic() - started
         result = self.parse(proc, scenario, label, nodes[0])
+        if wals:
+            # The SQLite write-ahead log's largest size during the whole run (setup included).
+            result["wal_peak_bytes"] = wal.peak
         server_cpu = sum(cpu_seconds(node.pid) for node in nodes) - cpu_before
         for node in nodes:
             self.check_alive(node, result)
@@ -483,6 +518,8 @@ def show(result: Result) -> None:
         lat = result.get("latency_ms") or {}
         if lat.get("p50") is not None and lat.get("p99") is not None:
             extra = f", p50 {lat['p50']:.2f} ms, p99 {lat['p99']:.2f} ms"
+        if result.get("wal_peak_bytes") is not None:
+            extra += f", WAL peak {result['wal_peak_bytes'] / 2**20:.1f} MiB"
         print(
             f"    {result['deliveries_per_s']:>12,.0f} deliveries/s, server CPU "
             f"{result['server_cpu_s']:.2f} s, load generator CPU {result['client_cpu_s']:.2f} s"

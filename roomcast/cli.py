@@ -1,7 +1,11 @@
-"""``roomcast serve`` and ``roomcast migrate``.
+"""``roomcast serve``, ``roomcast migrate`` and ``roomcast token``.
 
 Every flag has a ``ROOMCAST_<NAME>`` environment variable (``--auth-secret``
 is ``ROOMCAST_AUTH_SECRET``); a flag given on the command line wins.
+
+Exit status: 0 after a clean shutdown; 1 when the server cannot start (the
+port is taken, the database or broker does not answer); 2 for a bad flag,
+environment variable or setting. Each failure is one line on stderr.
 """
 
 from __future__ import annotations
@@ -10,8 +14,11 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import Sequence
+import time
+import warnings
+from collections.abc import Collection, Sequence
 from dataclasses import fields
+from typing import NoReturn
 
 from roomcast import __version__
 from roomcast.config import Settings
@@ -34,6 +41,7 @@ _HELP = {
     "commit_max_batch": "most writes in one group commit",
     "commit_linger_ms": "most milliseconds a commit waits while more writes keep arriving",
     "db_timeout": "seconds a write waits for a locked database before it fails",
+    "max_wal_bytes": "SQLite: size the write-ahead log is kept under (emptied past half of it)",
     "max_send_buffer": "unsent bytes a connection may hold before it is cut",
     "ring_timeout": "seconds a call rings before it ends with no_answer",
     "allow_calls_outside_rooms": "let users call people they share no room with",
@@ -60,8 +68,19 @@ _HELP = {
 }
 
 
+#: The settings ``migrate`` reads (``serve`` reads them all).
+_MIGRATE_SETTINGS = ("database", "log_level")
+
+#: A token's lifetime when ``--ttl`` is not given (seconds).
+_TOKEN_TTL = 24 * 3600
+
+
+def _env_name(name: str) -> str:
+    return f"ROOMCAST_{name.upper()}"
+
+
 def _env_default(name: str, default: object) -> object:
-    raw = os.environ.get(f"ROOMCAST_{name.upper()}")
+    raw = os.environ.get(_env_name(name))
     if raw is None:
         return default
     if isinstance(default, bool):
@@ -73,26 +92,36 @@ def _env_default(name: str, default: object) -> object:
         return kind(raw)
     except ValueError:
         expected = "an integer" if kind is int else "a number"
-        raise BadEnvironment(f"ROOMCAST_{name.upper()}={raw!r}: expected {expected}") from None
+        raise BadEnvironment(f"{_env_name(name)}={raw!r}: expected {expected}") from None
 
 
 class BadEnvironment(Exception):
     """A ``ROOMCAST_*`` variable that cannot be read; reported like a bad flag."""
 
 
-def _add_settings(parser: argparse.ArgumentParser) -> None:
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line: ``serve``'s full usage would be forty lines of flags."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _add_settings(parser: argparse.ArgumentParser, only: Collection[str] | None = None) -> None:
     defaults = Settings()
     for f in fields(Settings):
+        if only is not None and f.name not in only:
+            continue
         default = getattr(defaults, f.name)
         flag = "--" + f.name.replace("_", "-")
         value = _env_default(f.name, default)
+        text = _HELP[f.name].replace("%", "%%")
         if isinstance(default, bool):
-            parser.add_argument(flag, action="store_true", default=value, help=_HELP[f.name])
+            help_text = f"{text} (env {_env_name(f.name)})"
+            parser.add_argument(flag, action="store_true", default=value, help=help_text)
         else:
             kind = type(default) if default is not None else str
-            parser.add_argument(
-                flag, type=kind, default=value, help=f"{_HELP[f.name]} (default: {default})"
-            )
+            help_text = f"{text} (env {_env_name(f.name)}; default: {default})"
+            parser.add_argument(flag, type=kind, default=value, help=help_text)
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -100,23 +129,52 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings(**values)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="roomcast", description="Real-time chat and calls.")
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="roomcast", description="Real-time chat and calls.")
     parser.add_argument("--version", action="version", version=f"roomcast {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
+    _add_settings(commands.add_parser("serve", help="run the server"))
+    _add_settings(
+        commands.add_parser("migrate", help="bring the database schema up to date"),
+        _MIGRATE_SETTINGS,
+    )
+    token = commands.add_parser(
+        "token",
+        help="print a token (JWT) for a user, signed with the auth secret",
+        description="Print a token that a server with the same auth secret accepts for USER "
+        "(?token= on the WebSocket, Authorization: Bearer over HTTP).",
+    )
+    token.add_argument("user", metavar="USER", help="the user id the token names (its sub)")
+    token.add_argument(
+        "--ttl",
+        type=int,
+        default=_TOKEN_TTL,
+        help=f"seconds until the token expires (default: {_TOKEN_TTL})",
+    )
+    token.add_argument(
+        "--auth-secret",
+        default=_env_default("auth_secret", None),
+        help="the server's HS256 secret (env ROOMCAST_AUTH_SECRET)",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
     try:
-        _add_settings(commands.add_parser("serve", help="run the server"))
-        _add_settings(commands.add_parser("migrate", help="bring the database schema up to date"))
+        parser = _parser()
     except BadEnvironment as exc:
-        parser.error(str(exc))
+        print(f"roomcast: error: {exc}", file=sys.stderr)
+        return 2
     args = parser.parse_args(argv)
     settings = _settings(args)
-    configure(settings.log_level)
     try:
         settings.check()
     except ValueError as exc:
         print(f"roomcast: {exc}", file=sys.stderr)
         return 2
+    if args.command == "token":
+        return _token(settings, args.user, args.ttl)
+    configure(settings.log_level)
     if args.command == "migrate":
         return asyncio.run(_migrate(settings))
     if settings.workers > 1:
@@ -125,7 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_workers(settings.workers, list(argv if argv is not None else sys.argv[1:]))
     from roomcast.ports.broker import BrokerUnavailable
     from roomcast.ports.store import StoreUnavailable
-    from roomcast.server import serve
+    from roomcast.server import CannotListen, serve
 
     try:
         import uvloop
@@ -135,6 +193,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         run = uvloop.run
     try:
         run(serve(settings))
+    except CannotListen as exc:
+        print(f"roomcast: {exc}", file=sys.stderr)
+        return 1
     except (StoreUnavailable, BrokerUnavailable) as exc:
         print(f"roomcast: cannot start: {exc}", file=sys.stderr)
         return 1
@@ -143,8 +204,41 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 async def _migrate(settings: Settings) -> int:
     from roomcast.adapters.stores import migrate
+    from roomcast.ports.store import StoreUnavailable
 
-    print(f"roomcast: {await migrate(settings.database)}")
+    try:
+        done = await migrate(settings.database)
+    except StoreUnavailable as exc:
+        print(f"roomcast: cannot migrate: {exc}", file=sys.stderr)
+        return 1
+    print(f"roomcast: {done}")
+    return 0
+
+
+def _token(settings: Settings, user: str, ttl: int) -> int:
+    from roomcast.auth import AuthError, issue_token
+
+    if not settings.auth_secret:
+        print(
+            "roomcast: a token needs the server's auth secret "
+            "(--auth-secret or ROOMCAST_AUTH_SECRET)",
+            file=sys.stderr,
+        )
+        return 2
+    if ttl < 1:
+        print(f"roomcast: --ttl must be at least 1 second, not {ttl}", file=sys.stderr)
+        return 2
+    try:
+        # PyJWT warns about short secrets with a source line; one line here instead.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            token = issue_token(settings.auth_secret, user, ttl, time.time())
+    except AuthError as exc:
+        print(f"roomcast: {exc}", file=sys.stderr)
+        return 2
+    for warning in caught:
+        print(f"roomcast: warning: {warning.message}", file=sys.stderr)
+    print(token)
     return 0
 
 

@@ -7,6 +7,11 @@ from dataclasses import dataclass
 
 from roomcast.core.limits import parse_rates
 
+_LOG_LEVELS = ("debug", "info", "warning", "error")
+
+#: A smaller write-ahead log bound would checkpoint after nearly every write.
+MIN_WAL_BYTES = 64 * 1024
+
 
 @dataclass(frozen=True, slots=True)
 class Settings:
@@ -34,6 +39,10 @@ class Settings:
     # How long a write waits for a locked or busy database before it fails
     # (its sender gets an "internal" error; nothing unstored is broadcast).
     db_timeout: float = 5.0
+    # SQLite: the write-ahead log is kept under this size (past half of it, it
+    # is checkpointed and truncated off the event loop), so sustained writes
+    # cannot grow it without bound.
+    max_wal_bytes: int = 16 * 1024 * 1024
     # Bytes a connection may have unsent before it is cut as a slow consumer.
     max_send_buffer: int = 4 * 1024 * 1024
     # Calls: how long a call rings, whether caller and callee must share a
@@ -87,6 +96,11 @@ class Settings:
 
     def check(self) -> None:
         """Refuse settings that would be unsafe or cannot work."""
+        if self.log_level.lower() not in _LOG_LEVELS:
+            raise ValueError(
+                f"unknown log level {self.log_level!r} (expected {', '.join(_LOG_LEVELS)})"
+            )
+        check_database_url(self.database)
         if self.open_mode and not self.insecure_open and not is_loopback(self.host):
             raise ValueError(
                 "open mode (no auth secret) only listens on loopback addresses, "
@@ -117,10 +131,34 @@ class Settings:
             raise ValueError("head_timeout and body_timeout must be positive")
         if self.reserved_descriptors < 16:
             raise ValueError("reserved_descriptors must be at least 16")
+        if self.max_wal_bytes < MIN_WAL_BYTES:
+            raise ValueError(f"max_wal_bytes must be at least {MIN_WAL_BYTES} (64 KiB)")
         if self.node_ttl <= 0 or self.gap_wait <= 0 or self.log_timeout <= 0:
             raise ValueError("node_ttl, gap_wait and log_timeout must be positive")
         if self.rate_limits not in ("off", "default"):
             parse_rates(self.rate_limits)
+
+
+def sqlite_path(url: str) -> str:
+    """``sqlite:///relative.db``, ``sqlite:////abs.db`` or a bare path."""
+    path = url.removeprefix("sqlite://") if url.startswith("sqlite://") else url
+    if url.startswith("sqlite://"):
+        path = path.removeprefix("/")
+    if not path or path == ":memory:":
+        raise ValueError("SQLite needs a file path (the reader and writer share it)")
+    return path
+
+
+def check_database_url(url: str) -> None:
+    """Refuse a database URL that names neither a SQLite file nor PostgreSQL."""
+    if url.startswith(("postgresql://", "postgres://")):
+        return
+    if "://" in url and not url.startswith("sqlite://"):
+        raise ValueError(
+            f"unsupported database URL {url.partition('://')[0]}://... "
+            "(expected sqlite:///path or postgresql://user@host/database)"
+        )
+    sqlite_path(url)
 
 
 def url_list(text: str) -> list[str]:

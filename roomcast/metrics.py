@@ -71,6 +71,8 @@ class Metrics(Collector):
         # connections without a request head dropped to make room.
         self.connections_refused: Counter[str] = Counter()
         self.connections_displaced = 0
+        # Whether the most recent group commit failed: /health answers 503 meanwhile.
+        self.commit_failing = False
         self._gauges: list[tuple[str, str, Callable[[], float]]] = []
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(self)
@@ -84,6 +86,7 @@ class Metrics(Collector):
         self.commit_seconds.observe(seconds)
         if not ok:
             self.commit_failures += 1
+        self.commit_failing = not ok
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -137,6 +140,11 @@ class Metrics(Collector):
             "roomcast_db_commit_failures",
             "Group commits that failed (their senders got an internal error).",
             value=self.commit_failures,
+        )
+        yield GaugeMetricFamily(
+            "roomcast_db_commit_failing",
+            "1 while the most recent group commit failed (writes are failing), else 0.",
+            value=int(self.commit_failing),
         )
         yield self.commit_seconds.family(
             "roomcast_db_commit_seconds", "Duration of one group commit."

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import signal
 from dataclasses import dataclass
 
@@ -32,6 +33,10 @@ from roomcast.transport.http import HttpApi, protocol_errors
 from roomcast.transport.websocket import WebSocketEndpoint
 
 log = logging.getLogger("roomcast.server")
+
+
+class CannotListen(Exception):
+    """The address or port cannot be listened on (taken, not this host's, not allowed)."""
 
 
 def make_broker(settings: Settings) -> Broker:
@@ -117,15 +122,22 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
     assert runner.server is not None
     loop = asyncio.get_running_loop()
     # One listening socket: roomcast's front door answers WebSocket upgrades
-    # itself and hands every other connection to aiohttp (see transport.websocket).
-    listener = await loop.create_server(
-        server.gate.factory(runner.server),
-        settings.host,
-        settings.port,
-        reuse_address=True,
-        reuse_port=settings.reuse_port,
-        backlog=1024,
-    )
+    # itself and hands every other connection to aiohttp (see transport.front_door).
+    try:
+        listener = await loop.create_server(
+            server.gate.factory(runner.server),
+            settings.host,
+            settings.port,
+            reuse_address=True,
+            reuse_port=settings.reuse_port,
+            backlog=1024,
+        )
+    except OSError as exc:
+        await server.stop()
+        await runner.cleanup()
+        # uvloop's message repeats the address; a name lookup's errno is negative.
+        reason = os.strerror(exc.errno) if exc.errno and exc.errno > 0 else exc.strerror or exc
+        raise CannotListen(f"cannot listen on {settings.host}:{settings.port}: {reason}") from None
     log.info(
         "listening host=%s port=%d database=%s broker=%s node=%s mode=%s",
         settings.host,

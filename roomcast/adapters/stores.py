@@ -20,8 +20,8 @@ import asyncpg
 
 from roomcast.adapters import migrations
 from roomcast.adapters.postgres_store import PostgresStore, prepare_schema
-from roomcast.adapters.sqlite_store import SQLiteStore, sqlite_path
-from roomcast.config import Settings
+from roomcast.adapters.sqlite_store import SQLiteStore
+from roomcast.config import Settings, sqlite_path
 from roomcast.metrics import Metrics
 from roomcast.ports.store import Store, StoreUnavailable
 
@@ -48,23 +48,25 @@ def describe(url: str) -> str:
 
 def open_store(url: str, settings: Settings, metrics: Metrics | None) -> Store:
     """The store for ``url``, set up from ``settings``; call ``start()`` before use."""
-    kind: type[PostgresStore] | type[SQLiteStore]
+    on_commit = metrics.observe_commit if metrics is not None else None
+    linger = settings.commit_linger_ms / 1000
     if is_postgres(url):
-        kind = PostgresStore
-    elif "://" not in url or url.startswith("sqlite://"):
-        kind = SQLiteStore
-    else:
-        raise ValueError(
-            f"unsupported database URL {url.partition('://')[0]}://... "
-            "(expected sqlite:///path or postgresql://user@host/database)"
+        return PostgresStore(
+            url, _wall_ms, settings.commit_max_batch, on_commit, settings.db_timeout, linger
         )
-    return kind(
-        url,
-        _wall_ms,
-        settings.commit_max_batch,
-        metrics.observe_commit if metrics is not None else None,
-        settings.db_timeout,
-        settings.commit_linger_ms / 1000,
+    if "://" not in url or url.startswith("sqlite://"):
+        return SQLiteStore(
+            url,
+            _wall_ms,
+            settings.commit_max_batch,
+            on_commit,
+            settings.db_timeout,
+            linger,
+            max_wal_bytes=settings.max_wal_bytes,
+        )
+    raise ValueError(
+        f"unsupported database URL {url.partition('://')[0]}://... "
+        "(expected sqlite:///path or postgresql://user@host/database)"
     )
 
 

@@ -48,6 +48,8 @@ class GroupCommitter(Generic[OpT, ResultT]):
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        # Commits failed since the last one that succeeded.
+        self._failed_in_a_row = 0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._drain(), name="group-commit")
@@ -123,8 +125,18 @@ class GroupCommitter(Generic[OpT, ResultT]):
             results: Sequence[ResultT | None] = await self._execute([op for op, _ in batch])
             error: BaseException | None = None
         except Exception as exc:
-            log.error("commit failed batch=%d error=%r", len(batch), exc)
+            self._failed_in_a_row += 1
+            log.error(
+                "commit failed batch=%d error=%r failed_in_a_row=%d",
+                len(batch),
+                exc,
+                self._failed_in_a_row,
+            )
             results, error = [None] * len(batch), exc
+        else:
+            if self._failed_in_a_row:
+                log.info("commits succeed again after failed=%d", self._failed_in_a_row)
+                self._failed_in_a_row = 0
         if self._on_commit is not None:
             self._on_commit(len(batch), time.perf_counter() - started, error is None)
         for (_, done), result in zip(batch, results, strict=True):

@@ -131,8 +131,11 @@ class HttpApi:
     async def health(self, request: web.Request) -> web.Response:
         """Database and broker state; 503 only when messages cannot be stored.
 
-        A node whose broker is away still serves its own users, so it stays
-        in a load balancer's rotation and reports ``degraded``.
+        A database that answers can still refuse every write (disk full,
+        locked by another process): ``failing`` from the first failed group
+        commit until one succeeds again. A node whose broker is away still
+        serves its own users, so it stays in a load balancer's rotation and
+        reports ``degraded``.
         """
         broker = self.service.broker
         body: dict[str, str] = {"status": "ok", "database": "ok", "broker": broker.state()}
@@ -141,6 +144,9 @@ class HttpApi:
             await self.store.ping()
         except StoreUnavailable:
             body.update(status="unavailable", database="unreachable")
+            return json_response(body, 503)
+        if self.service.metrics.commit_failing:
+            body.update(status="unavailable", database="failing")
             return json_response(body, 503)
         if not self.service.ready:
             # Still learning who is where from the other nodes: not for traffic yet.
