@@ -170,6 +170,11 @@ class PresenceRequest(ClaimsUser):
     status: Status
 
 
+#: The largest ``media`` of a ``webrtc`` message (JSON bytes): it is announced
+#: to every device of the callee, and a description of the call needs no more.
+MAX_MEDIA_BYTES: Final = 1024
+
+
 class WebRTCRequest(ClaimsUser):
     """Signaling: an offer without ``call_id`` starts a call; everything else is relayed.
 

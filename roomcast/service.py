@@ -49,6 +49,7 @@ from roomcast.ports.store import (
     ToggleReaction,
 )
 from roomcast.protocol import (
+    MAX_MEDIA_BYTES,
     CallEndRequest,
     CallRejectRequest,
     ChatMessage,
@@ -828,9 +829,15 @@ class ChatService:
         new_id = ""
         if isinstance(request, WebRTCRequest):
             limit = self.settings.max_signal_bytes
-            if len(request.data) > limit or len(request.media) > 1024:
+            if len(request.data) > limit:
                 raise ProtocolError(
                     ErrorCode.TOO_LARGE, f"payload.data: larger than {limit} bytes", request.TYPE
+                )
+            if len(request.media) > MAX_MEDIA_BYTES:
+                raise ProtocolError(
+                    ErrorCode.TOO_LARGE,
+                    f"payload.media: larger than {MAX_MEDIA_BYTES} bytes",
+                    request.TYPE,
                 )
             if request.type == "offer" and request.call_id is None:
                 new_id = uuid.uuid4().hex
