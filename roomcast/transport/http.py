@@ -23,6 +23,7 @@ from roomcast.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from roomcast.ports.broker import BrokerState
 from roomcast.ports.store import Room, Store, StoreUnavailable
 from roomcast.protocol import (
+    USER_ID_MAX_CHARS,
     CreateRoom,
     ErrorCode,
     HistoryPage,
@@ -30,6 +31,7 @@ from roomcast.protocol import (
     RoomInfo,
     decode_body,
     encode_json,
+    visible_name,
 )
 from roomcast.service import ChatService, wall_ms
 
@@ -205,7 +207,7 @@ class HttpApi:
     async def list_calls(self, request: web.Request) -> web.Response:
         user = self._user(request)
         named = request.query.get("user_id")
-        if named is not None and named != user:
+        if named is not None and _user_param(named, "user_id") != user:
             raise ProtocolError(ErrorCode.FORBIDDEN, "you can only list your own calls")
         limit = _int_param(request.query.get("limit", "50"), "limit", 1, 500)
         records = await self.store.list_calls(user, limit)
@@ -224,6 +226,14 @@ class HttpApi:
                 settings.turn_ttl,
             )
         )
+
+
+def _user_param(text: str, name: str) -> str:
+    """A user id from the query, in NFC, as user ids are everywhere."""
+    try:
+        return visible_name(text, USER_ID_MAX_CHARS)
+    except ValueError as exc:
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"{name}: {exc}") from None
 
 
 def _int_param(text: str, name: str, minimum: int, maximum: int = 2**63 - 1) -> int:
