@@ -26,8 +26,12 @@ import msgspec
 
 # -- shared field types ------------------------------------------------------
 
-#: Database ids: positive and within a signed 64-bit integer.
-Id = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
+#: The largest id anywhere in the protocol: JavaScript's numbers hold integers
+#: exactly only up to 2**53 - 1, so a browser's ``JSON.parse`` would round a
+#: larger id to another room's.
+MAX_ID: Final = 2**53 - 1
+#: Database ids: positive and exact in JavaScript.
+Id = Annotated[int, msgspec.Meta(ge=1, le=MAX_ID)]
 #: User ids are opaque strings chosen by the identity provider. The pattern is
 #: the part of the rule a JSON schema can say (1-64 characters, no control
 #: characters); :func:`visible_name` is the whole rule, applied wherever a user
@@ -186,7 +190,7 @@ class JoinRoomRequest(ClaimsUser):
 
     TYPE = "join_room"
     room_id: Id
-    since: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] | None = None
+    since: Annotated[int, msgspec.Meta(ge=0, le=MAX_ID)] | None = None
 
 
 class LeaveRoomRequest(ClaimsUser):
@@ -588,12 +592,46 @@ class CreateRoom(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class RoomInfo(msgspec.Struct):
+    """A room. ``members`` (private rooms only) is complete when a room is
+    created; in a room list it holds the first few by user id, and
+    ``member_count`` says how many there are (page them with
+    ``GET /api/rooms/{id}/members``)."""
+
     id: int
     name: str
     private: bool
     created_by: str | None
     created_at: int
     members: list[str]
+    member_count: int
+
+
+class RoomPage(msgspec.Struct):
+    """``GET /api/rooms``: rooms in id order; ``next`` is the ``after`` of the
+    next page, ``null`` on the last one."""
+
+    rooms: list[RoomInfo]
+    next: int | None
+
+
+class RoomMembersPage(msgspec.Struct):
+    """``GET /api/rooms/{id}/members``: a private room's members by user id."""
+
+    room_id: int
+    members: list[str]
+    next: str | None
+
+
+class RoomUsersPage(msgspec.Struct, omit_defaults=True):
+    """``GET /api/rooms/{id}/users``: the ``room_users`` payload, one page of it.
+
+    ``next`` (the ``after`` of the next page) only when there is one, so that a
+    room that fits one page answers exactly what the WebSocket frame says.
+    """
+
+    room_id: int
+    users: list[RoomUser]
+    next: str | None = None
 
 
 class HistoryMessage(msgspec.Struct):
