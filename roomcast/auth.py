@@ -2,33 +2,37 @@
 
 from __future__ import annotations
 
-import re
-
 import jwt
 
-from roomcast.protocol import USER_ID_PATTERN
-
-_USER_ID = re.compile(USER_ID_PATTERN)
+from roomcast.protocol import USER_ID_MAX_CHARS, visible_name
 
 
 class AuthError(Exception):
     pass
 
 
-def valid_user_id(user_id: str) -> bool:
-    return bool(_USER_ID.match(user_id))
+def user_id(text: str) -> str:
+    """``text`` as a user id (in NFC), or :class:`ValueError` saying why it is none.
+
+    The same rule as in payloads (:func:`roomcast.protocol.visible_name`), so a
+    token's subject or a stated ``?user_id=`` is the user its payloads name.
+    """
+    return visible_name(text, USER_ID_MAX_CHARS)
 
 
-def issue_token(secret: str, user_id: str, ttl: int, now: float) -> str:
-    """A token that :meth:`Authenticator.user_from_token` accepts for ``user_id``.
+def issue_token(secret: str, subject: str, ttl: int, now: float) -> str:
+    """A token that :meth:`Authenticator.user_from_token` accepts for ``subject``.
 
-    HS256 with ``sub``, ``iat`` and an ``exp`` ``ttl`` seconds after ``now``.
+    HS256 with ``sub`` (the user id, in NFC), ``iat`` and an ``exp`` ``ttl``
+    seconds after ``now``.
     """
     if not secret:
         raise AuthError("tokens need an auth secret")
-    if not valid_user_id(user_id):
-        raise AuthError("user_id must be 1-64 characters without control characters")
-    claims = {"sub": user_id, "iat": int(now), "exp": int(now) + ttl}
+    try:
+        subject = user_id(subject)
+    except ValueError as exc:
+        raise AuthError(f"user_id: {exc}") from None
+    claims = {"sub": subject, "iat": int(now), "exp": int(now) + ttl}
     return jwt.encode(claims, secret, algorithm="HS256")
 
 
@@ -53,9 +57,12 @@ class Authenticator:
         except jwt.PyJWTError as exc:
             raise AuthError(f"invalid token: {exc}") from None
         sub = claims["sub"]
-        if not isinstance(sub, str) or not valid_user_id(sub):
-            raise AuthError("invalid token: bad subject")
-        return sub
+        if not isinstance(sub, str):
+            raise AuthError("invalid token: bad subject: expected a string")
+        try:
+            return user_id(sub)
+        except ValueError as exc:
+            raise AuthError(f"invalid token: bad subject: {exc}") from None
 
     def resolve(self, token: str | None, stated_user: str | None) -> str | None:
         """The user for a request: from its token, or (open mode) as stated.
@@ -70,6 +77,7 @@ class Authenticator:
             raise AuthError("tokens are not configured on this server")
         if stated_user is None:
             return None
-        if not valid_user_id(stated_user):
-            raise AuthError("user_id must be 1-64 characters without control characters")
-        return stated_user
+        try:
+            return user_id(stated_user)
+        except ValueError as exc:
+            raise AuthError(f"user_id: {exc}") from None

@@ -53,6 +53,8 @@ _HELP = {
     "rate_limits": 'per-connection limits, "off" or e.g. "chat=5/30,typing=5/20" (rate/burst)',
     "flood_strikes": "refused messages a connection may collect before it is cut off (1008)",
     "max_rooms_per_connection": "rooms one connection may be in",
+    "max_rooms_per_user": "rooms one user may create in all (counted in the database)",
+    "list_page_max": "largest limit of the room, member, user and call lists over HTTP",
     "resume_max_messages": "missed messages replayed by a join_room with since",
     "max_connections_per_user": "open connections one user may have",
     "max_connections_per_ip": "open connections from one address",

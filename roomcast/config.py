@@ -63,6 +63,11 @@ class Settings:
     # disconnected as a flood (close 1008).
     flood_strikes: int = 50
     max_rooms_per_connection: int = 100
+    # Rooms one user may create in all (over HTTP, and by open mode's
+    # join_room of a new id); counted in the database.
+    max_rooms_per_user: int = 1000
+    # The largest page of the room, member, room user and call lists.
+    list_page_max: int = 500
     # A join_room with "since" replays at most this many missed messages.
     resume_max_messages: int = 200
     max_connections_per_user: int = 20
@@ -111,6 +116,8 @@ class Settings:
             raise ValueError(f"port {self.port} is out of range")
         if self.resume_max_messages < 1:
             raise ValueError("resume_max_messages must be at least 1")
+        if self.max_rooms_per_user < 1 or self.list_page_max < 1:
+            raise ValueError("max_rooms_per_user and list_page_max must be at least 1")
         if self.workers < 1:
             raise ValueError("workers must be at least 1")
         if self.workers > 1 and not self.broker:

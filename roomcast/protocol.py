@@ -19,20 +19,72 @@ from __future__ import annotations
 
 import enum
 import re
+import unicodedata
 from typing import Annotated, Any, ClassVar, Final, Literal
 
 import msgspec
 
 # -- shared field types ------------------------------------------------------
 
-#: Database ids: positive and within a signed 64-bit integer.
-Id = Annotated[int, msgspec.Meta(ge=1, le=2**63 - 1)]
-#: User ids are opaque strings chosen by the identity provider, without
-#: control characters so that they are safe to show and to log.
-#: (The lookahead ends the string in Python and in JSON Schema's ECMA-262 regexes
-#: alike; ``$`` would let a trailing newline through in Python.)
+#: The largest id anywhere in the protocol: JavaScript's numbers hold integers
+#: exactly only up to 2**53 - 1, so a browser's ``JSON.parse`` would round a
+#: larger id to another room's.
+MAX_ID: Final = 2**53 - 1
+#: Database ids: positive and exact in JavaScript.
+Id = Annotated[int, msgspec.Meta(ge=1, le=MAX_ID)]
+#: User ids are opaque strings chosen by the identity provider. The pattern is
+#: the part of the rule a JSON schema can say (1-64 characters, no control
+#: characters); :func:`visible_name` is the whole rule, applied wherever a user
+#: id enters. (The lookahead ends the string in Python and in JSON Schema's
+#: ECMA-262 regexes alike; ``$`` would let a trailing newline through in Python.)
+USER_ID_MAX_CHARS: Final = 64
 USER_ID_PATTERN: Final = r"^[^\x00-\x1f\x7f]{1,64}(?![\s\S])"
 UserId = Annotated[str, msgspec.Meta(pattern=USER_ID_PATTERN)]
+ROOM_NAME_MAX_CHARS: Final = 100
+RoomName = Annotated[str, msgspec.Meta(min_length=1, max_length=ROOM_NAME_MAX_CHARS)]
+
+#: What a name (a user id, a room name) may not contain: control characters
+#: (Cc), format characters (Cf: zero-width spaces and joiners, bidi marks,
+#: embeddings, overrides and isolates, word joiners, the BOM, ...), line and
+#: paragraph separators (Zl, Zp) and lone surrogates (Cs). Each can make one
+#: name show as another (``"\u202eecila"`` shows as "alice") or as nothing.
+_HIDDEN_CATEGORIES: Final = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
+#: Letters that show as nothing (Hangul fillers, the blank Braille pattern): a
+#: name of only these and whitespace is blank.
+_BLANK_LETTERS: Final = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+
+
+def visible_name(text: str, max_chars: int) -> str:
+    """``text`` in NFC, if it is fit to show as a name; else :class:`ValueError`
+    saying why (without the field's name, which the caller knows).
+
+    NFC, so that two spellings of one name (``"e\u0301"`` and ``"\u00e9"``) are
+    one user or one room. Unassigned code points are allowed: they are mostly
+    emoji newer than this Python's Unicode tables.
+    """
+    # NFC makes a text at most three times as long or short: a far longer one
+    # is refused before the work of normalising it.
+    if not text.isascii() and len(text) <= 4 * max_chars:
+        text = unicodedata.normalize("NFC", text)
+    if not 1 <= len(text) <= max_chars:
+        raise ValueError(f"expected 1-{max_chars} characters")
+    if not text.isprintable():  # rare: only then look at each character
+        for char in text:
+            category = unicodedata.category(char)
+            if category in _HIDDEN_CATEGORIES:
+                kind = "control" if category == "Cc" else "invisible or bidi control"
+                raise ValueError(f"must not contain {kind} characters (U+{ord(char):04X})")
+    if all(char.isspace() or char in _BLANK_LETTERS for char in text):
+        raise ValueError("must not be blank")
+    return text
+
+
+def _field_error(why: ValueError, path: str) -> ValueError:
+    """A ``__post_init__`` refusal in msgspec's own words, so :func:`_describe`
+    names the field as it does for msgspec's checks (``payload.to_user_id: ...``)."""
+    return ValueError(f"{why} - at `$.{path}`")
+
+
 Status = Literal["online", "away", "busy", "offline"]
 #: Call ids are created by the server; clients echo them back.
 CallId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
@@ -101,17 +153,32 @@ class Request(msgspec.Struct, kw_only=True):
 
 
 class ClaimsUser(Request, kw_only=True):
-    """Payloads that may name their sender, as the seed clients do."""
+    """Payloads that may name their sender, as the seed clients do.
+
+    The names are checked (:func:`visible_name`) and normalised when they are
+    claimed, which every request is asked once, rather than in a
+    ``__post_init__``: that would be a Python call in the decoding of every
+    chat message, which hardly ever names its sender.
+    """
 
     user_id: UserId | None = None
     from_user_id: UserId | None = None
 
     def claimed_users(self) -> tuple[str, ...]:
-        if self.user_id is None:
-            return () if self.from_user_id is None else (self.from_user_id,)
-        if self.from_user_id is None:
-            return (self.user_id,)
-        return (self.user_id, self.from_user_id)
+        """The named users, in NFC; :class:`ProtocolError` for a name that is not
+        a user id."""
+        if self.user_id is None and self.from_user_id is None:
+            return ()
+        claimed = []
+        for field, name in (("user_id", self.user_id), ("from_user_id", self.from_user_id)):
+            if name is not None:
+                try:
+                    claimed.append(visible_name(name, USER_ID_MAX_CHARS))
+                except ValueError as exc:
+                    raise ProtocolError(
+                        ErrorCode.INVALID_MESSAGE, f"payload.{field}: {exc}", self.TYPE
+                    ) from None
+        return tuple(claimed)
 
 
 class PingRequest(Request):
@@ -123,7 +190,7 @@ class JoinRoomRequest(ClaimsUser):
 
     TYPE = "join_room"
     room_id: Id
-    since: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] | None = None
+    since: Annotated[int, msgspec.Meta(ge=0, le=MAX_ID)] | None = None
 
 
 class LeaveRoomRequest(ClaimsUser):
@@ -170,6 +237,11 @@ class PresenceRequest(ClaimsUser):
     status: Status
 
 
+#: The largest ``media`` of a ``webrtc`` message (JSON bytes): it is announced
+#: to every device of the callee, and a description of the call needs no more.
+MAX_MEDIA_BYTES: Final = 1024
+
+
 class WebRTCRequest(ClaimsUser):
     """Signaling: an offer without ``call_id`` starts a call; everything else is relayed.
 
@@ -185,6 +257,12 @@ class WebRTCRequest(ClaimsUser):
     # msgspec.Raw cannot be part of a union; JSON null is the "absent" value.
     # (A factory, because a Raw default cannot be written into the JSON schema.)
     media: msgspec.Raw = msgspec.field(default_factory=lambda: NULL)
+
+    def __post_init__(self) -> None:
+        try:
+            self.to_user_id = visible_name(self.to_user_id, USER_ID_MAX_CHARS)
+        except ValueError as exc:
+            raise _field_error(exc, "to_user_id") from None
 
 
 class CallEndRequest(ClaimsUser):
@@ -495,20 +573,65 @@ def error_event(exc: ProtocolError) -> Error:
 
 
 class CreateRoom(msgspec.Struct, forbid_unknown_fields=True):
-    """``POST /api/rooms`` body."""
+    """``POST /api/rooms`` body. The name and the members are kept in NFC."""
 
-    name: Annotated[str, msgspec.Meta(min_length=1, max_length=100)]
+    name: RoomName
     private: bool = False
     members: Annotated[list[UserId], msgspec.Meta(max_length=1000)] = []
 
+    def __post_init__(self) -> None:
+        try:
+            self.name = visible_name(self.name, ROOM_NAME_MAX_CHARS)
+        except ValueError as exc:
+            raise _field_error(exc, "name") from None
+        for index, member in enumerate(self.members):
+            try:
+                self.members[index] = visible_name(member, USER_ID_MAX_CHARS)
+            except ValueError as exc:
+                raise _field_error(exc, f"members[{index}]") from None
+
 
 class RoomInfo(msgspec.Struct):
+    """A room. ``members`` (private rooms only) is complete when a room is
+    created; in a room list it holds the first few by user id, and
+    ``member_count`` says how many there are (page them with
+    ``GET /api/rooms/{id}/members``)."""
+
     id: int
     name: str
     private: bool
     created_by: str | None
     created_at: int
     members: list[str]
+    member_count: int
+
+
+class RoomPage(msgspec.Struct):
+    """``GET /api/rooms``: rooms in id order; ``next`` is the ``after`` of the
+    next page, ``null`` on the last one."""
+
+    rooms: list[RoomInfo]
+    next: int | None
+
+
+class RoomMembersPage(msgspec.Struct):
+    """``GET /api/rooms/{id}/members``: a private room's members by user id."""
+
+    room_id: int
+    members: list[str]
+    next: str | None
+
+
+class RoomUsersPage(msgspec.Struct, omit_defaults=True):
+    """``GET /api/rooms/{id}/users``: the ``room_users`` payload, one page of it.
+
+    ``next`` (the ``after`` of the next page) only when there is one, so that a
+    room that fits one page answers exactly what the WebSocket frame says.
+    """
+
+    room_id: int
+    users: list[RoomUser]
+    next: str | None = None
 
 
 class HistoryMessage(msgspec.Struct):

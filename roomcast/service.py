@@ -30,7 +30,13 @@ from roomcast.config import Settings
 from roomcast.core.calls import Call, CallEffect, CallRecord, CallRegistry, CallState
 from roomcast.core.deliveries import Delivery, ToConnections, ToRoom
 from roomcast.core.engine import ChatEngine
-from roomcast.core.limits import CLASS_OF_TYPE, MessageClass, RateLimiter, parse_rates
+from roomcast.core.limits import (
+    CLASS_OF_TYPE,
+    CreationLimiter,
+    MessageClass,
+    RateLimiter,
+    parse_rates,
+)
 from roomcast.core.ordering import RoomSequencer
 from roomcast.metrics import Metrics
 from roomcast.ports import broker as log_entries
@@ -44,16 +50,19 @@ from roomcast.ports.store import (
     Outcome,
     Result,
     Room,
+    RoomLimitReached,
     Store,
     StoreUnavailable,
     ToggleReaction,
 )
 from roomcast.protocol import (
+    MAX_MEDIA_BYTES,
     CallEndRequest,
     CallRejectRequest,
     ChatMessage,
     ChatRequest,
     Connected,
+    CreateRoom,
     ErrorCode,
     Event,
     HistoryGap,
@@ -160,6 +169,11 @@ class ChatService:
                 parse_rates("" if settings.rate_limits == "default" else settings.rate_limits),
                 flood_strikes=settings.flood_strikes,
             )
+        )
+        self.creation_limiter = (
+            None
+            if self.limiter is None
+            else CreationLimiter(self.limiter.rates[MessageClass.ROOMS])
         )
         self.engine = ChatEngine(settings.typing_timeout)
         self.calls = CallRegistry(
@@ -840,9 +854,15 @@ class ChatService:
         new_id = ""
         if isinstance(request, WebRTCRequest):
             limit = self.settings.max_signal_bytes
-            if len(request.data) > limit or len(request.media) > 1024:
+            if len(request.data) > limit:
                 raise ProtocolError(
                     ErrorCode.TOO_LARGE, f"payload.data: larger than {limit} bytes", request.TYPE
+                )
+            if len(request.media) > MAX_MEDIA_BYTES:
+                raise ProtocolError(
+                    ErrorCode.TOO_LARGE,
+                    f"payload.media: larger than {MAX_MEDIA_BYTES} bytes",
+                    request.TYPE,
                 )
             if request.type == "offer" and request.call_id is None:
                 new_id = uuid.uuid4().hex
@@ -909,7 +929,56 @@ class ChatService:
             return room
         if not self.settings.open_mode:
             raise ProtocolError(ErrorCode.NOT_FOUND, f"room {room_id} does not exist", "join_room")
-        return await self.store.ensure_room(room_id, user_id, self._clock_ms())
+        # Joining an unknown id creates it: as limited as creating one over HTTP.
+        self._limit_room_creation(user_id, "join_room")
+        try:
+            return await self.store.ensure_room(
+                room_id, user_id, self._clock_ms(), self.settings.max_rooms_per_user
+            )
+        except RoomLimitReached as exc:
+            raise ProtocolError(
+                ErrorCode.FORBIDDEN,
+                f"room {room_id} does not exist, and you have created {exc.limit} rooms, "
+                "the most a user may",
+                "join_room",
+            ) from None
+
+    async def create_room(self, user_id: str, body: CreateRoom) -> Room:
+        """``POST /api/rooms``: a new room, within the user's rate and number of rooms."""
+        self._limit_room_creation(user_id, None)
+        members = tuple(dict.fromkeys([user_id, *body.members])) if body.private else ()
+        try:
+            return await self.store.create_room(
+                body.name,
+                body.private,
+                members,
+                user_id,
+                self._clock_ms(),
+                self.settings.max_rooms_per_user,
+            )
+        except RoomLimitReached as exc:
+            raise ProtocolError(
+                ErrorCode.FORBIDDEN, f"you have created {exc.limit} rooms, the most a user may"
+            ) from None
+
+    def _limit_room_creation(self, user_id: str, request_type: str | None) -> None:
+        """Take the user's room-creation token, or refuse with ``rate_limited``.
+
+        Per user and per node (the number of rooms, which the store counts,
+        is what holds across a cluster).
+        """
+        if self.creation_limiter is None:
+            return
+        wait = self.creation_limiter.check(user_id, self._now())
+        if not wait:
+            return
+        self.metrics.rate_limited[MessageClass.ROOMS] += 1
+        raise ProtocolError(
+            ErrorCode.RATE_LIMITED,
+            "too many rooms created; slow down",
+            request_type,
+            retry_after_ms=math.ceil(wait * 1000),
+        )
 
     def _content(self, request: ChatRequest | MessageEditRequest) -> str:
         # Control characters (but newline and tab) are dropped: they can only

@@ -81,6 +81,22 @@ async def history(server: ServerProcess, room_id: int) -> list[dict[str, Any]]:
             return messages
 
 
+async def all_rooms(
+    server: ServerProcess, query: str = "", headers: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """Every room ``GET /api/rooms?<query>`` lists, following its pages."""
+    rooms: list[dict[str, Any]] = []
+    after = 0
+    while True:
+        url = f"{server.http}/api/rooms?limit=500&after={after}" + (f"&{query}" if query else "")
+        status, page = await http_json("GET", url, headers=headers)
+        assert status == 200, page
+        rooms += page["rooms"]
+        if page["next"] is None:
+            return rooms
+        after = page["next"]
+
+
 def stored(message: dict[str, Any], **changes: Any) -> dict[str, Any]:
     """The history item of a broadcast ``chat`` payload."""
     return {**message, "edited_at": None, "reactions": {}, **changes}

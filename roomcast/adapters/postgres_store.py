@@ -43,6 +43,7 @@ from roomcast.adapters import store_rules as rules
 from roomcast.core.calls import CallRecord
 from roomcast.ports.group_commit import Done, GroupCommitter
 from roomcast.ports.store import (
+    CallsAfter,
     DeleteMessage,
     EditMessage,
     InsertMessage,
@@ -51,6 +52,7 @@ from roomcast.ports.store import (
     ReadSince,
     Result,
     Room,
+    RoomLimitReached,
     SequencedMessage,
     StoreUnavailable,
     ToggleReaction,
@@ -63,6 +65,8 @@ if TYPE_CHECKING:
     Connection = asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]
 
 T = TypeVar("T")
+
+_UPPER = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 log = logging.getLogger("roomcast.store")
 
@@ -389,14 +393,15 @@ class PostgresStore:
     # -- rooms ------------------------------------------------------------------------
 
     #: A room with its members (for private rooms) in one row: one round trip.
+    #: Members in code point order (COLLATE "C"), as SQLite and Python sort them.
     _ROOMS = (
         f"SELECT {rules.ROOM_COLUMNS}, ARRAY(SELECT user_id FROM room_members "
-        "WHERE room_members.room_id = rooms.id ORDER BY user_id) FROM rooms"
+        'WHERE room_members.room_id = rooms.id ORDER BY user_id COLLATE "C") FROM rooms'
     )
 
     @staticmethod
     def _rooms(rows: Sequence[asyncpg.Record]) -> list[Room]:
-        return rules.rooms(rows, [(row[0], user) for row in rows for user in row[6]])
+        return rules.rooms(rows, [(row[0], user) for row in rows for user in row[7]])
 
     async def _room(self, conn: Connection, room_id: int) -> Room | None:
         rows = await conn.fetch(f"{self._ROOMS} WHERE id = $1", room_id)
@@ -405,39 +410,73 @@ class PostgresStore:
     async def get_room(self, room_id: int) -> Room | None:
         return await self._attempt(lambda conn: self._room(conn, room_id))
 
-    async def ensure_room(self, room_id: int, created_by: str, now: int) -> Room:
-        async def ensure(conn: Connection) -> Room:
-            await conn.execute(
+    @staticmethod
+    async def _count_created(conn: Connection, user_id: str, max_rooms: int | None) -> bool:
+        """Count a room the user creates in this transaction; False past ``max_rooms``."""
+        counted = await conn.fetchval(
+            rules.COUNT_CREATED_ROOM.format("$1", "$2"), user_id, rules.creation_limit(max_rooms)
+        )
+        return counted is not None
+
+    async def ensure_room(
+        self, room_id: int, created_by: str, now: int, max_rooms: int | None = None
+    ) -> Room:
+        async def ensure(conn: Connection) -> Room | None:
+            created = await conn.fetchval(
                 "INSERT INTO rooms (id, name, private, created_by, created_at) "
-                "VALUES ($1, $2, 0, $3, $4) ON CONFLICT (id) DO NOTHING",
+                "VALUES ($1, $2, 0, $3, $4) ON CONFLICT (id) DO NOTHING RETURNING id",
                 room_id,
                 f"Room {room_id}",
                 created_by,
                 now,
             )
-            # Rooms created without an id are numbered after this one, as
-            # SQLite does (max + 1). Not atomic with other processes, so
-            # create_room still steps over an id that is taken.
-            await conn.execute(
-                "SELECT setval(s, $1) FROM (SELECT CAST(pg_get_serial_sequence('rooms', 'id') "
-                "AS regclass) AS s) AS q WHERE $1 > coalesce(pg_sequence_last_value(s), 0)",
-                room_id,
-            )
-            room = await self._room(conn, room_id)
-            assert room is not None
-            return room
+            if created is not None:
+                if not await self._count_created(conn, created_by, max_rooms):
+                    # Not committed yet, so nobody saw it: the transaction ends as it began.
+                    await conn.execute("DELETE FROM rooms WHERE id = $1", room_id)
+                    return None
+                # Rooms created without an id are numbered after this one, as
+                # SQLite does (max + 1). Not atomic with other processes, so
+                # create_room still steps over an id that is taken.
+                await conn.execute(
+                    "SELECT setval(s, $1) FROM (SELECT CAST(pg_get_serial_sequence('rooms', 'id') "
+                    "AS regclass) AS s) AS q WHERE $1 > coalesce(pg_sequence_last_value(s), 0)",
+                    room_id,
+                )
+            return await self._room(conn, room_id)
 
-        return await self._attempt(ensure)
+        room = await self._attempt(ensure, transaction=True)
+        if room is None:
+            raise RoomLimitReached(created_by, rules.creation_limit(max_rooms))
+        return room
 
     async def create_room(
-        self, name: str, private: bool, members: tuple[str, ...], created_by: str | None, now: int
+        self,
+        name: str,
+        private: bool,
+        members: tuple[str, ...],
+        created_by: str | None,
+        now: int,
+        max_rooms: int | None = None,
     ) -> Room:
-        async def create(conn: Connection) -> Room:
+        async def create(conn: Connection) -> Room | None:
+            if created_by is not None and not await self._count_created(
+                conn, created_by, max_rooms
+            ):
+                return None
             room_id = None
             while room_id is None:  # an id taken by ensure_room is skipped
+                candidate = await conn.fetchval(
+                    "SELECT nextval(pg_get_serial_sequence('rooms', 'id'))"
+                )
+                if not rules.new_room_id(candidate):
+                    candidate = rules.first_free_room_id(
+                        await conn.fetchval(rules.FIRST_FREE_ROOM_ID)
+                    )
                 room_id = await conn.fetchval(
-                    "INSERT INTO rooms (name, private, created_by, created_at) "
-                    "VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING RETURNING id",
+                    "INSERT INTO rooms (id, name, private, created_by, created_at) "
+                    "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING RETURNING id",
+                    candidate,
                     name,
                     int(private),
                     created_by,
@@ -449,29 +488,53 @@ class PostgresStore:
                 room_id,
                 list(members),
             )
-            room = await self._room(conn, room_id)
-            assert room is not None
-            return room
+            return await self._room(conn, room_id)
 
-        return await self._attempt(create, transaction=True)
+        room = await self._attempt(create, transaction=True)
+        if room is None:
+            assert created_by is not None
+            raise RoomLimitReached(created_by, rules.creation_limit(max_rooms))
+        return room
 
-    async def list_rooms(self, user_id: str | None) -> list[Room]:
+    async def list_rooms(
+        self,
+        user_id: str | None,
+        after: int = 0,
+        limit: int = 100,
+        name_contains: str | None = None,
+        members_limit: int = 20,
+    ) -> list[Room]:
         async def read(conn: Connection) -> list[Room]:
+            params: list[object] = [user_id, after, limit, members_limit]
+            match = ""
+            if name_contains is not None:
+                # The 26 ASCII letters only, as store_rules.name_key (and SQLite) fold them.
+                match = f"AND strpos(translate(name, '{_UPPER}', '{_UPPER.lower()}'), $5) > 0 "
+                params.append(rules.name_key(name_contains))
             rows = await conn.fetch(
-                f"{self._ROOMS} WHERE private = 0 OR id IN "
-                "(SELECT room_id FROM room_members WHERE user_id = $1) ORDER BY id",
-                user_id,
+                f"SELECT {rules.ROOM_COLUMNS}, ARRAY(SELECT user_id FROM room_members "
+                'WHERE room_members.room_id = rooms.id ORDER BY user_id COLLATE "C" LIMIT $4) '
+                "FROM rooms WHERE (private = 0 OR id IN "
+                "(SELECT room_id FROM room_members WHERE user_id = $1)) AND id > $2 "
+                f"{match}ORDER BY id LIMIT $3",
+                *params,
             )
             return self._rooms(rows)
 
         return await self._attempt(read)
 
-    async def list_calls(self, user_id: str, limit: int) -> list[CallRecord]:
+    async def list_calls(
+        self, user_id: str, limit: int, after: CallsAfter | None = None
+    ) -> list[CallRecord]:
         async def read(conn: Connection) -> list[CallRecord]:
+            position = after or CallsAfter(rules.NO_BOUND, "")
             rows = await conn.fetch(
-                f"SELECT {rules.CALL_COLUMNS} FROM calls WHERE caller = $1 OR callee = $1 "
-                "ORDER BY started_at DESC, id LIMIT $2",
+                f"SELECT {rules.CALL_COLUMNS} FROM calls "
+                f"WHERE {rules.CALLS_AFTER.format('$1', '$2', '$3')} "
+                "ORDER BY started_at DESC, id LIMIT $4",
                 user_id,
+                position.started_at,
+                position.call_id,
                 limit,
             )
             return [rules.call_record(row) for row in rows]

@@ -41,6 +41,7 @@ from roomcast.config import sqlite_path
 from roomcast.core.calls import CallRecord
 from roomcast.ports.group_commit import Done, GroupCommitter
 from roomcast.ports.store import (
+    CallsAfter,
     DeleteMessage,
     EditMessage,
     InsertMessage,
@@ -49,6 +50,7 @@ from roomcast.ports.store import (
     ReadSince,
     Result,
     Room,
+    RoomLimitReached,
     SequencedMessage,
     StoreUnavailable,
     ToggleReaction,
@@ -496,14 +498,25 @@ class SQLiteStore:
     async def get_room(self, room_id: int) -> Room | None:
         return await self._on_reader(lambda: self._room(self._r(), room_id))
 
-    async def ensure_room(self, room_id: int, created_by: str, now: int) -> Room:
+    async def ensure_room(
+        self, room_id: int, created_by: str, now: int, max_rooms: int | None = None
+    ) -> Room:
         def ensure() -> Room:
             conn = self._w()
-            conn.execute(
-                "INSERT INTO rooms (id, name, private, created_by, created_at) "
-                "VALUES (?, ?, 0, ?, ?) ON CONFLICT (id) DO NOTHING",
-                (room_id, f"Room {room_id}", created_by, now),
-            )
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                created = conn.execute(
+                    "INSERT INTO rooms (id, name, private, created_by, created_at) "
+                    "VALUES (?, ?, 0, ?, ?) ON CONFLICT (id) DO NOTHING RETURNING id",
+                    (room_id, f"Room {room_id}", created_by, now),
+                ).fetchall()
+                if created and not self._count_created(conn, created_by, max_rooms):
+                    raise RoomLimitReached(created_by, rules.creation_limit(max_rooms))
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
             room = self._room(conn, room_id)
             assert room is not None
             return room
@@ -511,55 +524,99 @@ class SQLiteStore:
         return await self._on_writer(ensure)
 
     async def create_room(
-        self, name: str, private: bool, members: tuple[str, ...], created_by: str | None, now: int
+        self,
+        name: str,
+        private: bool,
+        members: tuple[str, ...],
+        created_by: str | None,
+        now: int,
+        max_rooms: int | None = None,
     ) -> Room:
         def create() -> Room:
             conn = self._w()
             conn.execute("BEGIN IMMEDIATE")
             try:
-                row = conn.execute(
-                    "INSERT INTO rooms (name, private, created_by, created_at) "
-                    "VALUES (?, ?, ?, ?) RETURNING id",
-                    (name, int(private), created_by, now),
-                ).fetchone()
+                if created_by is not None and not self._count_created(conn, created_by, max_rooms):
+                    raise RoomLimitReached(created_by, rules.creation_limit(max_rooms))
+                # Numbered here, not by SQLite: past the largest id its rowid
+                # would be random (and beyond what a browser can hold).
+                room_id = (conn.execute("SELECT MAX(id) FROM rooms").fetchone()[0] or 0) + 1
+                if not rules.new_room_id(room_id):
+                    found = conn.execute(rules.FIRST_FREE_ROOM_ID).fetchone()[0]
+                    room_id = rules.first_free_room_id(found)
+                conn.execute(
+                    "INSERT INTO rooms (id, name, private, created_by, created_at) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (room_id, name, int(private), created_by, now),
+                )
                 conn.executemany(
                     "INSERT OR IGNORE INTO room_members (room_id, user_id) VALUES (?, ?)",
-                    [(row[0], member) for member in members],
+                    [(room_id, member) for member in members],
                 )
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
-            room = self._room(conn, row[0])
+            room = self._room(conn, room_id)
             assert room is not None
             return room
 
         return await self._on_writer(create)
 
-    async def list_rooms(self, user_id: str | None) -> list[Room]:
+    @staticmethod
+    def _count_created(conn: sqlite3.Connection, user_id: str, max_rooms: int | None) -> bool:
+        """Count a room the user creates in this transaction; False past ``max_rooms``."""
+        counted = conn.execute(
+            rules.COUNT_CREATED_ROOM.format("?", "?"), (user_id, rules.creation_limit(max_rooms))
+        ).fetchall()
+        return bool(counted)
+
+    async def list_rooms(
+        self,
+        user_id: str | None,
+        after: int = 0,
+        limit: int = 100,
+        name_contains: str | None = None,
+        members_limit: int = 20,
+    ) -> list[Room]:
         def read() -> list[Room]:
             conn = self._r()
+            # lower() folds ASCII letters only, as store_rules.name_key does.
+            match = "" if name_contains is None else "AND instr(lower(name), ?) > 0 "
+            params: list[object] = [user_id, after]
+            if name_contains is not None:
+                params.append(rules.name_key(name_contains))
             rooms = conn.execute(
-                f"SELECT {_ROOM_COLUMNS} FROM rooms WHERE private = 0 OR id IN "
-                "(SELECT room_id FROM room_members WHERE user_id = ?) ORDER BY id",
-                (user_id,),
+                f"SELECT {_ROOM_COLUMNS} FROM rooms WHERE (private = 0 OR id IN "
+                "(SELECT room_id FROM room_members WHERE user_id = ?)) AND id > ? "
+                f"{match}ORDER BY id LIMIT ?",
+                [*params, limit],
             ).fetchall()
-            members = conn.execute(
-                "SELECT room_id, user_id FROM room_members WHERE room_id IN "
-                "(SELECT room_id FROM room_members WHERE user_id = ?) ORDER BY room_id, user_id",
-                (user_id,),
-            )
+            private = [row[0] for row in rooms if row[2]]
+            members: list[tuple[int, str]] = []
+            if private:
+                marks = ",".join("?" * len(private))
+                members = conn.execute(
+                    "SELECT room_id, user_id FROM (SELECT room_id, user_id, ROW_NUMBER() "
+                    "OVER (PARTITION BY room_id ORDER BY user_id) AS n FROM room_members "
+                    f"WHERE room_id IN ({marks})) WHERE n <= ? ORDER BY room_id, user_id",
+                    [*private, members_limit],
+                ).fetchall()
             return rules.rooms(rooms, members)
 
         return await self._on_reader(read)
 
-    async def list_calls(self, user_id: str, limit: int) -> list[CallRecord]:
+    async def list_calls(
+        self, user_id: str, limit: int, after: CallsAfter | None = None
+    ) -> list[CallRecord]:
         def read() -> list[CallRecord]:
+            position = after or CallsAfter(rules.NO_BOUND, "")
             rows = self._r().execute(
-                f"SELECT {rules.CALL_COLUMNS} FROM calls WHERE caller = ? OR callee = ? "
-                "ORDER BY started_at DESC, id LIMIT ?",
-                (user_id, user_id, limit),
+                f"SELECT {rules.CALL_COLUMNS} FROM calls "
+                f"WHERE {rules.CALLS_AFTER.format('?1', '?2', '?3')} "
+                "ORDER BY started_at DESC, id LIMIT ?4",
+                (user_id, position.started_at, position.call_id, limit),
             )
             return [rules.call_record(row) for row in rows]
 

@@ -30,7 +30,7 @@ from roomcast.ports.store import (
     StoreUnavailable,
     ToggleReaction,
 )
-from roomcast.protocol import ChatMessage, HistoryMessage, MessageKind
+from roomcast.protocol import MAX_ID, ChatMessage, HistoryMessage, MessageKind
 
 #: Larger than any id or sequence number: "no upper bound" in one SQL text.
 NO_BOUND = 2**63 - 1
@@ -41,7 +41,11 @@ class Row(Protocol):
 
 
 MESSAGE_COLUMNS = "id, room_id, user_id, content, type, created_at, client_msg_id, seq"
-ROOM_COLUMNS = "id, name, private, created_by, created_at, last_seq"
+#: The last column counts a room's members (an index range of room_members).
+ROOM_COLUMNS = (
+    "id, name, private, created_by, created_at, last_seq, "
+    "(SELECT COUNT(*) FROM room_members WHERE room_members.room_id = rooms.id)"
+)
 CALL_COLUMNS = "id, caller, callee, started_at, answered_at, ended_at, end_reason"
 HISTORY_COLUMNS = "id, room_id, user_id, content, type, created_at, edited_at"
 #: The columns an insert fills, in the order of :attr:`InsertRun.rows`.
@@ -88,9 +92,80 @@ def rooms(room_rows: Iterable[Row], member_rows: Iterable[Row]) -> list[Room]:
             created_at=row[4],
             members=tuple(members.get(row[0], ())) if row[2] else (),
             last_seq=row[5],
+            member_count=row[6] if row[2] else 0,
         )
         for row in room_rows
     ]
+
+
+# -- creating rooms -------------------------------------------------------------------
+
+#: The smallest room id that no room has. New rooms are numbered max + 1 (so
+#: that they follow the ids open mode's ``join_room`` picks), but never above
+#: :data:`~roomcast.protocol.MAX_ID`: once a room has that id, new rooms fill
+#: the lowest gap instead. Finding it walks the rooms in id order up to the
+#: gap; that only happens after someone has taken an id near the top.
+FIRST_FREE_ROOM_ID = (
+    "SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM rooms WHERE id = 1) THEN 1 ELSE "
+    "(SELECT r.id + 1 FROM rooms AS r WHERE NOT EXISTS "
+    "(SELECT 1 FROM rooms AS s WHERE s.id = r.id + 1) ORDER BY r.id LIMIT 1) END"
+)
+
+
+def new_room_id(candidate: int) -> bool:
+    """Whether an id the database proposes for a new room may be handed out."""
+    return 1 <= candidate <= MAX_ID
+
+
+def first_free_room_id(found: int | None) -> int:
+    """The result of :data:`FIRST_FREE_ROOM_ID`, or a failure when none is left."""
+    if found is None or not new_room_id(found):
+        raise StoreUnavailable("no room id is left")
+    return found
+
+
+#: Counts one more room for a user (parameters: the user, the most they may
+#: create) and returns the new count, or no row when they have created that
+#: many already. In the transaction that creates the room, so a room that is
+#: not created is not counted; on PostgreSQL the row's lock orders two nodes
+#: creating rooms for one user, so the limit holds exactly across a cluster.
+#: Placeholders are ``{}``: each adapter fills in its own.
+COUNT_CREATED_ROOM = (
+    "INSERT INTO room_creators (user_id, rooms) VALUES ({}, 1) "
+    "ON CONFLICT (user_id) DO UPDATE SET rooms = room_creators.rooms + 1 "
+    "WHERE room_creators.rooms < {} RETURNING rooms"
+)
+
+
+def creation_limit(max_rooms: int | None) -> int:
+    """The ``max_rooms`` bound as a number for :data:`COUNT_CREATED_ROOM`.
+
+    Rooms are counted even without a limit, so that a limit set later counts
+    what was created before it.
+    """
+    return NO_BOUND if max_rooms is None else max_rooms
+
+
+# -- listing ---------------------------------------------------------------------------
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def name_key(text: str) -> str:
+    """A name filter as the stores compare it: ASCII letters in lower case.
+
+    Only ASCII: SQLite's ``lower()`` folds nothing else, and PostgreSQL's folds
+    by the database's locale, so the PostgreSQL store folds names with
+    ``translate`` over the same 26 letters and both stores match the same rooms.
+    """
+    return text.translate(_ASCII_LOWER)
+
+
+#: The calls of user ``{0}`` after a position (``{1}``: started_at, ``{2}``: call
+#: id), in the order they are listed: newest first, then by id.
+CALLS_AFTER = (
+    "(caller = {0} OR callee = {0}) AND (started_at < {1} OR (started_at = {1} AND id > {2}))"
+)
 
 
 def call_record(row: Row) -> CallRecord:

@@ -25,6 +25,9 @@ class MessageClass(enum.StrEnum):
     MEMBERSHIP = "membership"
     CONTROL = "control"  # WebSocket pings and pongs
     OTHER = "other"
+    #: Creating rooms (``POST /api/rooms``, open mode's ``join_room`` of a new
+    #: id): per user only, see :class:`CreationLimiter`.
+    ROOMS = "rooms"
 
 
 #: The class of every client message type; unknown or undecodable frames are OTHER.
@@ -59,6 +62,8 @@ DEFAULT_RATES: dict[MessageClass, Rate] = {
     # Clients ping every few seconds at most; a burst of thousands is an attack.
     MessageClass.CONTROL: Rate(10, 50),
     MessageClass.OTHER: Rate(10, 50),
+    # Rooms outlive the request: one a second, after the first 20.
+    MessageClass.ROOMS: Rate(1, 20),
 }
 
 
@@ -164,3 +169,42 @@ class RateLimiter:
     def forget_user(self, user_id: str) -> None:
         """Drop a user's buckets once their last connection is gone (bounded memory)."""
         self._users.pop(user_id, None)
+
+
+class CreationLimiter:
+    """One token bucket per user for creating rooms, over HTTP and WebSocket alike.
+
+    Unlike :class:`RateLimiter`'s per-user buckets, these do not end with the
+    user's last connection (rooms are created over HTTP too, and reconnecting
+    must not refill the bucket). Memory stays bounded all the same: a bucket
+    that has refilled is the same as none, so full buckets are dropped
+    whenever the table has doubled since the last sweep.
+    """
+
+    def __init__(self, rate: Rate) -> None:
+        self.rate = rate
+        self._users: dict[str, TokenBucket] = {}
+        self._sweep_at = 1024
+
+    def check(self, user_id: str, now: float) -> float:
+        """0 if the user may create a room now (the token is taken), else seconds to wait."""
+        bucket = self._users.get(user_id)
+        if bucket is None:
+            if len(self._users) >= self._sweep_at:
+                self._sweep(now)
+            bucket = self._users[user_id] = TokenBucket(self.rate, self.rate.burst, now)
+        wait = bucket.wait(now)
+        if not wait:
+            bucket.take()
+        return wait
+
+    def _sweep(self, now: float) -> None:
+        def refilled(bucket: TokenBucket) -> bool:
+            bucket.wait(now)  # refills it to now
+            return bucket.tokens >= self.rate.burst
+
+        self._users = {u: b for u, b in self._users.items() if not refilled(b)}
+        self._sweep_at = max(1024, 2 * len(self._users))
+
+    def __len__(self) -> int:
+        return len(self._users)

@@ -31,17 +31,31 @@ from roomcast.protocol import ChatMessage, HistoryMessage
 
 @dataclass(frozen=True, slots=True)
 class Room:
+    """A room. ``members`` (only kept for private rooms) is every member, except
+    in :meth:`Store.list_rooms`, which lists the first few: there ``admits``
+    must not be asked, and ``member_count`` is the whole count."""
+
     id: int
     name: str
     private: bool
     created_by: str | None
     created_at: int
-    members: tuple[str, ...] = ()  # only kept for private rooms
+    members: tuple[str, ...] = ()
     # The sequence number of the room's newest message (0: none yet).
     last_seq: int = 0
+    member_count: int = 0
 
     def admits(self, user_id: str | None) -> bool:
         return not self.private or (user_id is not None and user_id in self.members)
+
+
+@dataclass(frozen=True, slots=True)
+class CallsAfter:
+    """A position in a user's call list (newest first): the calls after it are
+    those that started earlier, or at the same time with a greater id."""
+
+    started_at: int
+    call_id: str
 
 
 # -- operations (group-committed writes) --------------------------------------------
@@ -134,6 +148,15 @@ class StoreUnavailable(Exception):
     """The database could not be reached or refused the transaction."""
 
 
+class RoomLimitReached(Exception):
+    """The user has created as many rooms as they may; nothing was created."""
+
+    def __init__(self, user_id: str, limit: int) -> None:
+        super().__init__(f"user {user_id!r} has created {limit} rooms, the most allowed")
+        self.user_id = user_id
+        self.limit = limit
+
+
 class Store(Protocol):
     async def start(self) -> None:
         """Connect and bring the schema up to date."""
@@ -152,18 +175,49 @@ class Store(Protocol):
 
     async def get_room(self, room_id: int) -> Room | None: ...
 
-    async def ensure_room(self, room_id: int, created_by: str, now: int) -> Room:
-        """The room with this id, created as a public room if it does not exist."""
+    async def ensure_room(
+        self, room_id: int, created_by: str, now: int, max_rooms: int | None = None
+    ) -> Room:
+        """The room with this id, created as a public room if it does not exist.
+
+        A room created here counts against ``created_by``'s ``max_rooms``
+        (``None``: no limit); past it :class:`RoomLimitReached` is raised and
+        nothing is created. An existing room is returned whoever asks.
+        """
 
     async def create_room(
-        self, name: str, private: bool, members: tuple[str, ...], created_by: str | None, now: int
-    ) -> Room: ...
+        self,
+        name: str,
+        private: bool,
+        members: tuple[str, ...],
+        created_by: str | None,
+        now: int,
+        max_rooms: int | None = None,
+    ) -> Room:
+        """A new room, numbered by the store (never above ``protocol.MAX_ID``).
 
-    async def list_rooms(self, user_id: str | None) -> list[Room]:
-        """Public rooms and the private rooms ``user_id`` belongs to."""
+        It counts against ``created_by``'s ``max_rooms`` as in :meth:`ensure_room`.
+        """
 
-    async def list_calls(self, user_id: str, limit: int) -> list[CallRecord]:
-        """The user's calls (as caller or callee), newest first."""
+    async def list_rooms(
+        self,
+        user_id: str | None,
+        after: int = 0,
+        limit: int = 100,
+        name_contains: str | None = None,
+        members_limit: int = 20,
+    ) -> list[Room]:
+        """Up to ``limit`` rooms with ids above ``after``, in id order: public
+        rooms and the private rooms ``user_id`` belongs to, whose name contains
+        ``name_contains`` (ASCII letters in either case) when it is given.
+
+        Each private room lists its first ``members_limit`` members by user id.
+        """
+
+    async def list_calls(
+        self, user_id: str, limit: int, after: CallsAfter | None = None
+    ) -> list[CallRecord]:
+        """The user's calls (as caller or callee), newest first, from after ``after``."""
 
     async def history(self, room_id: int, before: int | None, limit: int) -> list[HistoryMessage]:
         """Up to ``limit`` live messages with ids below ``before``, oldest first."""

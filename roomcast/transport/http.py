@@ -7,7 +7,10 @@ WebSocket error codes in ``{"error": {"code", "message"}}`` bodies.
 
 from __future__ import annotations
 
+import bisect
+import math
 import time
+import unicodedata
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -21,17 +24,24 @@ from roomcast.config import Settings, url_list
 from roomcast.ice import ice_servers
 from roomcast.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from roomcast.ports.broker import BrokerState
-from roomcast.ports.store import Room, Store, StoreUnavailable
+from roomcast.ports.store import CallsAfter, Room, Store, StoreUnavailable
 from roomcast.protocol import (
+    MAX_ID,
+    ROOM_NAME_MAX_CHARS,
+    USER_ID_MAX_CHARS,
     CreateRoom,
     ErrorCode,
     HistoryPage,
     ProtocolError,
     RoomInfo,
+    RoomMembersPage,
+    RoomPage,
+    RoomUsersPage,
     decode_body,
     encode_json,
+    visible_name,
 )
-from roomcast.service import ChatService, wall_ms
+from roomcast.service import ChatService
 
 _STATUS = {
     ErrorCode.INVALID_JSON: 400,
@@ -54,8 +64,18 @@ def json_response(value: Any, status: int = 200) -> web.Response:
     return web.Response(body=encode_json(value), status=status, content_type="application/json")
 
 
-def error_response(code: ErrorCode, message: str) -> web.Response:
-    return json_response({"error": {"code": code, "message": message}}, _STATUS[code])
+def error_response(
+    code: ErrorCode, message: str, retry_after_ms: int | None = None
+) -> web.Response:
+    """An error body; a rate limit's also says when to try again, in the body
+    (``retry_after_ms``, as on the WebSocket) and in ``Retry-After`` (seconds)."""
+    error: dict[str, Any] = {"code": code, "message": message}
+    if retry_after_ms is None:
+        return json_response({"error": error}, _STATUS[code])
+    error["retry_after_ms"] = retry_after_ms
+    response = json_response({"error": error}, _STATUS[code])
+    response.headers["Retry-After"] = str(max(1, math.ceil(retry_after_ms / 1000)))
+    return response
 
 
 @web.middleware
@@ -63,16 +83,31 @@ async def protocol_errors(request: web.Request, handler: Handler) -> web.StreamR
     try:
         return await handler(request)
     except ProtocolError as exc:
-        return error_response(exc.code, exc.message)
+        return error_response(exc.code, exc.message, exc.retry_after_ms)
     except StoreUnavailable:
         return error_response(ErrorCode.INTERNAL, "storage is unavailable")
     except web.HTTPRequestEntityTooLarge as exc:
         return error_response(ErrorCode.TOO_LARGE, exc.text or "request body too large")
 
 
-def room_info(room: Room, viewer: str | None) -> RoomInfo:
-    members = list(room.members) if room.admits(viewer) else []
-    return RoomInfo(room.id, room.name, room.private, room.created_by, room.created_at, members)
+#: Members shown with each private room of a room list (all of them:
+#: ``GET /api/rooms/{id}/members``), so that a page's size has a bound.
+ROOM_LIST_MEMBERS = 20
+#: The ``limit`` of a list when none is asked for.
+DEFAULT_PAGE = 50
+
+
+def room_info(room: Room) -> RoomInfo:
+    """A room for someone it admits (a room list holds only those)."""
+    return RoomInfo(
+        room.id,
+        room.name,
+        room.private,
+        room.created_by,
+        room.created_at,
+        list(room.members),
+        room.member_count,
+    )
 
 
 class HttpApi:
@@ -95,6 +130,7 @@ class HttpApi:
             web.get("/api/rooms", self.list_rooms),
             web.post("/api/rooms", self.create_room),
             web.get("/api/rooms/{room_id}/users", self.room_users),
+            web.get("/api/rooms/{room_id}/members", self.room_members),
             web.get("/api/rooms/{room_id}/messages", self.room_messages),
             web.get("/api/calls", self.list_calls),
             web.get("/api/ice-servers", self.ice_servers),
@@ -125,6 +161,12 @@ class HttpApi:
         if not room.admits(viewer):
             raise ProtocolError(ErrorCode.FORBIDDEN, f"room {room_id} is private")
         return room, viewer
+
+    def _limit(self, request: web.Request) -> int:
+        """A list's page size: ``?limit=``, at most ``--list-page-max``."""
+        return _int_param(
+            request.query.get("limit", str(DEFAULT_PAGE)), "limit", 1, self.settings.list_page_max
+        )
 
     # -- handlers ---------------------------------------------------------------------
 
@@ -179,20 +221,53 @@ class HttpApi:
         return json_response(asyncapi_document())
 
     async def list_rooms(self, request: web.Request) -> web.Response:
+        """One page of the rooms the viewer may see, in id order, optionally by name."""
         viewer = self._viewer(request)
-        rooms = await self.store.list_rooms(viewer)
-        return json_response({"rooms": [room_info(room, viewer) for room in rooms]})
+        limit = self._limit(request)
+        after = _int_param(request.query.get("after", "0"), "after", 0)
+        name = request.query.get("q") or None  # an empty filter box filters nothing
+        if name is not None:
+            if len(name) > ROOM_NAME_MAX_CHARS:
+                raise ProtocolError(
+                    ErrorCode.INVALID_MESSAGE, f"q: longer than {ROOM_NAME_MAX_CHARS} characters"
+                )
+            name = unicodedata.normalize("NFC", name)  # as room names are stored
+        # One more than asked: a full page is the last one unless something follows.
+        rooms = await self.store.list_rooms(viewer, after, limit + 1, name, ROOM_LIST_MEMBERS)
+        more = len(rooms) > limit
+        rooms = rooms[:limit]
+        page = RoomPage(
+            rooms=[room_info(room) for room in rooms], next=rooms[-1].id if more else None
+        )
+        return json_response(page)
 
     async def create_room(self, request: web.Request) -> web.Response:
         user = self._user(request)
         body: CreateRoom = decode_body(await request.read(), CreateRoom)
-        members = tuple(dict.fromkeys([user, *body.members])) if body.private else ()
-        room = await self.store.create_room(body.name, body.private, members, user, wall_ms())
-        return json_response(room_info(room, user), 201)
+        room = await self.service.create_room(user, body)
+        return json_response(room_info(room), 201)
 
     async def room_users(self, request: web.Request) -> web.Response:
+        """Who is in the room now, by user id, one page at a time."""
         room, _ = await self._visible_room(request)
-        return json_response(self.service.engine.room_users(room.id))
+        limit = self._limit(request)
+        after = _user_cursor(request.query.get("after"))
+        users = self.service.engine.room_users(room.id).users
+        start = 0 if after is None else bisect.bisect_right(users, after, key=lambda u: u.user_id)
+        page = users[start : start + limit]
+        more = start + limit < len(users)
+        return json_response(RoomUsersPage(room.id, page, page[-1].user_id if more else None))
+
+    async def room_members(self, request: web.Request) -> web.Response:
+        """A private room's members, by user id, one page at a time (public rooms: none)."""
+        room, _ = await self._visible_room(request)
+        limit = self._limit(request)
+        after = _user_cursor(request.query.get("after"))
+        members = sorted(room.members)
+        start = 0 if after is None else bisect.bisect_right(members, after)
+        page = members[start : start + limit]
+        more = start + limit < len(members)
+        return json_response(RoomMembersPage(room.id, page, page[-1] if more else None))
 
     async def room_messages(self, request: web.Request) -> web.Response:
         room, _ = await self._visible_room(request)
@@ -211,11 +286,16 @@ class HttpApi:
     async def list_calls(self, request: web.Request) -> web.Response:
         user = self._user(request)
         named = request.query.get("user_id")
-        if named is not None and named != user:
+        if named is not None and _user_param(named, "user_id") != user:
             raise ProtocolError(ErrorCode.FORBIDDEN, "you can only list your own calls")
-        limit = _int_param(request.query.get("limit", "50"), "limit", 1, 500)
-        records = await self.store.list_calls(user, limit)
-        return json_response({"calls": records})
+        limit = self._limit(request)
+        after = _calls_cursor(request.query.get("after"))
+        records = await self.store.list_calls(user, limit + 1, after)
+        more = len(records) > limit
+        records = records[:limit]
+        last = records[-1] if more else None
+        cursor = None if last is None else f"{last.started_at}.{last.call_id}"
+        return json_response({"calls": records, "next": cursor})
 
     async def ice_servers(self, request: web.Request) -> web.Response:
         user = self._user(request)
@@ -232,7 +312,38 @@ class HttpApi:
         )
 
 
-def _int_param(text: str, name: str, minimum: int, maximum: int = 2**63 - 1) -> int:
+def _user_param(text: str, name: str) -> str:
+    """A user id from the query, in NFC, as user ids are everywhere."""
+    try:
+        return visible_name(text, USER_ID_MAX_CHARS)
+    except ValueError as exc:
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"{name}: {exc}") from None
+
+
+def _user_cursor(text: str | None) -> str | None:
+    """``?after=`` of a list by user id: the last user id of the previous page."""
+    return None if text is None else _user_param(text, "after")
+
+
+def _calls_cursor(text: str | None) -> CallsAfter | None:
+    """``?after=`` of the call list: ``<started_at>.<call_id>`` of the previous page's last call."""
+    if text is None:
+        return None
+    started_at, dot, call_id = text.partition(".")
+    if (
+        dot
+        and started_at.isascii()
+        and started_at.isdigit()
+        and 1 <= len(call_id) <= 64
+        and int(started_at) <= MAX_ID
+    ):
+        return CallsAfter(int(started_at), call_id)
+    raise ProtocolError(
+        ErrorCode.INVALID_MESSAGE, "after: expected the next cursor of a previous page"
+    )
+
+
+def _int_param(text: str, name: str, minimum: int, maximum: int = MAX_ID) -> int:
     try:
         value = int(text)
     except ValueError:

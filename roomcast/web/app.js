@@ -53,7 +53,9 @@ const state = {
   backoff: 500,
   reconnectTimer: null,
   stopped: false,
-  rooms: [],
+  rooms: [], // the room list's pages loaded so far, in id order
+  roomsNext: null, // the next page's cursor (null: every room is loaded)
+  roomFilter: "", // the name filter of the room list
   current: null, // room id on screen
   joined: new Set(), // rooms this client is in (re-joined after a reconnect)
   rooms_state: new Map(), // room id -> RoomView
@@ -278,19 +280,61 @@ const HANDLERS = {
 
 // -- rooms ---------------------------------------------------------------------------------
 
+// The server lists rooms a page at a time (by id, optionally filtered by name):
+// the list starts with the first page and "More rooms" fetches the next.
+const ROOM_PAGE = 50;
+
+async function fetchRooms(after) {
+  const params = new URLSearchParams({ limit: String(ROOM_PAGE) });
+  if (after !== null) params.set("after", String(after));
+  if (state.roomFilter) params.set("q", state.roomFilter);
+  return api(`/api/rooms?${params}`);
+}
+
 async function refreshRooms() {
+  const filter = state.roomFilter;
+  let page;
   try {
-    state.rooms = (await api("/api/rooms")).rooms;
+    page = await fetchRooms(null);
   } catch (error) {
     toast(`Could not load rooms: ${error.message}`);
     return;
   }
+  if (filter !== state.roomFilter) return; // typed on meanwhile: a newer answer follows
+  state.rooms = page.rooms;
+  state.roomsNext = page.next;
   renderRooms();
+}
+
+async function loadMoreRooms() {
+  if (state.roomsNext === null) return;
+  const filter = state.roomFilter;
+  let page;
+  try {
+    page = await fetchRooms(state.roomsNext);
+  } catch (error) {
+    toast(`Could not load rooms: ${error.message}`);
+    return;
+  }
+  if (filter !== state.roomFilter) return;
+  mergeRooms(page.rooms);
+  state.roomsNext = page.next;
+  renderRooms();
+}
+
+function mergeRooms(rooms) {
+  const byId = new Map(state.rooms.map((info) => [info.id, info]));
+  for (const info of rooms) byId.set(info.id, info);
+  state.rooms = [...byId.values()].sort((a, b) => a.id - b.id);
 }
 
 function renderRooms() {
   const list = $("room-list");
   list.replaceChildren();
+  $("more-rooms").hidden = state.roomsNext === null;
+  if (!state.rooms.length) {
+    list.append(el("li", "muted small", state.roomFilter ? "No room has that name." : "No rooms yet."));
+  }
   for (const info of state.rooms) {
     const item = el("li");
     const button = el("button", "room-item" + (info.id === state.current ? " active" : ""));
@@ -867,12 +911,23 @@ async function boot() {
         body: { name, private: $("new-room-private").checked, members: [] },
       });
       $("new-room-name").value = "";
-      await refreshRooms();
+      // The newest room is on the last page: show it whatever is loaded.
+      mergeRooms([created]);
+      renderRooms();
       openRoom(created.id);
     } catch (error) {
       toast(`Could not create the room: ${error.message}`);
     }
   };
+  let filterTimer = null;
+  $("room-filter").oninput = () => {
+    clearTimeout(filterTimer);
+    filterTimer = setTimeout(() => {
+      state.roomFilter = $("room-filter").value.trim();
+      refreshRooms();
+    }, 250);
+  };
+  $("more-rooms").onclick = loadMoreRooms;
   $("messages").onscroll = async () => {
     const box = $("messages");
     if (box.scrollTop > 40 || state.current === null) return;

@@ -18,7 +18,7 @@ import pytest
 
 from tests.support import Client, Connect, ServerProcess, expect_close, http_json, users
 
-UNKNOWN_MESSAGE_ID = 2**62
+UNKNOWN_MESSAGE_ID = 2**53 - 1  # the largest id there is
 
 UserName = Callable[[str], str]
 

@@ -316,7 +316,7 @@ async def test_edit_delete_or_react_to_unknown_message_is_not_found(
 ) -> None:
     alice = await connect(user(f"alice-{request_type}"))
     await alice.join(room_id)
-    await alice.send(request_type, {"message_id": 2**62, **payload})
+    await alice.send(request_type, {"message_id": 2**53 - 1, **payload})
     await alice.expect_error("not_found", request_type)
 
 

@@ -85,7 +85,16 @@ def one_line_error(result: subprocess.CompletedProcess[str], code: int, text: st
             {},
             "--ttl must be at least 1 second",
         ),
-        (["token", "al\x01ice", "--auth-secret", SECRET], {}, "user_id must be 1-64 characters"),
+        (
+            ["token", "al\x01ice", "--auth-secret", SECRET],
+            {},
+            "user_id: must not contain control characters (U+0001)",
+        ),
+        (
+            ["token", "\u202eecila", "--auth-secret", SECRET],
+            {},
+            "user_id: must not contain invisible or bidi control characters (U+202E)",
+        ),
         (["token", "--auth-secret", SECRET], {}, "the following arguments are required: USER"),
     ],
 )

@@ -38,7 +38,7 @@ from tests.support import (
 )
 
 CHAT_FIELDS = {"id", "room_id", "user_id", "content", "type", "created_at"}
-UNKNOWN_MESSAGE_ID = 2**62
+UNKNOWN_MESSAGE_ID = 2**53 - 1  # the largest id there is
 
 UserName = Callable[[str], str]
 NewRoom = Callable[[], int]
