@@ -69,14 +69,28 @@ def visible_name(text: str, max_chars: int) -> str:
     if not 1 <= len(text) <= max_chars:
         raise ValueError(f"expected 1-{max_chars} characters")
     if not text.isprintable():  # rare: only then look at each character
-        for char in text:
+        for index, char in enumerate(text):
             category = unicodedata.category(char)
-            if category in _HIDDEN_CATEGORIES:
+            if category in _HIDDEN_CATEGORIES and not _joins_emoji(text, index):
                 kind = "control" if category == "Cc" else "invisible or bidi control"
                 raise ValueError(f"must not contain {kind} characters (U+{ord(char):04X})")
     if all(char.isspace() or char in _BLANK_LETTERS for char in text):
         raise ValueError("must not be blank")
     return text
+
+
+def _joins_emoji(text: str, index: int) -> bool:
+    """Whether ``text[index]`` is a zero-width joiner inside an emoji sequence
+    (👩‍💻, 🏳️‍🌈): between two symbols it hides nothing, while between letters
+    (``"al\u200dice"``) it would make one name look like another."""
+    if text[index] != "\u200d" or index == 0 or index + 1 == len(text):
+        return False
+    before = text[index - 1]
+    if before == "\ufe0f" and index > 1:  # an emoji's variation selector
+        before = text[index - 2]
+    return unicodedata.category(before) in ("So", "Sk") and unicodedata.category(
+        text[index + 1]
+    ) == "So"
 
 
 def _field_error(why: ValueError, path: str) -> ValueError:

@@ -32,6 +32,10 @@ from roomcast.protocol import (
         ("\U0001faea", "\U0001faea"),  # newer than this Python's Unicode tables
         ("\U0001f44d\ufe0f", "\U0001f44d\ufe0f"),  # a variation selector is a mark
         ("e\u0301" * 40, "\u00e9" * 40),  # 80 characters as sent, 40 in NFC: the limit is NFC's
+        # A joiner inside an emoji sequence hides nothing: team names use them.
+        ("\U0001f469\u200d\U0001f4bb team", "\U0001f469\u200d\U0001f4bb team"),
+        ("\U0001f3f3\ufe0f\u200d\U0001f308", "\U0001f3f3\ufe0f\u200d\U0001f308"),
+        ("\U0001f469\U0001f3fd\u200d\U0001f4bb", "\U0001f469\U0001f3fd\u200d\U0001f4bb"),
     ],
 )
 def test_visible_names_are_kept_in_nfc(text: str, expected: str) -> None:
@@ -49,6 +53,8 @@ def test_visible_names_are_kept_in_nfc(text: str, expected: str) -> None:
         ("a\u200bb", "U+200B"),
         ("a\u200cb", "U+200C"),
         ("a\u200db", "U+200D"),
+        ("a\u200d\U0001f4bb", "U+200D"),  # a joiner between a letter and an emoji
+        ("\U0001f469\u200d", "U+200D"),
         ("a\u200eb", "U+200E"),
         ("a\u200fb", "U+200F"),
         ("a\u202ab", "U+202A"),
