@@ -284,6 +284,8 @@ class ChatService:
             self._apply_node_gone(entry, mine)
         elif isinstance(entry, log_entries.SnapshotRequest):
             self._announce()
+            if not mine:
+                self._catch_up_rooms()
         elif isinstance(entry, log_entries.Snapshot):
             self._apply_snapshot(entry, mine)
 
@@ -520,6 +522,16 @@ class ChatService:
         """Log entries may have been lost: re-announce, ask the others, re-read rooms."""
         log.warning("log interrupted: resynchronising node=%s", self.node_id)
         self._append(log_entries.SnapshotRequest(self.node_id))
+        self._catch_up_rooms()
+
+    def _catch_up_rooms(self) -> None:
+        """Read what this node's rooms may have missed from the database.
+
+        After this node's log was interrupted, and when another node asks for
+        snapshots: that node may have been cut off from the log while it kept
+        storing its users' messages (applied only there), and the last of those
+        would otherwise reach this node only with the room's next message.
+        """
         rooms = {r for c in self._connections for r in self.engine.rooms.rooms_of(c)}
         for room_id in sorted(rooms):
             self._spawn(self._catch_up(room_id))
