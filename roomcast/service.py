@@ -502,9 +502,13 @@ class ChatService:
             self.node_id, tuple(connections), calls, self._now(), self._clock_ms()
         )
 
-    def log_interrupted(self) -> None:
-        """Log entries may have been lost: re-announce, ask the others, re-read rooms."""
-        log.warning("log interrupted: resynchronising node=%s", self.node_id)
+    def log_interrupted(self, unreadable: int = 0) -> None:
+        """Log entries may have been lost (or were unreadable): re-announce, ask the
+        others, re-read rooms."""
+        self.metrics.log_unreadable_entries += unreadable
+        log.warning(
+            "log interrupted: resynchronising node=%s unreadable=%d", self.node_id, unreadable
+        )
         self._append(log_entries.SnapshotRequest(self.node_id))
         rooms = {r for c in self._connections for r in self.engine.rooms.rooms_of(c)}
         for room_id in sorted(rooms):
