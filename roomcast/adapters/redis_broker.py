@@ -15,9 +15,13 @@ in its place, the rest of its record is applied, and the replica
 resynchronises as after an outage (nothing a client sends can cause that:
 the protocol bounds what it accepts; this is for bugs and foreign writers).
 
-Liveness: each node refreshes its score (an expiry time) in a sorted set
-every ``node_ttl / 3`` seconds and reads who else is live; the service
-declares a node gone once it has been missing for ``node_ttl``.
+Liveness: each node refreshes its score (an expiry time, ``node_ttl`` ahead)
+in a sorted set every ``node_ttl / 3`` seconds and reads who else is live,
+so a node that stops refreshing is missing from that list, and declared gone
+by the service, between ``node_ttl`` and ``node_ttl`` plus one refresh period
+after its last refresh. Right after Redis restarted or this node reached it
+again, the list is withheld for ``node_ttl``: the others may not have
+re-added themselves yet.
 
 When Redis cannot be reached, the node keeps serving its own users: what it
 appends is applied locally at once. When Redis answers again (or the node
@@ -90,6 +94,9 @@ class RedisBroker:
         self._run_id: str | None = None
         self._unreadable = 0  # entries skipped since the last resynchronisation
         self._resync_after = 0.0  # monotonic time before which none is started
+        # While the live list may lack nodes that are alive (Redis restarted, or
+        # this node was away), it is not passed on before this monotonic time.
+        self._live_list_from = 0.0
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         # Separate connections: the reader spends its time blocked in XREAD.
@@ -353,6 +360,9 @@ class RedisBroker:
         if self._state is BrokerState.DEGRADED or restarted:
             self._state = BrokerState.CONNECTED
             log.info("broker reachable again node=%s", self.node_id)
+            # The others' scores may have expired meanwhile (or gone with Redis)
+            # while they are alive: they re-add themselves within a refresh period.
+            self._live_list_from = time.monotonic() + self.node_ttl
             if self._replica is not None:
                 self._replica.log_interrupted()
         elif self._state is BrokerState.CONNECTED and await self._entries_trimmed():
@@ -361,7 +371,7 @@ class RedisBroker:
             self._apply_in_flight()
             if self._replica is not None:
                 self._replica.log_interrupted()
-        if self._replica is not None:
+        if self._replica is not None and time.monotonic() >= self._live_list_from:
             self._replica.nodes_alive({node.decode() for node in live})
 
     async def _after_restart(self) -> None:

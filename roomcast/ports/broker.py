@@ -257,7 +257,9 @@ class Replica(Protocol):
         """
 
     def nodes_alive(self, live: set[str]) -> None:
-        """The nodes whose liveness is current; others may have died."""
+        """The nodes whose liveness is current: every other node has not refreshed
+        its liveness for ``node_ttl`` and is gone. (A broker that cannot vouch for
+        that, such as one whose Redis just restarted, does not call this.)"""
 
 
 class Broker(Protocol):
