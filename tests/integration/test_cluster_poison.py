@@ -110,6 +110,11 @@ async def test_a_deeply_nested_offer_is_refused_and_no_presence_change_is_lost(
         await attacker.send_raw(poison_offer("callee"))
         await closing
 
+    # Every close took effect on both nodes (the users are gone from the room)...
+    expected = room_users(ROOM, "callee", "mallory-a", "mallory-b", "watcher")
+    for node in (a, b):
+        await eventually_equal(lambda node=node: http_room(node), (200, expected), timeout=5)
+    # ...so a round trip through the log now follows every frame they caused.
     for attacker in attackers:
         frames = await frames_until_barrier(attacker)
         errors = [frame["payload"] for frame in frames if frame["type"] == "error"]
@@ -118,9 +123,6 @@ async def test_a_deeply_nested_offer_is_refused_and_no_presence_change_is_lost(
     seen = await frames_until_barrier(watcher)
     for user_id in users:
         assert about(seen, user_id) == came_and_went(user_id)
-    expected = room_users(ROOM, "callee", "mallory-a", "mallory-b", "watcher")
-    for node in (a, b):
-        await eventually_equal(lambda node=node: http_room(node), (200, expected), timeout=5)
     # Nobody who left still rings.
     await offer_refused(attackers[0], "user1", "unavailable")
     for node in (a, b):
