@@ -60,6 +60,7 @@ class Metrics(Collector):
         self.slow_consumer_disconnects = 0
         self.flood_disconnects = 0
         self.gap_fills = 0
+        self.log_unreadable_entries = 0
         self.fanout = Tally((1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 5000))
         self.commit_seconds = Tally(
             (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
@@ -135,6 +136,11 @@ class Metrics(Collector):
             "roomcast_gap_fills",
             "Room sequence gaps read from the database (messages missed from the log).",
             value=self.gap_fills,
+        )
+        yield CounterMetricFamily(
+            "roomcast_log_unreadable_entries",
+            "Cluster log entries that could not be decoded (each resynchronises the node).",
+            value=self.log_unreadable_entries,
         )
         yield CounterMetricFamily(
             "roomcast_db_commit_failures",

@@ -20,6 +20,8 @@ from __future__ import annotations
 import enum
 import re
 import unicodedata
+from array import array
+from itertools import accumulate
 from typing import Annotated, Any, ClassVar, Final, Literal
 
 import msgspec
@@ -88,9 +90,10 @@ def _joins_emoji(text: str, index: int) -> bool:
     before = text[index - 1]
     if before == "\ufe0f" and index > 1:  # an emoji's variation selector
         before = text[index - 2]
-    return unicodedata.category(before) in ("So", "Sk") and unicodedata.category(
-        text[index + 1]
-    ) == "So"
+    return (
+        unicodedata.category(before) in ("So", "Sk")
+        and unicodedata.category(text[index + 1]) == "So"
+    )
 
 
 def _field_error(why: ValueError, path: str) -> ValueError:
@@ -523,8 +526,91 @@ def _describe(error: msgspec.ValidationError, root: str) -> str:
     return f"{root}{match['path']}: {text[: match.start()][0].lower()}{text[1 : match.start()]}"
 
 
+#: Deepest nesting of JSON arrays and objects accepted from a client, a frame's
+#: envelope (or an HTTP body's top level) counting as one level; deeper is
+#: ``invalid_message``. Every message the protocol defines needs 3 or 4 levels and
+#: an SDP or ICE ``data`` 1 or 2, so 32 leaves room for any real payload. Bounded
+#: because a recursive decoder needs stack for each level: about 990 levels (2 KB
+#: of brackets) overflow Python's recursion limit, in msgspec or in any later
+#: decode of the same bytes inside a larger document (a cluster's log record).
+MAX_JSON_DEPTH: Final = 32
+
+# Objects spelled as arrays, and nothing kept but brackets and quotes.
+_AS_ARRAYS: Final = bytes.maketrans(b"{}", b"[]")
+_NOT_STRUCTURE: Final = bytes(set(range(256)) - set(b'"[]{}'))
+_STEPS: Final = bytes.maketrans(b"[]", b"\x01\xff")  # +1 and -1 as signed bytes
+
+
+def _structure(data: bytes) -> bytes:
+    """The brackets of ``data`` that are not inside strings, objects spelled ``[]``.
+
+    Escaped backslashes, then escaped quotes, are removed first, so that every
+    quote left opens or closes a string; two quotes in a row (an empty string, or
+    one string ending where the next begins) hide nothing and go too.
+    """
+    unescaped = data.replace(b"\\\\", b"").replace(b'\\"', b"")
+    kept = unescaped.translate(_AS_ARRAYS, _NOT_STRUCTURE).replace(b'""', b"")
+    if b'"' not in kept:
+        return kept
+    return b"".join(kept.split(b'"')[::2])  # even pieces are outside strings
+
+
+def _nested_deeper(data: bytes, limit: int) -> bool:
+    """Whether ``data`` opens more than ``limit`` arrays/objects at once.
+
+    Only C-speed passes over the brackets: each ``replace`` removes every
+    innermost pair, so after ``k`` passes an opener still there has more than
+    ``k`` levels inside it or is never closed, and a run of ``limit + 1 - k`` of
+    them is too deep; openers left that could not reach the limit, or a pass that
+    removes nothing (closers then openers: malformed), are not. Shapes that
+    shrink slowly (many long chains) end with one exact prefix-sum instead, so
+    the work stays a few passes over the frame. Malformed JSON is never judged
+    shallower than a decoder would find it before its first error; which
+    refusal it gets is all that depends on this.
+    """
+    brackets = _structure(data)
+    budget = 3 * len(brackets)
+    for removed in range(limit + 1):
+        if brackets.count(b"[") <= limit - removed:
+            return False
+        if b"[" * (limit + 1 - removed) in brackets:
+            return True
+        budget -= len(brackets)
+        if budget < 0:
+            steps = array("b", brackets.translate(_STEPS))
+            return removed + max(accumulate(steps)) > limit
+        inner = brackets.replace(b"[]", b"")
+        if len(inner) == len(brackets):
+            return False
+        brackets = inner
+    return True  # unreachable: at removed == limit, any opener left is a run of 1
+
+
+def check_json_depth(data: bytes | str, root: str) -> None:
+    """Refuse JSON nested deeper than :data:`MAX_JSON_DEPTH`, before any decoder sees it.
+
+    On the path of every frame, so the common case is a count or two (most frames
+    have no ``[``): JSON with no more openers than the limit cannot be deeper.
+    Only a frame with more is scanned, and brackets inside strings do not count.
+    """
+    if isinstance(data, str):
+        if data.count("{") + (data.count("[") if "[" in data else 0) <= MAX_JSON_DEPTH:
+            return
+        raw = data.encode("utf-8", "surrogatepass")
+    else:
+        if data.count(b"{") + (data.count(b"[") if b"[" in data else 0) <= MAX_JSON_DEPTH:
+            return
+        raw = bytes(data)
+    if _nested_deeper(raw, MAX_JSON_DEPTH):
+        raise ProtocolError(
+            ErrorCode.INVALID_MESSAGE,
+            f"{root}: JSON nested deeper than {MAX_JSON_DEPTH} levels of arrays and objects",
+        )
+
+
 def decode_client(data: bytes | str) -> Request:
     """Decode one client frame, or raise :class:`ProtocolError`."""
+    check_json_depth(data, "message")
     try:
         envelope = _envelope_decoder.decode(data)
     except msgspec.ValidationError as exc:
@@ -668,6 +754,7 @@ class HistoryPage(msgspec.Struct):
 
 def decode_body(data: bytes, cls: type[msgspec.Struct]) -> Any:
     """Decode an HTTP JSON body, raising :class:`ProtocolError` like a frame would."""
+    check_json_depth(data, "body")
     try:
         return msgspec.json.decode(data, type=cls)
     except msgspec.ValidationError as exc:

@@ -187,7 +187,6 @@ class ChatService:
         self._connections: dict[str, Connection] = {}  # this node's own
         self._own_by_user: dict[str, set[str]] = {}  # this node's, by user
         self._node_of: dict[str, str] = {}  # every connection in the replica -> its node
-        self._absent_since: dict[str, float] = {}  # nodes missing from the live list
         self._announce_due = False  # a snapshot waits for this node's entries in flight
         # Nodes whose snapshot this node waits for before it is ready (None: not asked yet).
         self._awaiting_snapshots: set[str] | None = None
@@ -518,9 +517,13 @@ class ChatService:
             self.node_id, tuple(connections), calls, self._now(), self._clock_ms()
         )
 
-    def log_interrupted(self) -> None:
-        """Log entries may have been lost: re-announce, ask the others, re-read rooms."""
-        log.warning("log interrupted: resynchronising node=%s", self.node_id)
+    def log_interrupted(self, unreadable: int = 0) -> None:
+        """Log entries may have been lost (or were unreadable): re-announce, ask the
+        others, re-read rooms."""
+        self.metrics.log_unreadable_entries += unreadable
+        log.warning(
+            "log interrupted: resynchronising node=%s unreadable=%d", self.node_id, unreadable
+        )
         self._append(log_entries.SnapshotRequest(self.node_id))
         self._catch_up_rooms()
 
@@ -546,20 +549,18 @@ class ChatService:
         return not self._awaiting_snapshots or self._now() >= self._ready_by
 
     def nodes_alive(self, live: set[str]) -> None:
-        """The broker's list of live nodes: any other node missing too long is gone."""
+        """The broker's list of live nodes: any other node not in it is gone.
+
+        Missing from the list already means ``node_ttl`` without a refresh (the
+        score expired), so it is declared gone at once: waiting here too would
+        make that twice ``node_ttl``.
+        """
         now = self._now()
         if self._awaiting_snapshots is None:  # the first list: whom to hear from
             self._awaiting_snapshots = live - {self.node_id}
             self._ready_by = now + self.settings.node_ttl
-        known = set(self._node_of.values()) - {self.node_id}
-        for node in known - live:
-            since = self._absent_since.setdefault(node, now)
-            if now - since >= self.settings.node_ttl:
-                del self._absent_since[node]
-                self._append(log_entries.NodeGone(node, now, self._clock_ms()))
-        for node in list(self._absent_since):
-            if node in live or node not in known:
-                del self._absent_since[node]
+        for node in sorted(set(self._node_of.values()) - live - {self.node_id}):
+            self._append(log_entries.NodeGone(node, now, self._clock_ms()))
 
     # -- gaps in a room's sequence ---------------------------------------------------------
 

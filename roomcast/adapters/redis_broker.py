@@ -4,16 +4,24 @@ Redis runs commands one at a time, so ``XADD`` gives every entry one place in
 one order that all readers see alike; that is all the replicas need (see
 :mod:`roomcast.ports.broker`). Each node reads the stream with a blocking
 ``XREAD`` on its own connection and writes through another; what it appended
-during one loop turn becomes one stream record (a JSON array of entries), so
-Redis work grows with loop turns, not with messages.
+during one loop turn becomes one stream record (its entries as one JSON
+array, after their lengths: see :func:`~roomcast.ports.broker.encode_batch`),
+so Redis work grows with loop turns, not with messages.
 
 Every entry carries its origin node and that node's counter, so an entry is
 applied at most once even when it is both applied locally (see below) and
-later read back from the stream.
+later read back from the stream. An entry that cannot be decoded is skipped
+in its place, the rest of its record is applied, and the replica
+resynchronises as after an outage (nothing a client sends can cause that:
+the protocol bounds what it accepts; this is for bugs and foreign writers).
 
-Liveness: each node refreshes its score (an expiry time) in a sorted set
-every ``node_ttl / 3`` seconds and reads who else is live; the service
-declares a node gone once it has been missing for ``node_ttl``.
+Liveness: each node refreshes its score (an expiry time, ``node_ttl`` ahead)
+in a sorted set every ``node_ttl / 3`` seconds and reads who else is live,
+so a node that stops refreshing is missing from that list, and declared gone
+by the service, between ``node_ttl`` and ``node_ttl`` plus one refresh period
+after its last refresh. Right after Redis restarted or this node reached it
+again, the list is withheld for ``node_ttl``: the others may not have
+re-added themselves yet.
 
 When Redis cannot be reached, the node keeps serving its own users: what it
 appends is applied locally at once. When Redis answers again (or the node
@@ -40,8 +48,10 @@ from roomcast.ports.broker import (
     BrokerState,
     BrokerUnavailable,
     Input,
+    RecordUnreadable,
     Replica,
     SnapshotRequest,
+    Unreadable,
     decode_batch,
     encode_batch,
     encode_input,
@@ -51,6 +61,10 @@ log = logging.getLogger("roomcast.broker")
 
 #: Failures that mean "Redis is not reachable right now".
 _UNREACHABLE = (RedisError, OSError, asyncio.TimeoutError)
+
+#: Unreadable log entries resynchronise the replica at most this often (seconds):
+#: a run of bad records must not become a storm of snapshots.
+RESYNC_INTERVAL = 1.0
 
 
 class RedisBroker:
@@ -78,6 +92,11 @@ class RedisBroker:
         self._wake = asyncio.Event()
         self._last_id = b"0-0"
         self._run_id: str | None = None
+        self._unreadable = 0  # entries skipped since the last resynchronisation
+        self._resync_after = 0.0  # monotonic time before which none is started
+        # While the live list may lack nodes that are alive (Redis restarted, or
+        # this node was away), it is not passed on before this monotonic time.
+        self._live_list_from = 0.0
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         # Separate connections: the reader spends its time blocked in XREAD.
@@ -170,7 +189,8 @@ class RedisBroker:
                 {
                     "o": self.node_id,
                     "n": batch[0][0],  # the first entry's counter; the rest follow on
-                    "b": encode_batch([data for _, data, _ in batch]),
+                    "c": len(batch),
+                    "e": encode_batch([data for _, data, _ in batch]),
                 },
                 maxlen=self._max_log,
                 approximate=True,
@@ -229,6 +249,7 @@ class RedisBroker:
                 for entry_id, fields in entries:
                     self._last_id = entry_id
                     self._receive(fields)
+            self._resync_if_unreadable()
 
     async def _entries_trimmed(self) -> bool:
         """Whether entries after the last one read are gone (the stream is capped)."""
@@ -242,12 +263,60 @@ class RedisBroker:
         try:
             origin = fields[b"o"].decode()
             first = int(fields[b"n"])
-            entries = decode_batch(fields[b"b"])
-        except Exception:
-            log.exception("unreadable log record skipped")
+            count = int(fields[b"c"])
+        except (KeyError, ValueError, UnicodeDecodeError) as exc:
+            # Whose entries these were is unknown: only a resynchronisation helps.
+            log.error("unreadable log record skipped error=%r", exc)
+            self._unreadable += 1
             return
+        entries: list[Input | Unreadable]
+        try:
+            entries = decode_batch(fields[b"e"])
+            if len(entries) != count:
+                raise RecordUnreadable(f"{len(entries)} entries, not {count}")
+        except (KeyError, RecordUnreadable) as exc:
+            entries = [Unreadable(f"the record is unreadable: {exc!r}")] * count
         for offset, entry in enumerate(entries):
-            self._apply(origin, first + offset, entry)
+            if isinstance(entry, Unreadable):
+                self._skip(origin, first + offset, entry)
+            else:
+                self._apply(origin, first + offset, entry)
+
+    def _skip(self, origin: str, counter: int, entry: Unreadable) -> None:
+        """An entry nobody could decode: its place is passed, its effect comes back
+        with the snapshots of the resynchronisation that follows."""
+        if counter <= self._applied.get(origin, 0):
+            return  # applied already (locally while Redis was away)
+        log.error(
+            "unreadable log entry skipped origin=%s counter=%d error=%s",
+            origin,
+            counter,
+            entry.error,
+        )
+        self._unreadable += 1
+        original = self._in_flight.get(counter) if origin == self.node_id else None
+        if original is None:
+            self._applied[origin] = counter
+        else:
+            # This node's own entry is still here as it was appended: applied here,
+            # this replica stays true to what this node did, and its snapshot then
+            # tells the others.
+            self._apply(origin, counter, original)
+
+    def _resync_if_unreadable(self) -> None:
+        """After unreadable entries: resynchronise, at most once per ``RESYNC_INTERVAL``.
+
+        Called after every read (which blocks for at most a second), so a
+        resynchronisation held back is started soon after the interval.
+        """
+        if not self._unreadable or self._replica is None:
+            return
+        now = time.monotonic()
+        if now < self._resync_after:
+            return
+        self._resync_after = now + RESYNC_INTERVAL
+        unreadable, self._unreadable = self._unreadable, 0
+        self._replica.log_interrupted(unreadable)
 
     def _apply(self, origin: str, counter: int, entry: Input) -> None:
         if counter <= self._applied.get(origin, 0):
@@ -291,6 +360,9 @@ class RedisBroker:
         if self._state is BrokerState.DEGRADED or restarted:
             self._state = BrokerState.CONNECTED
             log.info("broker reachable again node=%s", self.node_id)
+            # The others' scores may have expired meanwhile (or gone with Redis)
+            # while they are alive: they re-add themselves within a refresh period.
+            self._live_list_from = time.monotonic() + self.node_ttl
             if self._replica is not None:
                 self._replica.log_interrupted()
         elif self._state is BrokerState.CONNECTED and await self._entries_trimmed():
@@ -299,7 +371,7 @@ class RedisBroker:
             self._apply_in_flight()
             if self._replica is not None:
                 self._replica.log_interrupted()
-        if self._replica is not None:
+        if self._replica is not None and time.monotonic() >= self._live_list_from:
             self._replica.nodes_alive({node.decode() for node in live})
 
     async def _after_restart(self) -> None:

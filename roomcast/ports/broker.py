@@ -24,7 +24,7 @@ the per-room order with the room sequence (see :mod:`roomcast.core.ordering`).
 from __future__ import annotations
 
 import enum
-from typing import Protocol
+from typing import Annotated, Any, Protocol
 
 import msgspec
 
@@ -124,8 +124,8 @@ class Snapshot(_Input, tag="snapshot", frozen=True, gc=False):
     """Everything ``node`` holds: the replicas replace their picture of it with this.
 
     Sent when a node joins, after the log was interrupted (the broker
-    restarted or the node could not reach it), or when a node learns it was
-    declared dead while it was in fact alive.
+    restarted, the node could not reach it, or an entry could not be decoded),
+    or when a node learns it was declared dead while it was in fact alive.
     """
 
     node: str
@@ -165,19 +165,72 @@ Input = (
 
 _encoder = msgspec.json.Encoder()
 _batch_decoder: msgspec.json.Decoder[list[Input]] = msgspec.json.Decoder(list[Input])
+_entry_decoder: msgspec.json.Decoder[Input] = msgspec.json.Decoder(Input)
+_lengths_decoder = msgspec.json.Decoder(list[Annotated[int, msgspec.Meta(ge=0)]])
 
 
 def encode_input(entry: Input) -> bytes:
     return _encoder.encode(entry)
 
 
+class Unreadable(msgspec.Struct, frozen=True, gc=False):
+    """In a decoded record, the place of an entry that could not be decoded."""
+
+    error: str
+
+
+class RecordUnreadable(Exception):
+    """A log record whose framing is broken: its entries cannot be told apart."""
+
+
 def encode_batch(encoded: list[bytes]) -> bytes:
-    """Several encoded entries as one JSON array (one log record for many entries)."""
-    return b"[" + b",".join(encoded) + b"]"
+    """Several encoded entries as one log record: a line with the entries' lengths
+    (a JSON array), then the entries as one JSON array.
+
+    The array is decoded in one call, as fast as before; the lengths are for
+    when that fails: each entry is then cut out by its length and decoded on
+    its own, so an entry that cannot be decoded takes nothing else with it.
+    """
+    return _encoder.encode(list(map(len, encoded))) + b"\n[" + b",".join(encoded) + b"]"
 
 
-def decode_batch(data: bytes) -> list[Input]:
-    return _batch_decoder.decode(data)
+def decode_batch(record: bytes) -> list[Input | Unreadable]:
+    """The entries of a record in order, an :class:`Unreadable` in place of each one
+    that does not decode; :class:`RecordUnreadable` if the framing itself is broken."""
+    header, newline, array = record.partition(b"\n")
+    if not newline or header[:1] != b"[":
+        raise RecordUnreadable("no line of entry lengths")
+    try:
+        entries: list[Any] = _batch_decoder.decode(array)
+    except (msgspec.DecodeError, RecursionError):
+        return _decode_each(header, array)
+    if len(entries) != (header.count(b",") + 1 if header != b"[]" else 0):
+        raise RecordUnreadable(f"{len(entries)} entries, but lengths {header[:80]!r}")
+    return entries
+
+
+def _decode_each(header: bytes, array: bytes) -> list[Input | Unreadable]:
+    """The entries of a record whose array did not decode as a whole, one by one."""
+    try:
+        lengths = _lengths_decoder.decode(header)
+    except msgspec.DecodeError:
+        raise RecordUnreadable(f"entry lengths {header[:80]!r}") from None
+    size = sum(lengths) + max(len(lengths) - 1, 0) + 2  # the commas and brackets
+    if size != len(array) or array[:1] != b"[":
+        raise RecordUnreadable(f"entry lengths {header[:80]!r} do not fit the entries")
+    entries: list[Input | Unreadable] = []
+    view = memoryview(array)
+    position = 1
+    for length in lengths:
+        stop = position + length
+        if array[stop : stop + 1] not in (b",", b"]"):
+            raise RecordUnreadable(f"no entry ends at byte {stop}")
+        try:
+            entries.append(_entry_decoder.decode(view[position:stop]))
+        except (msgspec.DecodeError, RecursionError) as exc:
+            entries.append(Unreadable(str(exc)))
+        position = stop + 1
+    return entries
 
 
 class BrokerUnavailable(Exception):
@@ -196,11 +249,17 @@ class Replica(Protocol):
     def apply(self, entry: Input, origin: str) -> None:
         """Apply one entry; ``origin`` is the node that appended it."""
 
-    def log_interrupted(self) -> None:
-        """Entries may have been missed: every node must re-announce what it holds."""
+    def log_interrupted(self, unreadable: int = 0) -> None:
+        """Entries may have been missed: every node must re-announce what it holds.
+
+        ``unreadable``: how many entries were read but could not be decoded
+        (they were skipped; their effects come back with the snapshots).
+        """
 
     def nodes_alive(self, live: set[str]) -> None:
-        """The nodes whose liveness is current; others may have died."""
+        """The nodes whose liveness is current: every other node has not refreshed
+        its liveness for ``node_ttl`` and is gone. (A broker that cannot vouch for
+        that, such as one whose Redis just restarted, does not call this.)"""
 
 
 class Broker(Protocol):
