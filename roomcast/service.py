@@ -48,6 +48,7 @@ from roomcast.ports.store import (
     InsertMessage,
     Operation,
     Outcome,
+    ProbeWrite,
     Result,
     Room,
     RoomLimitReached,
@@ -197,6 +198,7 @@ class ChatService:
         self._timer_deadline = math.inf
         self._tick_sent = -math.inf  # the time of this node's last tick
         self._gap_timer: asyncio.TimerHandle | None = None
+        self._write_probe: asyncio.Future[bool] | None = None  # see writes_work
         self._background: set[asyncio.Task[None]] = set()
         broker.attach(self)
         self.metrics.gauge(
@@ -1041,6 +1043,30 @@ class ChatService:
             emoji = unicodedata.normalize("NFC", request.emoji)
             op = ToggleReaction(request.message_id, user_id, rooms, emoji, now)
         self._submit(conn, op, request.TYPE)
+
+    async def writes_work(self) -> bool:
+        """Commit a :class:`ProbeWrite`: whether write transactions succeed now.
+
+        For ``/health`` after commits failed, so that it can tell a recovered
+        database without waiting for a user to write. One probe at a time;
+        callers meanwhile share its answer.
+        """
+        probe = self._write_probe
+        if probe is None or probe.done():
+            probe = self._write_probe = asyncio.get_running_loop().create_future()
+
+            def settle(result: Result | None, error: BaseException | None) -> None:
+                if not probe.done():
+                    probe.set_result(error is None)
+
+            try:
+                self._store_submit(ProbeWrite(self._clock_ms()), settle)
+            except StoreUnavailable:
+                probe.set_result(False)
+        try:
+            return await asyncio.wait_for(asyncio.shield(probe), self.settings.db_timeout + 1)
+        except TimeoutError:
+            return False
 
     def _store_submit(self, op: Operation, done: Done[Result]) -> None:
         try:

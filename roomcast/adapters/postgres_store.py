@@ -49,6 +49,7 @@ from roomcast.ports.store import (
     InsertMessage,
     Operation,
     Outcome,
+    ProbeWrite,
     ReadSince,
     Result,
     Room,
@@ -330,6 +331,12 @@ class PostgresStore:
                 "ended_at = excluded.ended_at, end_reason = excluded.end_reason",
                 *rules.call_values(op),
             )
+            return Result(Outcome.DONE)
+        if isinstance(op, ProbeWrite):
+            # The lock every message insert takes, so that a messages table
+            # locked elsewhere fails the probe as it fails the inserts.
+            await conn.execute("LOCK TABLE messages IN ROW EXCLUSIVE MODE")
+            await conn.execute(rules.PROBE_WRITE.format(placeholder="$1"), op.written_at)
             return Result(Outcome.DONE)
         if isinstance(op, ReadSince):
             rows = await conn.fetch(

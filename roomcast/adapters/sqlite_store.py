@@ -47,6 +47,7 @@ from roomcast.ports.store import (
     InsertMessage,
     Operation,
     Outcome,
+    ProbeWrite,
     ReadSince,
     Result,
     Room,
@@ -436,6 +437,9 @@ class SQLiteStore:
                 "ended_at = excluded.ended_at, end_reason = excluded.end_reason",
                 rules.call_values(op),
             )
+            return Result(Outcome.DONE)
+        if isinstance(op, ProbeWrite):
+            conn.execute(rules.PROBE_WRITE.format(placeholder="?"), (op.written_at,))
             return Result(Outcome.DONE)
         if isinstance(op, ReadSince):
             rows = conn.execute(

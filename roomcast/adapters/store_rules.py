@@ -439,3 +439,11 @@ def runs(ops: Iterable[Operation]) -> Iterator[list[InsertMessage] | Operation]:
         yield op
     if group:
         yield group
+
+
+#: The one statement of a :class:`~roomcast.ports.store.ProbeWrite` (either engine,
+#: with its placeholder).
+PROBE_WRITE = (
+    "INSERT INTO write_probe (id, written_at) VALUES (1, {placeholder}) "
+    "ON CONFLICT (id) DO UPDATE SET written_at = excluded.written_at"
+)

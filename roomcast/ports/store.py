@@ -110,8 +110,23 @@ class ToggleReaction(msgspec.Struct, frozen=True, gc=False):
     created_at: int
 
 
+class ProbeWrite(msgspec.Struct, frozen=True, gc=False):
+    """Rewrite the one row of ``write_probe``: whether writes commit again after
+    failures, known without waiting for a user's message (see ``/health``)."""
+
+    written_at: int
+
+
 #: A call snapshot from the core is stored as is (insert or update by id).
-Operation = InsertMessage | EditMessage | DeleteMessage | ToggleReaction | CallRecord | ReadSince
+Operation = (
+    InsertMessage
+    | EditMessage
+    | DeleteMessage
+    | ToggleReaction
+    | CallRecord
+    | ReadSince
+    | ProbeWrite
+)
 
 
 class Outcome(enum.Enum):

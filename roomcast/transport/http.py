@@ -175,7 +175,8 @@ class HttpApi:
 
         A database that answers can still refuse every write (disk full,
         locked by another process): ``failing`` from the first failed group
-        commit until one succeeds again. A node whose broker is away still
+        commit until one succeeds again, a probe write of the health check's own
+        included. A node whose broker is away still
         serves its own users, so it stays in a load balancer's rotation and
         reports ``degraded``.
         """
@@ -187,7 +188,8 @@ class HttpApi:
         except StoreUnavailable:
             body.update(status="unavailable", database="unreachable")
             return json_response(body, 503)
-        if self.service.metrics.commit_failing:
+        # After failures, a write nobody reads says whether writes commit again.
+        if self.service.metrics.commit_failing and not await self.service.writes_work():
             body.update(status="unavailable", database="failing")
             return json_response(body, 503)
         if not self.service.ready:

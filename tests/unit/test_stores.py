@@ -37,6 +37,7 @@ from roomcast.ports.store import (
     InsertMessage,
     Operation,
     Outcome,
+    ProbeWrite,
     ReadSince,
     StoreUnavailable,
     ToggleReaction,
@@ -284,6 +285,12 @@ async def test_locked_database_fails_every_op_in_the_batch_then_recovers(
     assert (kept.outcome, kept.seq) == (Outcome.DONE, 1)  # the failed batch used no number
     assert [m.content for m in await store.history(1, None, 10)] == ["kept"]
     await store.close()
+
+
+async def test_a_probe_write_rewrites_its_one_row(db: Database, store: Store) -> None:
+    for written_at in (5, 7):
+        assert (await store.run(ProbeWrite(written_at))).outcome is Outcome.DONE
+    assert await db.fetch("SELECT id, written_at FROM write_probe") == [(1, 7)]
 
 
 async def test_close_commits_everything_submitted(db: Database) -> None:
