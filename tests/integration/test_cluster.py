@@ -839,6 +839,37 @@ async def test_redis_restart_while_messages_flow_loses_and_repeats_nothing(
     assert late == {}, "local delivery stalled while Redis was away"
 
 
+async def test_a_message_a_cut_off_node_stored_reaches_a_node_that_recovered_first(
+    private_redis: RedisServer, cluster: Cluster
+) -> None:
+    """Node B is slow to notice that Redis is back and stores a message while it
+    still thinks it is cut off (so it is applied on B alone). Node A came back
+    first and has already read what it missed from the database; it must still
+    get B's message, when B asks for snapshots, with no later message to reveal
+    the gap."""
+    [a] = await cluster.start(1, "--broker", private_redis.url, "--node-ttl", "1")
+    [b] = await cluster.start(1, "--broker", private_redis.url, "--node-ttl", "9")
+    watcher = await cluster.connect(a, "watcher")
+    sender = await cluster.connect(b, "sender")
+    await watcher.join(ROOM)
+    await sender.join(ROOM)
+    await drain(watcher, sender)
+
+    private_redis.stop()
+    await sender.chat(ROOM, "while redis is down")  # B's append fails: B is cut off
+    await wait_health(b.http, "degraded", timeout=5)
+    await wait_health(a.http, "degraded", timeout=5)
+    await asyncio.to_thread(private_redis.start)
+    await wait_health(a.http, "connected", timeout=5)  # A looks three times a second
+    await sender.chat(ROOM, "B still cut off")  # B looks every three seconds
+    _, body = await health(b.http)
+    assert body["broker"] == "degraded", "B noticed Redis was back too soon for this test"
+
+    received = [(await watcher.recv_until("chat", timeout=15))["payload"] for _ in range(2)]
+    assert [m["content"] for m in received] == ["while redis is down", "B still cut off"]
+    assert [m["id"] for m in received] == db_ids(cluster.name)
+
+
 # -- 7. PostgreSQL goes away ----------------------------------------------------------------
 
 

@@ -20,7 +20,9 @@ async def commit_metrics(server: ServerProcess) -> dict[str, float]:
     }
 
 
-async def test_health_is_503_while_commits_fail_and_ok_once_writes_commit_again(tmp_db: Path) -> None:
+async def test_health_is_503_while_commits_fail_and_ok_once_writes_commit_again(
+    tmp_db: Path,
+) -> None:
     server = ServerProcess(tmp_db, "--db-timeout", "0.2").start()
     alice = await Client.connect(server.ws_url, "alice")
     try:
