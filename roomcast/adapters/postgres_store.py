@@ -437,19 +437,10 @@ class PostgresStore:
                 created_by,
                 now,
             )
-            if created is not None:
-                if not await self._count_created(conn, created_by, max_rooms):
-                    # Not committed yet, so nobody saw it: the transaction ends as it began.
-                    await conn.execute("DELETE FROM rooms WHERE id = $1", room_id)
-                    return None
-                # Rooms created without an id are numbered after this one, as
-                # SQLite does (max + 1). Not atomic with other processes, so
-                # create_room still steps over an id that is taken.
-                await conn.execute(
-                    "SELECT setval(s, $1) FROM (SELECT CAST(pg_get_serial_sequence('rooms', 'id') "
-                    "AS regclass) AS s) AS q WHERE $1 > coalesce(pg_sequence_last_value(s), 0)",
-                    room_id,
-                )
+            if created is not None and not await self._count_created(conn, created_by, max_rooms):
+                # Not committed yet, so nobody saw it: the transaction ends as it began.
+                await conn.execute("DELETE FROM rooms WHERE id = $1", room_id)
+                return None
             return await self._room(conn, room_id)
 
         room = await self._attempt(ensure, transaction=True)
@@ -471,24 +462,18 @@ class PostgresStore:
                 conn, created_by, max_rooms
             ):
                 return None
-            room_id = None
-            while room_id is None:  # an id taken by ensure_room is skipped
-                candidate = await conn.fetchval(
-                    "SELECT nextval(pg_get_serial_sequence('rooms', 'id'))"
-                )
-                if not rules.new_room_id(candidate):
-                    candidate = rules.first_free_room_id(
-                        await conn.fetchval(rules.FIRST_FREE_ROOM_ID)
-                    )
-                room_id = await conn.fetchval(
-                    "INSERT INTO rooms (id, name, private, created_by, created_at) "
-                    "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING RETURNING id",
-                    candidate,
-                    name,
-                    int(private),
-                    created_by,
-                    now,
-                )
+            room_id = rules.room_number(await conn.fetchval(rules.TAKE_ROOM_NUMBER))
+            insert = (
+                "INSERT INTO rooms (id, name, private, created_by, created_at) "
+                "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING RETURNING id"
+            )
+            values = (name, int(private), created_by, now)
+            while await conn.fetchval(insert, room_id, *values) is None:
+                # Taken by a room open mode created (maybe a moment ago, on
+                # another node): step over the run of them.
+                free = await conn.fetchval(rules.FREE_ROOM_ID_FROM.format("$1"), room_id)
+                room_id = rules.room_number(free)
+                await conn.execute(rules.SET_ROOM_NUMBER.format("$1"), room_id + 1)
             await conn.execute(
                 "INSERT INTO room_members (room_id, user_id) SELECT $1, unnest($2::text[]) "
                 "ON CONFLICT DO NOTHING",

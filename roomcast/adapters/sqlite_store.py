@@ -544,15 +544,18 @@ class SQLiteStore:
                     raise RoomLimitReached(created_by, rules.creation_limit(max_rooms))
                 # Numbered here, not by SQLite: past the largest id its rowid
                 # would be random (and beyond what a browser can hold).
-                room_id = (conn.execute("SELECT MAX(id) FROM rooms").fetchone()[0] or 0) + 1
-                if not rules.new_room_id(room_id):
-                    found = conn.execute(rules.FIRST_FREE_ROOM_ID).fetchone()[0]
-                    room_id = rules.first_free_room_id(found)
-                conn.execute(
+                room_id = rules.room_number(conn.execute(rules.TAKE_ROOM_NUMBER).fetchone()[0])
+                insert = (
                     "INSERT INTO rooms (id, name, private, created_by, created_at) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (room_id, name, int(private), created_by, now),
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING RETURNING id"
                 )
+                values = (name, int(private), created_by, now)
+                if not conn.execute(insert, (room_id, *values)).fetchall():
+                    # Taken by a room open mode created: step over the run of them.
+                    free = conn.execute(rules.FREE_ROOM_ID_FROM.format("?"), (room_id,))
+                    room_id = rules.room_number(free.fetchone()[0])
+                    conn.execute(rules.SET_ROOM_NUMBER.format("?"), (room_id + 1,))
+                    conn.execute(insert, (room_id, *values))
                 conn.executemany(
                     "INSERT OR IGNORE INTO room_members (room_id, user_id) VALUES (?, ?)",
                     [(room_id, member) for member in members],

@@ -100,28 +100,32 @@ def rooms(room_rows: Iterable[Row], member_rows: Iterable[Row]) -> list[Room]:
 
 # -- creating rooms -------------------------------------------------------------------
 
-#: The smallest room id that no room has. New rooms are numbered max + 1 (so
-#: that they follow the ids open mode's ``join_room`` picks), but never above
-#: :data:`~roomcast.protocol.MAX_ID`: once a room has that id, new rooms fill
-#: the lowest gap instead. Finding it walks the rooms in id order up to the
-#: gap; that only happens after someone has taken an id near the top.
-FIRST_FREE_ROOM_ID = (
-    "SELECT CASE WHEN NOT EXISTS (SELECT 1 FROM rooms WHERE id = 1) THEN 1 ELSE "
-    "(SELECT r.id + 1 FROM rooms AS r WHERE NOT EXISTS "
-    "(SELECT 1 FROM rooms AS s WHERE s.id = r.id + 1) ORDER BY r.id LIMIT 1) END"
+#: Takes the number of the next created room (``room_numbering``, migration
+#: 0008): returns the number taken. On PostgreSQL the row's lock orders nodes
+#: creating rooms at once.
+TAKE_ROOM_NUMBER = (
+    "UPDATE room_numbering SET next_id = next_id + 1 WHERE id = 1 RETURNING next_id - 1"
 )
 
+#: The first id from ``{0}`` on that no room has, when ``{0}`` is taken (by a
+#: room open mode created under that id): the end of the run of taken ids that
+#: starts there. The numbering then continues after it, so each such room is
+#: stepped over once, however many rooms are created later.
+FREE_ROOM_ID_FROM = (
+    "SELECT r.id + 1 FROM rooms AS r WHERE r.id >= {0} AND NOT EXISTS "
+    "(SELECT 1 FROM rooms AS s WHERE s.id = r.id + 1) ORDER BY r.id LIMIT 1"
+)
 
-def new_room_id(candidate: int) -> bool:
-    """Whether an id the database proposes for a new room may be handed out."""
-    return 1 <= candidate <= MAX_ID
+#: Moves the numbering past a run of taken ids (parameter: the next number).
+SET_ROOM_NUMBER = "UPDATE room_numbering SET next_id = {0} WHERE id = 1"
 
 
-def first_free_room_id(found: int | None) -> int:
-    """The result of :data:`FIRST_FREE_ROOM_ID`, or a failure when none is left."""
-    if found is None or not new_room_id(found):
+def room_number(candidate: int) -> int:
+    """A number taken for a new room, if it may be handed out (never above
+    :data:`~roomcast.protocol.MAX_ID`, the largest a browser holds exactly)."""
+    if not 1 <= candidate <= MAX_ID:
         raise StoreUnavailable("no room id is left")
-    return found
+    return candidate
 
 
 #: Counts one more room for a user (parameters: the user, the most they may

@@ -126,6 +126,7 @@ class WebSocketEndpoint:
         )
 
     def unregister(self, connection: WebSocketConnection) -> None:
+        """The socket is closed: its place in the admission count is free."""
         if connection in self.sockets:
             self.sockets.discard(connection)
             self.admission.release(connection.remote)
@@ -369,7 +370,6 @@ class WebSocketConnection(asyncio.Protocol):
         if self._released:
             return
         self._released = True
-        self.endpoint.unregister(self)
         if self.conn is not None:
             self.service.closed(self.conn, reason)
 
@@ -377,6 +377,8 @@ class WebSocketConnection(asyncio.Protocol):
         if self._close_timer is not None:
             self._close_timer.cancel()
         self._release(self._why(exc))
+        # The descriptor is free only now: a closing socket still counts.
+        self.endpoint.unregister(self)
         self._gone = True
         if self._closed is not None and not self._closed.done():
             self._closed.set_result(None)

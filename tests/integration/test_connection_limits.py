@@ -182,3 +182,37 @@ async def test_a_full_server_answers_http_with_503(tmp_path: Path) -> None:
         for client in clients:
             await client.close()
         server.stop()
+
+
+async def test_a_refused_websocket_counts_until_its_socket_closes(
+    tmp_path: Path, held: list[socket.socket]
+) -> None:
+    """Refused (a bad token) and told so with a close frame, a client that never
+    answers the close still holds its descriptor until the close timeout: it
+    counts against its address until then."""
+    server = ServerProcess(
+        tmp_path / "roomcast.db",
+        "--auth-secret", "0123456789abcdef0123456789abcdef",
+        "--max-connections-per-ip", "5",
+    ).start()  # fmt: skip
+    try:
+        upgrade = (
+            f"GET /ws?token=forged HTTP/1.1\r\nHost: 127.0.0.1:{server.port}\r\n"
+            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: MDEyMzQ1Njc4OWFiY2RlZg==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+        loop = asyncio.get_running_loop()
+        for _ in range(5):
+            sock = await connect_from("127.0.0.5", server.port)
+            held.append(sock)
+            await loop.sock_sendall(sock, upgrade)
+            refused = b""
+            while b"\x88" not in refused.partition(b"\r\n\r\n")[2]:  # up to the close frame
+                refused += await asyncio.wait_for(loop.sock_recv(sock, 65536), 5)
+            assert b"unauthenticated" in refused
+        over = await connect_from("127.0.0.5", server.port)
+        response = await answer(over, FULL_HEAD)
+        over.close()
+        assert response.startswith(b"HTTP/1.1 429 "), response
+    finally:
+        server.stop()
