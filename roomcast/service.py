@@ -926,7 +926,7 @@ class ChatService:
                 f"a connection can be in at most {self.settings.max_rooms_per_connection} rooms",
                 request.TYPE,
             )
-        room = await self._room_for(request.room_id, user_id)
+        room = await self._room_for(request.room_id, user_id, conn.remote)
         if not room.admits(user_id):
             raise ProtocolError(ErrorCode.FORBIDDEN, f"room {room.id} is private", request.TYPE)
         if conn.ended:  # it went away while the room was looked up
@@ -938,14 +938,14 @@ class ChatService:
         self._append(log_entries.Joined(conn.id, room.id, room.last_seq, request.since))
         await self._settled(waiting)
 
-    async def _room_for(self, room_id: int, user_id: str) -> Room:
+    async def _room_for(self, room_id: int, user_id: str, address: str) -> Room:
         room = await self.store.get_room(room_id)
         if room is not None:
             return room
         if not self.settings.open_mode:
             raise ProtocolError(ErrorCode.NOT_FOUND, f"room {room_id} does not exist", "join_room")
         # Joining an unknown id creates it: as limited as creating one over HTTP.
-        self._limit_room_creation(user_id, "join_room")
+        self._limit_room_creation(user_id, address, "join_room")
         try:
             return await self.store.ensure_room(
                 room_id, user_id, self._clock_ms(), self.settings.max_rooms_per_user
@@ -958,9 +958,9 @@ class ChatService:
                 "join_room",
             ) from None
 
-    async def create_room(self, user_id: str, body: CreateRoom) -> Room:
+    async def create_room(self, user_id: str, address: str, body: CreateRoom) -> Room:
         """``POST /api/rooms``: a new room, within the user's rate and number of rooms."""
-        self._limit_room_creation(user_id, None)
+        self._limit_room_creation(user_id, address, None)
         members = tuple(dict.fromkeys([user_id, *body.members])) if body.private else ()
         try:
             return await self.store.create_room(
@@ -976,15 +976,16 @@ class ChatService:
                 ErrorCode.FORBIDDEN, f"you have created {exc.limit} rooms, the most a user may"
             ) from None
 
-    def _limit_room_creation(self, user_id: str, request_type: str | None) -> None:
-        """Take the user's room-creation token, or refuse with ``rate_limited``.
+    def _limit_room_creation(self, user_id: str, address: str, request_type: str | None) -> None:
+        """Take the room-creation tokens of the user and its address, or refuse
+        with ``rate_limited``.
 
-        Per user and per node (the number of rooms, which the store counts,
-        is what holds across a cluster).
+        Per node (the number of rooms, which the store counts, is what holds
+        across a cluster).
         """
         if self.creation_limiter is None:
             return
-        wait = self.creation_limiter.check(user_id, self._now())
+        wait = self.creation_limiter.check(user_id, address, self._now())
         if not wait:
             return
         self.metrics.rate_limited[MessageClass.ROOMS] += 1

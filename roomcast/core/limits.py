@@ -172,7 +172,10 @@ class RateLimiter:
 
 
 class CreationLimiter:
-    """One token bucket per user for creating rooms, over HTTP and WebSocket alike.
+    """Token buckets for creating rooms, over HTTP and WebSocket alike: one per
+    user, and one per client address at ``address_factor`` times the rate
+    (in open mode a user id is whatever the client says, so only the address
+    holds a client that keeps naming new users).
 
     Unlike :class:`RateLimiter`'s per-user buckets, these do not end with the
     user's last connection (rooms are created over HTTP too, and reconnecting
@@ -181,30 +184,38 @@ class CreationLimiter:
     whenever the table has doubled since the last sweep.
     """
 
-    def __init__(self, rate: Rate) -> None:
+    def __init__(self, rate: Rate, address_factor: float = 5.0) -> None:
         self.rate = rate
-        self._users: dict[str, TokenBucket] = {}
+        self.address_rate = Rate(rate.per_second * address_factor, rate.burst * address_factor)
+        self._buckets: dict[str, TokenBucket] = {}
         self._sweep_at = 1024
 
-    def check(self, user_id: str, now: float) -> float:
-        """0 if the user may create a room now (the token is taken), else seconds to wait."""
-        bucket = self._users.get(user_id)
-        if bucket is None:
-            if len(self._users) >= self._sweep_at:
-                self._sweep(now)
-            bucket = self._users[user_id] = TokenBucket(self.rate, self.rate.burst, now)
-        wait = bucket.wait(now)
+    def check(self, user_id: str, address: str, now: float) -> float:
+        """0 if the user may create a room now from ``address`` (the tokens are
+        taken), else seconds to wait."""
+        user = self._bucket("u:" + user_id, self.rate, now)
+        place = self._bucket("a:" + address, self.address_rate, now)
+        wait = max(user.wait(now), place.wait(now))
         if not wait:
-            bucket.take()
+            user.take()
+            place.take()
         return wait
+
+    def _bucket(self, key: str, rate: Rate, now: float) -> TokenBucket:
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            if len(self._buckets) >= self._sweep_at:
+                self._sweep(now)
+            bucket = self._buckets[key] = TokenBucket(rate, rate.burst, now)
+        return bucket
 
     def _sweep(self, now: float) -> None:
         def refilled(bucket: TokenBucket) -> bool:
             bucket.wait(now)  # refills it to now
-            return bucket.tokens >= self.rate.burst
+            return bucket.tokens >= bucket.rate.burst
 
-        self._users = {u: b for u, b in self._users.items() if not refilled(b)}
-        self._sweep_at = max(1024, 2 * len(self._users))
+        self._buckets = {k: b for k, b in self._buckets.items() if not refilled(b)}
+        self._sweep_at = max(1024, 2 * len(self._buckets))
 
     def __len__(self) -> int:
-        return len(self._users)
+        return len(self._buckets)

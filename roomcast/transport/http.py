@@ -246,7 +246,7 @@ class HttpApi:
     async def create_room(self, request: web.Request) -> web.Response:
         user = self._user(request)
         body: CreateRoom = decode_body(await request.read(), CreateRoom)
-        room = await self.service.create_room(user, body)
+        room = await self.service.create_room(user, request.remote or "?", body)
         return json_response(room_info(room), 201)
 
     async def room_users(self, request: web.Request) -> web.Response:

@@ -149,6 +149,19 @@ async def test_room_creation_is_rate_limited_per_user_over_http_and_websocket(
     await alice.sync()
 
 
+async def test_one_address_naming_a_new_user_for_each_room_is_limited_too(
+    servers: Servers,
+) -> None:
+    """Open mode: a client can name any user, so its address has a bucket too
+    (five times a user's: 100 rooms at once, then five a second)."""
+    server = servers.start()
+    for n in range(100):
+        await create_room(server, f"mask{n}", f"room {n}")
+    status, body, _ = await post_room(server, "mask100", "one too many")
+    assert_error(status, body, 429, "rate_limited", "rooms")
+    assert sum(len(page) for page in await room_pages(server, limit=500)) == 100
+
+
 async def test_rooms_per_user_are_capped_over_http_and_websocket_and_across_restarts(
     servers: Servers,
 ) -> None:
