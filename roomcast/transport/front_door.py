@@ -98,7 +98,8 @@ class FrontDoor(asyncio.Protocol):
         self._admitted = False  # holds a place in the count until released
         self._refusal: Refusal | None = None
         self._head_timer: asyncio.TimerHandle | None = None
-        self._stall_timer: asyncio.TimerHandle | None = None
+        self._stall_timer: asyncio.TimerHandle | None = None  # while writing is paused
+        self._close_timer: asyncio.TimerHandle | None = None  # while a close waits for output
         self._requests = 0  # HTTP requests being handled
 
     # -- accepting ------------------------------------------------------------------
@@ -144,8 +145,15 @@ class FrontDoor(asyncio.Protocol):
         self._head_timer = None
         log.info("no request head in time remote=%s", self._address)
         self._gate.admission.not_waiting(self)
-        if self._transport is not None:
-            self._transport.close()
+        transport = self._transport
+        if transport is None:
+            return
+        if transport.get_write_buffer_size():
+            # A response is still going out: close() waits for it, but not forever.
+            self._close_timer = self._loop.call_later(
+                self._gate.write_stall_timeout, self._write_stalled
+            )
+        transport.close()
 
     # -- the first request head -------------------------------------------------------
 
@@ -255,7 +263,7 @@ class FrontDoor(asyncio.Protocol):
             self._transport.abort()
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        for timer in (self._head_timer, self._stall_timer):
+        for timer in (self._head_timer, self._stall_timer, self._close_timer):
             if timer is not None:
                 timer.cancel()
         self._decided()
@@ -290,8 +298,9 @@ class FrontDoor(asyncio.Protocol):
 
 
 def request_deadlines(body_timeout: float) -> Middleware:
-    """aiohttp middleware: tells the front door when a request is handled, and
-    reads the request's body within ``body_timeout``."""
+    """aiohttp middleware: tells the front door when a request is handled (from
+    its head to the end of its response), and reads the request's body within
+    ``body_timeout``."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -309,7 +318,12 @@ def request_deadlines(body_timeout: float) -> Middleware:
                         text="the request body did not arrive in time",
                         headers={"Connection": "close"},
                     ) from None
-            return await handler(request)
+            response = await handler(request)
+            # Written here, so that the wait for the next request head starts
+            # once this response is out (aiohttp would write it after us).
+            await response.prepare(request)
+            await response.write_eof()
+            return response
         finally:
             if isinstance(door, FrontDoor):
                 door.request_finished()

@@ -159,3 +159,34 @@ async def test_a_burst_of_pings_is_answered_by_one_pong_for_the_newest(tmp_path:
     connection.data_received(b"".join(mask_frame(b"%d" % i, OPCODE_PING) for i in range(40)))
     await asyncio.sleep(0)
     assert fake.writes == [b"\x8a\x0239"]
+
+
+class UnreadTransport(FakeTransport):
+    """A socket whose peer stopped reading: output stays buffered, close() waits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def get_write_buffer_size(self) -> int:
+        return 1000
+
+    def close(self) -> None:
+        self.calls.append("close")
+
+    def abort(self) -> None:
+        self.calls.append("abort")
+
+
+async def test_a_head_timeout_with_a_response_still_unread_ends_in_an_abort(
+    tmp_path: Path,
+) -> None:
+    ws = endpoint(tmp_path)
+    doors = Gate(ws.admission, ws, head_timeout=0.01, write_stall_timeout=0.05, metrics=Metrics())
+    door = FrontDoor(doors, RecordingHttp)
+    fake = UnreadTransport()
+    door.connection_made(as_transport(fake))
+    await asyncio.sleep(0.03)
+    assert fake.calls == ["close"]  # waits for what is buffered ...
+    await asyncio.sleep(0.1)
+    assert fake.calls == ["close", "abort"]  # ... but not forever
