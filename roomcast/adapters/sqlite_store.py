@@ -85,7 +85,10 @@ _CHECKPOINT_PERIOD = 1.0
 _CHECKPOINT_BUSY_MS = 100
 
 #: Retry delays (seconds) for a TRUNCATE checkpoint that could not finish.
-_RETRY_FIRST, _RETRY_MAX = 0.02, 1.0
+#: Each try pauses this process's writes for up to ``_CHECKPOINT_BUSY_MS``,
+#: so while a reader keeps it from finishing, tries become rare (at most 2 %
+#: of the time paused).
+_RETRY_FIRST, _RETRY_MAX = 0.02, 5.0
 
 
 class SQLiteStore:
