@@ -9,6 +9,7 @@ before it calls in here; the engine owns the live state only.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Iterable
 
 from roomcast.core.deliveries import Delivery, ToConnections, ToRoom
@@ -132,6 +133,18 @@ class ChatEngine:
             for user in sorted(self.rooms.users(room_id))
         ]
         return RoomUsers(room_id=room_id, users=users)
+
+    def room_users_page(
+        self, room_id: int, after: str | None, limit: int
+    ) -> tuple[list[RoomUser], bool]:
+        """Up to ``limit`` of the room's users after ``after``, by user id, and
+        whether more follow: the cost of a page grows with the room's size, not
+        with its square (only the page is sorted)."""
+        users = self.rooms.users(room_id)
+        candidates = users if after is None else (user for user in users if user > after)
+        chosen = heapq.nsmallest(limit + 1, candidates)
+        page = [RoomUser(user_id=user, status=self.presence.status(user)) for user in chosen]
+        return page[:limit], len(page) > limit
 
     def appears_offline(self, user_id: str) -> bool:
         return self.presence.status(user_id) == "offline"

@@ -7,7 +7,7 @@ WebSocket error codes in ``{"error": {"code", "message"}}`` bodies.
 
 from __future__ import annotations
 
-import bisect
+import heapq
 import math
 import time
 import unicodedata
@@ -254,10 +254,7 @@ class HttpApi:
         room, _ = await self._visible_room(request)
         limit = self._limit(request)
         after = _user_cursor(request.query.get("after"))
-        users = self.service.engine.room_users(room.id).users
-        start = 0 if after is None else bisect.bisect_right(users, after, key=lambda u: u.user_id)
-        page = users[start : start + limit]
-        more = start + limit < len(users)
+        page, more = self.service.engine.room_users_page(room.id, after, limit)
         return json_response(RoomUsersPage(room.id, page, page[-1].user_id if more else None))
 
     async def room_members(self, request: web.Request) -> web.Response:
@@ -265,10 +262,9 @@ class HttpApi:
         room, _ = await self._visible_room(request)
         limit = self._limit(request)
         after = _user_cursor(request.query.get("after"))
-        members = sorted(room.members)
-        start = 0 if after is None else bisect.bisect_right(members, after)
-        page = members[start : start + limit]
-        more = start + limit < len(members)
+        candidates = room.members if after is None else [m for m in room.members if m > after]
+        chosen = heapq.nsmallest(limit + 1, candidates)  # only the page is sorted
+        page, more = chosen[:limit], len(chosen) > limit
         return json_response(RoomMembersPage(room.id, page, page[-1] if more else None))
 
     async def room_messages(self, request: web.Request) -> web.Response:

@@ -200,3 +200,21 @@ def test_leaving_the_room_from_the_typing_tab_ends_typing_though_another_tab_sta
     assert engine.leave("a1", 1, now=1) == [typing_event(1, "alice", False)]  # a2 stays
     assert engine.typing_rooms("a1") == ()
     assert engine.expire(100) == []
+
+
+def test_room_users_come_in_pages_by_user_id() -> None:
+    names = ["erin", "bob", "dave", "alice", "carol"]
+    engine = engine_with(*((f"{name}-1", name) for name in names), ("bob-2", "bob"))
+    for conn in [f"{name}-1" for name in names] + ["bob-2"]:
+        engine.join(conn, 7)
+    pages: list[list[str]] = []
+    after: str | None = None
+    while True:
+        page, more = engine.room_users_page(7, after, 2)
+        pages.append([user.user_id for user in page])
+        if not more:
+            break
+        after = page[-1].user_id
+    assert pages == [["alice", "bob"], ["carol", "dave"], ["erin"]]
+    assert engine.room_users_page(7, "erin", 2) == ([], False)
+    assert engine.room_users_page(8, None, 2) == ([], False)
