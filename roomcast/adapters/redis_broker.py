@@ -45,6 +45,8 @@ from redis.exceptions import TimeoutError as RedisTimeout
 
 from roomcast.adapters.stores import describe
 from roomcast.ports.broker import (
+    MAX_RECORD_ENTRIES,
+    RECORD_FORMAT,
     BrokerState,
     BrokerUnavailable,
     Input,
@@ -93,6 +95,7 @@ class RedisBroker:
         self._last_id = b"0-0"
         self._run_id: str | None = None
         self._unreadable = 0  # entries skipped since the last resynchronisation
+        self._foreign_nodes: set[str] = set()  # nodes whose record format is not ours
         self._resync_after = 0.0  # monotonic time before which none is started
         # While the live list may lack nodes that are alive (Redis restarted, or
         # this node was away), it is not passed on before this monotonic time.
@@ -183,10 +186,11 @@ class RedisBroker:
         while self._outbox:
             # One stream record per batch: what was appended during a loop turn
             # costs one XADD and one record to read, not one per entry.
-            batch = self._outbox[:512]
+            batch = self._outbox[:MAX_RECORD_ENTRIES]
             await self._writer.xadd(
                 self._log_key,
                 {
+                    "v": RECORD_FORMAT,
                     "o": self.node_id,
                     "n": batch[0][0],  # the first entry's counter; the rest follow on
                     "c": len(batch),
@@ -262,8 +266,14 @@ class RedisBroker:
     def _receive(self, fields: dict[bytes, bytes]) -> None:
         try:
             origin = fields[b"o"].decode()
+            version = int(fields.get(b"v", b"1"))
+            if version != RECORD_FORMAT:
+                self._foreign_format(origin, version)
+                return
             first = int(fields[b"n"])
             count = int(fields[b"c"])
+            if not 1 <= count <= MAX_RECORD_ENTRIES:
+                raise ValueError(f"a record of {count} entries")
         except (KeyError, ValueError, UnicodeDecodeError) as exc:
             # Whose entries these were is unknown: only a resynchronisation helps.
             log.error("unreadable log record skipped error=%r", exc)
@@ -281,6 +291,19 @@ class RedisBroker:
                 self._skip(origin, first + offset, entry)
             else:
                 self._apply(origin, first + offset, entry)
+
+    def _foreign_format(self, origin: str, version: int) -> None:
+        """A record of another version of roomcast: said once per node, then skipped."""
+        if origin not in self._foreign_nodes:
+            self._foreign_nodes.add(origin)
+            log.error(
+                "node %s writes log records in format %d, this node reads format %d: "
+                "every node of a cluster must run one version (stop them all to upgrade)",
+                origin,
+                version,
+                RECORD_FORMAT,
+            )
+        self._unreadable += 1
 
     def _skip(self, origin: str, counter: int, entry: Unreadable) -> None:
         """An entry nobody could decode: its place is passed, its effect comes back

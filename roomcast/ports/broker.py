@@ -179,6 +179,15 @@ class Unreadable(msgspec.Struct, frozen=True, gc=False):
     error: str
 
 
+#: The log record format this version writes and reads (a record carries it as
+#: ``v``; the first format had none). Nodes of two formats cannot read each
+#: other's records: a cluster is upgraded by stopping every node.
+RECORD_FORMAT = 2
+
+#: Most entries in one log record (what one loop turn's appends are cut into).
+MAX_RECORD_ENTRIES = 512
+
+
 class RecordUnreadable(Exception):
     """A log record whose framing is broken: its entries cannot be told apart."""
 

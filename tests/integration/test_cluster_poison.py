@@ -16,6 +16,7 @@ from typing import Any
 import redis.asyncio as redis
 
 from roomcast.ports.broker import (
+    RECORD_FORMAT,
     Input,
     Joined,
     Opened,
@@ -144,7 +145,13 @@ async def append_record(
     log: redis.Redis, cluster_name: str, origin: str, first: int, entries: list[bytes]
 ) -> None:
     """A log record as a node writes one (see RedisBroker._flush)."""
-    fields = {"o": origin, "n": first, "c": len(entries), "e": encode_batch(entries)}
+    fields = {
+        "v": RECORD_FORMAT,
+        "o": origin,
+        "n": first,
+        "c": len(entries),
+        "e": encode_batch(entries),
+    }
     await log.xadd(f"{cluster_name}:log", fields)  # type: ignore[arg-type]
 
 
@@ -221,3 +228,34 @@ async def test_an_undecodable_entry_is_skipped_alone_and_the_nodes_resynchronise
 
 async def _unreadable(node: ServerProcess) -> float | None:
     return (await scrape(node)).get(UNREADABLE)
+
+
+async def test_records_of_another_format_or_a_false_count_are_refused_clearly(
+    cluster: Cluster,
+) -> None:
+    """A node of an older version (format 1: a bare JSON array in ``b``) is named in
+    one clear log line; a record that claims more entries than any node writes
+    cannot move its writer's counter past entries still to come."""
+    a, b = await cluster.start(2)
+    watcher = await cluster.connect(b, "watcher")
+    await watcher.join(ROOM)
+    node_a = (await health(a.http))[1]["node"]
+    log = redis.from_url(REDIS_URL)
+    try:
+        legacy = b"[" + encode_input(Opened("old1", node_a, "old1")) + b"]"
+        for _ in range(2):
+            await log.xadd(f"{cluster.name}:log", {"o": "old-node", "n": 1, "b": legacy})
+        origin = "writer-" + uuid.uuid4().hex[:6]
+        fields = {"v": RECORD_FORMAT, "o": origin, "n": 1, "c": 10**9, "e": b"[]\n[]"}
+        await log.xadd(f"{cluster.name}:log", fields)  # type: ignore[arg-type]
+        await append_record(
+            log, cluster.name, origin, 1, [encode_input(Opened("next", node_a, "next"))]
+        )
+        await append_record(log, cluster.name, origin, 2, [encode_input(Joined("next", ROOM))])
+        assert (await watcher.recv_until("user_joined", timeout=10))["payload"] == joined("next")
+        for node in (a, b):
+            await eventually_equal(lambda node=node: _unreadable(node), 3.0)
+            said = node.log().count("node old-node writes log records in format 1")
+            assert said == 1, node.log()[-3000:]
+    finally:
+        await log.aclose()

@@ -9,6 +9,7 @@ import pytest
 
 from roomcast.adapters.redis_broker import RedisBroker
 from roomcast.ports.broker import (
+    RECORD_FORMAT,
     CallState,
     ClientRequest,
     Closed,
@@ -141,6 +142,7 @@ class RecordingReplica:
 def record(origin: str, first: int, entries: list[bytes]) -> dict[bytes, bytes]:
     """A stream record's fields as redis-py hands them to the reader."""
     return {
+        b"v": str(RECORD_FORMAT).encode(),
         b"o": origin.encode(),
         b"n": str(first).encode(),
         b"c": str(len(entries)).encode(),
@@ -219,3 +221,26 @@ def test_this_nodes_own_unreadable_entry_is_applied_from_what_it_appended() -> N
     assert broker._in_flight == {}
     broker._resync_if_unreadable()
     assert replica.interruptions == [1]
+
+
+def test_records_of_another_format_are_skipped_and_named_once() -> None:
+    broker, replica = make_broker()
+    legacy = {b"o": b"old", b"n": b"1", b"b": b"[" + encode_input(Tick(1.0, 1)) + b"]"}
+    newer = {**record("new", 1, [encode_input(Tick(1.0, 1))]), b"v": b"3"}
+    for fields in (legacy, legacy, newer):
+        broker._receive(fields)
+    assert replica.applied == []
+    assert broker._foreign_nodes == {"old", "new"}
+    broker._resync_if_unreadable()
+    assert replica.interruptions == [3]
+
+
+@pytest.mark.parametrize("count", [b"0", b"513", b"1000000000", b"-1"])
+def test_a_record_claiming_an_impossible_count_cannot_move_its_writers_counter(
+    count: bytes,
+) -> None:
+    broker, replica = make_broker()
+    broker._receive({**record("other", 1, []), b"c": count})
+    broker._receive(record("other", 1, [encode_input(Tick(1.0, 1))]))
+    assert replica.applied == [("other", "Tick")]
+    assert broker._applied["other"] == 1
