@@ -22,7 +22,7 @@ import re
 import unicodedata
 from array import array
 from itertools import accumulate
-from typing import Annotated, Any, ClassVar, Final, Literal
+from typing import Annotated, Any, ClassVar, Final, Literal, NoReturn
 
 import msgspec
 
@@ -51,9 +51,20 @@ RoomName = Annotated[str, msgspec.Meta(min_length=1, max_length=ROOM_NAME_MAX_CH
 #: paragraph separators (Zl, Zp) and lone surrogates (Cs). Each can make one
 #: name show as another (``"\u202eecila"`` shows as "alice") or as nothing.
 _HIDDEN_CATEGORIES: Final = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
-#: Letters that show as nothing (Hangul fillers, the blank Braille pattern): a
-#: name of only these and whitespace is blank.
-_BLANK_LETTERS: Final = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+#: Characters that show as nothing although they are no format characters
+#: (Unicode's other default-ignorable code points: the combining grapheme
+#: joiner, Hangul fillers, Khmer inherent vowels, Mongolian and other variation
+#: selectors, tags) and code points reserved as such: ``"ali\u034fce"`` would
+#: show as "alice". A variation selector is allowed right after a symbol
+#: (``"\u2764\ufe0f"``) or in a keycap (``"1\ufe0f\u20e3"``), where it picks
+#: how an emoji looks.
+_INVISIBLE: Final = re.compile(
+    "[\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180f\u2065\u3164\ufe00-\ufe0f"
+    "\uffa0\ufff0-\ufff8\U000e0000-\U000e0fff]"
+)
+#: A character that shows as an empty space (the blank Braille pattern): a name
+#: of only these and whitespace is blank.
+_BLANK_LETTERS: Final = frozenset("\u2800")
 
 
 def visible_name(text: str, max_chars: int) -> str:
@@ -68,17 +79,34 @@ def visible_name(text: str, max_chars: int) -> str:
     # is refused before the work of normalising it.
     if not text.isascii() and len(text) <= 4 * max_chars:
         text = unicodedata.normalize("NFC", text)
+    if text and all(char.isspace() or char in _BLANK_LETTERS for char in text):
+        raise ValueError("must not be blank")
+    text = text.strip()  # spaces around a name show as nothing: "alice " is alice
     if not 1 <= len(text) <= max_chars:
         raise ValueError(f"expected 1-{max_chars} characters")
     if not text.isprintable():  # rare: only then look at each character
         for index, char in enumerate(text):
             category = unicodedata.category(char)
             if category in _HIDDEN_CATEGORIES and not _joins_emoji(text, index):
-                kind = "control" if category == "Cc" else "invisible or bidi control"
-                raise ValueError(f"must not contain {kind} characters (U+{ord(char):04X})")
-    if all(char.isspace() or char in _BLANK_LETTERS for char in text):
-        raise ValueError("must not be blank")
+                _refuse_hidden(char, "control" if category == "Cc" else "invisible or bidi control")
+    if not text.isascii():
+        for found in _INVISIBLE.finditer(text):
+            if not _selects_emoji(text, found.start()):
+                _refuse_hidden(found.group(), "invisible")
     return text
+
+
+def _refuse_hidden(char: str, kind: str) -> NoReturn:
+    raise ValueError(f"must not contain {kind} characters (U+{ord(char):04X})")
+
+
+def _selects_emoji(text: str, index: int) -> bool:
+    """Whether ``text[index]`` is a variation selector choosing how the symbol
+    before it looks (❤️), or in a keycap (1️⃣)."""
+    if text[index] not in "\ufe0e\ufe0f" or index == 0:
+        return False
+    keycap = text[index + 1 : index + 2] == "\u20e3"
+    return keycap or unicodedata.category(text[index - 1]) in ("So", "Sk")
 
 
 def _joins_emoji(text: str, index: int) -> bool:
@@ -594,11 +622,11 @@ def check_json_depth(data: bytes | str, root: str) -> None:
     Only a frame with more is scanned, and brackets inside strings do not count.
     """
     if isinstance(data, str):
-        if data.count("{") + (data.count("[") if "[" in data else 0) <= MAX_JSON_DEPTH:
+        if data.count("{") + data.count("[") <= MAX_JSON_DEPTH:
             return
         raw = data.encode("utf-8", "surrogatepass")
     else:
-        if data.count(b"{") + (data.count(b"[") if b"[" in data else 0) <= MAX_JSON_DEPTH:
+        if data.count(b"{") + data.count(b"[") <= MAX_JSON_DEPTH:
             return
         raw = bytes(data)
     if _nested_deeper(raw, MAX_JSON_DEPTH):

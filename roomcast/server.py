@@ -139,13 +139,14 @@ async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
         reason = os.strerror(exc.errno) if exc.errno and exc.errno > 0 else exc.strerror or exc
         raise CannotListen(f"cannot listen on {settings.host}:{settings.port}: {reason}") from None
     log.info(
-        "listening host=%s port=%d database=%s broker=%s node=%s mode=%s",
+        "listening host=%s port=%d database=%s broker=%s node=%s mode=%s connections=%d",
         settings.host,
         settings.port,
         describe(settings.database),
         describe(settings.broker) if settings.broker else "local",
         server.broker.node_id,
         "open" if settings.open_mode else "token",
+        server.gate.admission.capacity,
     )
     stop = asyncio.Event()
     # The handlers stay installed through shutdown: a second Ctrl-C or SIGTERM

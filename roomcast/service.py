@@ -104,6 +104,10 @@ _LOGGED_REQUESTS = (
     PingRequest,
 )
 
+#: Rooms whose missed messages are read from the database at once after the log
+#: was interrupted.
+_CATCH_UP_AT_ONCE = 8
+
 #: WebSocket close code for policy violations (floods, slow consumers).
 CLOSE_POLICY_VIOLATION = 1008
 
@@ -199,6 +203,8 @@ class ChatService:
         self._tick_sent = -math.inf  # the time of this node's last tick
         self._gap_timer: asyncio.TimerHandle | None = None
         self._write_probe: asyncio.Future[bool] | None = None  # see writes_work
+        self._catching_up: asyncio.Task[None] | None = None  # see _catch_up_rooms
+        self._catch_up_again = False
         self._background: set[asyncio.Task[None]] = set()
         broker.attach(self)
         self.metrics.gauge(
@@ -285,7 +291,7 @@ class ChatService:
             self._apply_node_gone(entry, mine)
         elif isinstance(entry, log_entries.SnapshotRequest):
             self._announce()
-            if not mine:
+            if entry.recovering and not mine:
                 self._catch_up_rooms()
         elif isinstance(entry, log_entries.Snapshot):
             self._apply_snapshot(entry, mine)
@@ -526,20 +532,38 @@ class ChatService:
         log.warning(
             "log interrupted: resynchronising node=%s unreadable=%d", self.node_id, unreadable
         )
-        self._append(log_entries.SnapshotRequest(self.node_id))
+        self._append(log_entries.SnapshotRequest(self.node_id, recovering=True))
         self._catch_up_rooms()
 
     def _catch_up_rooms(self) -> None:
         """Read what this node's rooms may have missed from the database.
 
-        After this node's log was interrupted, and when another node asks for
-        snapshots: that node may have been cut off from the log while it kept
-        storing its users' messages (applied only there), and the last of those
-        would otherwise reach this node only with the room's next message.
+        After this node's log was interrupted, and when another node recovers
+        from being cut off: that node kept storing its users' messages, applied
+        only there, and the last of those would otherwise reach this node only
+        with the room's next message. One pass at a time, a few rooms at once
+        (every node does this at the same moment, against one database); a
+        request during a pass makes one more pass follow.
         """
-        rooms = {r for c in self._connections for r in self.engine.rooms.rooms_of(c)}
-        for room_id in sorted(rooms):
-            self._spawn(self._catch_up(room_id))
+        if self._catching_up is not None:
+            self._catch_up_again = True
+            return
+        self._catching_up = self._spawn(self._catch_up_passes())
+
+    async def _catch_up_passes(self) -> None:
+        try:
+            while True:
+                self._catch_up_again = False
+                rooms = sorted(
+                    {r for c in self._connections for r in self.engine.rooms.rooms_of(c)}
+                )
+                for start in range(0, len(rooms), _CATCH_UP_AT_ONCE):
+                    batch = rooms[start : start + _CATCH_UP_AT_ONCE]
+                    await asyncio.gather(*(self._catch_up(room_id) for room_id in batch))
+                if not self._catch_up_again:
+                    return
+        finally:
+            self._catching_up = None
 
     @property
     def ready(self) -> bool:
@@ -567,7 +591,7 @@ class ChatService:
     # -- gaps in a room's sequence ---------------------------------------------------------
 
     async def _catch_up(self, room_id: int) -> None:
-        """After the log was interrupted: read what this node missed of a room."""
+        """Read what this node missed of a room, if anything (see _catch_up_rooms)."""
         try:
             room = await self.store.get_room(room_id)
         except Exception as exc:
@@ -609,10 +633,11 @@ class ChatService:
             self._spawn(self._fill(gap.room, gap.after, gap.through))
         self._arm_gap_timer()
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
     # -- connection lifecycle -------------------------------------------------------------
 

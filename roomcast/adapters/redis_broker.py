@@ -15,8 +15,8 @@ in its place, the rest of its record is applied, and the replica
 resynchronises as after an outage (nothing a client sends can cause that:
 the protocol bounds what it accepts; this is for bugs and foreign writers).
 
-Liveness: each node refreshes its score (an expiry time, ``node_ttl`` ahead)
-in a sorted set every ``node_ttl / 3`` seconds and reads who else is live,
+Liveness: each node refreshes its score (an expiry time, ``node_ttl`` ahead of
+Redis's clock) in a sorted set every ``node_ttl / 3`` seconds and reads who else is live,
 so a node that stops refreshing is missing from that list, and declared gone
 by the service, between ``node_ttl`` and ``node_ttl`` plus one refresh period
 after its last refresh. Right after Redis restarted or this node reached it
@@ -370,7 +370,10 @@ class RedisBroker:
         run_id = str(info["run_id"])
         restarted = self._run_id is not None and run_id != self._run_id
         self._run_id = run_id
-        now_ms = int(time.time() * 1000)
+        # Redis's clock, not this machine's: every node's score is then set and
+        # expired by one clock, so a node whose clock runs ahead or behind
+        # neither drops the others early nor lingers itself.
+        now_ms = int(info.get("server_time_usec", time.time() * 1_000_000)) // 1000
         ttl_ms = int(self.node_ttl * 1000)
         async with self._writer.pipeline(transaction=False) as pipe:
             pipe.zadd(self._nodes_key, {self.node_id: now_ms + ttl_ms})

@@ -136,9 +136,14 @@ class Snapshot(_Input, tag="snapshot", frozen=True, gc=False):
 
 
 class SnapshotRequest(_Input, tag="snapshot_request", frozen=True, gc=False):
-    """Every node answers with its :class:`Snapshot` (a node joined or recovered)."""
+    """Every node answers with its :class:`Snapshot` (a node joined or recovered).
+
+    ``recovering``: the node was cut off from the log, and what it stored
+    meanwhile reached no other node; the others re-read their rooms too.
+    """
 
     node: str
+    recovering: bool = False
 
 
 class NodeGone(_Input, tag="node_gone", frozen=True, gc=False):

@@ -314,8 +314,14 @@ def request_deadlines(body_timeout: float) -> Middleware:
                     await asyncio.wait_for(request.read(), body_timeout)
                 except TimeoutError:
                     log.info("request body not received in time remote=%s", request.remote)
+                    # HTTP's own status: no protocol error code means "too slow".
+                    error = {
+                        "code": "request_timeout",
+                        "message": "the request body did not arrive in time",
+                    }
                     raise web.HTTPRequestTimeout(
-                        text="the request body did not arrive in time",
+                        body=encode_json({"error": error}),
+                        content_type="application/json",
                         headers={"Connection": "close"},
                     ) from None
             response = await handler(request)
@@ -324,6 +330,19 @@ def request_deadlines(body_timeout: float) -> Middleware:
             await response.prepare(request)
             await response.write_eof()
             return response
+        except ConnectionError as exc:
+            if transport is not None and not transport.is_closing():
+                raise  # not the client's doing: logged as the error it is
+            # The client went away mid-request: nothing failed here, and aiohttp
+            # would log a traceback for it. The answer is never delivered.
+            log.info(
+                "http request aborted by the client remote=%s method=%s path=%s error=%r",
+                request.remote,
+                request.method,
+                request.path,
+                exc,
+            )
+            return web.Response(status=400, text="the client went away")
         finally:
             if isinstance(door, FrontDoor):
                 door.request_finished()

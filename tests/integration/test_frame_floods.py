@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import re
 import struct
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -113,6 +114,37 @@ async def test_a_ping_flood_is_cut_off_and_others_are_served(
         await bystander.close()
 
 
+async def test_pings_one_loop_turn_apart_are_charged_each(
+    limited: ServerProcess, user: UserName
+) -> None:
+    """Pings in separate writes get a pong each, until the control budget (a burst
+    of 50) is spent: then they go unanswered, and the flood is cut off."""
+    raw = await RawWebSocket.connect(limited.port, f"user_id={user('patient')}")
+    loop = asyncio.get_running_loop()
+    try:
+        await raw.recv("connected")
+        started = time.monotonic()
+        sent = 0
+        for n in range(300):
+            try:
+                await loop.sock_sendall(raw.sock, mask_frame(b"%d" % n, OPCODE_PING))
+            except OSError:
+                break  # cut off
+            sent += 1
+            await asyncio.sleep(0.002)
+        elapsed = time.monotonic() - started
+        frames = await frames_until_end(raw)
+        answered = [int(payload) for opcode, payload in frames if opcode == OPCODE_PONG]
+        assert answered == sorted(set(answered))  # each for a ping of its own, in order
+        # The burst and what refilled meanwhile (10 a second), no more: pings that
+        # arrived together share a pong, so there may be fewer.
+        assert len(answered) <= 50 + 10 * elapsed + 2, (len(answered), elapsed)
+        assert answered[-1] < sent - 1  # the later pings went unanswered ...
+        assert_cut_off(frames)  # ... and the flood was cut
+    finally:
+        raw.close()
+
+
 async def test_unsolicited_pongs_are_charged_too(limited: ServerProcess, user: UserName) -> None:
     raw = await RawWebSocket.connect(limited.port, f"user_id={user('ponger')}")
     try:
@@ -155,13 +187,19 @@ async def test_text_floods_after_the_close_cost_bounded_work(
     raw = await RawWebSocket.connect(limited.port, f"user_id={user('chatter')}")
     loop = asyncio.get_running_loop()
     garbage = mask_frame(b"{", OPCODE_TEXT) * 5_000
+    written = 0
     try:
         await raw.recv("connected")
         with pytest.raises(OSError):
-            for _ in range(2_000):
+            for _ in range(2_000):  # 70 MB, far more than is ever read
                 await asyncio.wait_for(loop.sock_sendall(raw.sock, garbage), 10)
+                written += len(garbage)
+        # What the kernel's socket buffers took (a few MB on loopback), not 70 MB.
+        assert written < 200 * len(garbage)
     finally:
         raw.close()
+    status, _, _ = await http_request("GET", f"{limited.http}/health")
+    assert status == 200
 
 
 async def test_fragment_floods_are_charged_per_message(

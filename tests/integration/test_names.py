@@ -36,7 +36,7 @@ BAD_USER_IDS = [
     pytest.param("al\u00adice", "U+00AD", id="soft-hyphen"),
     pytest.param("al\x85ice", "U+0085", id="c1-control"),
     pytest.param("   ", "blank", id="whitespace-only"),
-    pytest.param("\u3164", "blank", id="hangul-filler"),
+    pytest.param("\u3164", "U+3164", id="hangul-filler"),
 ]
 BAD_ROOM_NAMES = [
     pytest.param("a\x1b[31mred", "U+001B", id="escape"),

@@ -42,6 +42,7 @@ async def test_post_aborted_mid_body_logs_one_line_without_traceback(tmp_db: Pat
         assert len(aborted) == 3, log
         for line in aborted:
             assert "level=INFO" in line and "remote=127.0.0.1" in line, line
+            assert "method=POST path=/api/rooms" in line, line
         assert "Traceback" not in log and "level=ERROR" not in log, log
         # The server still serves everyone else.
         status, body = await http_json("GET", f"{server.http}/health")

@@ -337,6 +337,7 @@ async def test_a_request_body_that_does_not_arrive_in_time_gets_408(tmp_path: Pa
             await asyncio.get_running_loop().sock_sendall(sock, head + b'{"na')
             data = await read_response(sock, timeout=6)
             assert data.startswith(b"HTTP/1.1 408 "), data
+            assert json.loads(data.partition(b"\r\n\r\n")[2])["error"]["code"] == "request_timeout"
         finally:
             sock.close()
         status, _, rooms = await http_request("GET", f"{server.http}/api/rooms")

@@ -27,7 +27,10 @@ from roomcast.protocol import (
         ("zoe\u0308", "zo\u00eb"),  # NFC
         ("\u212b", "\u00c5"),  # the Angstrom sign is the letter Å in NFC
         ("a b", "a b"),
-        ("\u00a0x", "\u00a0x"),  # other spaces are visible next to a letter
+        ("a\u00a0x", "a\u00a0x"),  # other spaces are visible between letters
+        ("\u00a0x ", "x"),  # around a name they show as nothing
+        ("\u2764\ufe0f team", "\u2764\ufe0f team"),  # a variation selector after a symbol
+        ("1\ufe0f\u20e3 first", "1\ufe0f\u20e3 first"),  # ... or in a keycap
         ("\ue000", "\ue000"),  # private use: an icon font's glyph
         ("\U0001faea", "\U0001faea"),  # newer than this Python's Unicode tables
         ("\U0001f44d\ufe0f", "\U0001f44d\ufe0f"),  # a variation selector is a mark
@@ -69,7 +72,12 @@ def test_visible_names_are_kept_in_nfc(text: str, expected: str) -> None:
         ("a\u2029b", "U+2029"),
         ("   ", "blank"),
         ("\u3000\u00a0", "blank"),
-        ("\u3164\u3164", "blank"),
+        ("\u3164\u3164", "U+3164"),  # Hangul fillers show as nothing
+        ("ali\u034fce", "invisible characters (U+034F)"),
+        ("ali\ufe0fce", "U+FE0F"),  # a variation selector after a letter
+        ("al\u180bice", "U+180B"),
+        ("al\u17b4ice", "U+17B4"),
+        ("alice\U000e0100", "U+E0100"),
         ("\u2800", "blank"),
     ],
 )
