@@ -614,19 +614,33 @@ def _nested_deeper(data: bytes, limit: int) -> bool:
     return True  # unreachable: at removed == limit, any opener left is a run of 1
 
 
+#: Without a ``[``, each level past the first is an object that is a value in
+#: another, which takes at least four characters (``{"":``), well formed or not:
+#: a text this short cannot nest deeper than the limit.
+_SHALLOW_WITHOUT_ARRAYS: Final = 4 * MAX_JSON_DEPTH
+
+
 def check_json_depth(data: bytes | str, root: str) -> None:
     """Refuse JSON nested deeper than :data:`MAX_JSON_DEPTH`, before any decoder sees it.
 
-    On the path of every frame, so the common case is a count or two (most frames
-    have no ``[``): JSON with no more openers than the limit cannot be deeper.
-    Only a frame with more is scanned, and brackets inside strings do not count.
+    On the path of every frame, so the common case is cheap: most frames have no
+    ``[``, and one without is shallow enough when it is short (see
+    :data:`_SHALLOW_WITHOUT_ARRAYS`) or has few ``{``; JSON with no more openers
+    than the limit cannot be deeper. Only a frame with more is scanned, and
+    brackets inside strings do not count.
     """
     if isinstance(data, str):
-        if data.count("{") + data.count("[") <= MAX_JSON_DEPTH:
+        if "[" not in data:
+            if len(data) <= _SHALLOW_WITHOUT_ARRAYS or data.count("{") <= MAX_JSON_DEPTH:
+                return
+        elif data.count("{") + data.count("[") <= MAX_JSON_DEPTH:
             return
         raw = data.encode("utf-8", "surrogatepass")
     else:
-        if data.count(b"{") + data.count(b"[") <= MAX_JSON_DEPTH:
+        if b"[" not in data:
+            if len(data) <= _SHALLOW_WITHOUT_ARRAYS or data.count(b"{") <= MAX_JSON_DEPTH:
+                return
+        elif data.count(b"{") + data.count(b"[") <= MAX_JSON_DEPTH:
             return
         raw = bytes(data)
     if _nested_deeper(raw, MAX_JSON_DEPTH):

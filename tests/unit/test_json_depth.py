@@ -213,3 +213,12 @@ def test_msgspec_really_recurses_past_the_bound_it_is_protected_from() -> None:
     """Why the bound exists: the decoder itself fails on deep input with RecursionError."""
     with pytest.raises(RecursionError):
         msgspec.json.decode(b"[" * 5000 + b"]" * 5000)
+
+
+def test_the_shortest_text_nested_past_the_limit_without_arrays_is_refused() -> None:
+    """Objects only, unclosed: four characters a level, the least any text needs."""
+    check_json_depth('{"":' * MAX_JSON_DEPTH, "message")
+    with pytest.raises(ProtocolError, match="nested deeper than 32"):
+        check_json_depth('{"":' * (MAX_JSON_DEPTH + 1), "message")
+    with pytest.raises(ProtocolError, match="nested deeper than 32"):
+        check_json_depth(b'{"":' * (MAX_JSON_DEPTH + 1), "body")
