@@ -22,7 +22,7 @@ import unicodedata
 import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import msgspec
 
@@ -969,11 +969,20 @@ class ChatService:
             return room
         if not self.settings.open_mode:
             raise ProtocolError(ErrorCode.NOT_FOUND, f"room {room_id} does not exist", "join_room")
-        # Joining an unknown id creates it: as limited as creating one over HTTP.
-        self._limit_room_creation(user_id, address, "join_room")
+        # Joining an unknown id creates it, as limited as creating one over HTTP.
+        # The tokens are taken only by the joiner that did create it: everyone
+        # re-joining at once after a restart has read "no such room" before the
+        # first of them created it.
+        wait = self._room_creation_wait(user_id, address)
+        if wait:
+            room = await self.store.get_room(room_id)  # created meanwhile?
+            if room is not None:
+                return room
+            self._refuse_room_creation(wait, "join_room")
+        now = self._clock_ms()
         try:
-            return await self.store.ensure_room(
-                room_id, user_id, self._clock_ms(), self.settings.max_rooms_per_user
+            room = await self.store.ensure_room(
+                room_id, user_id, now, self.settings.max_rooms_per_user
             )
         except RoomLimitReached as exc:
             raise ProtocolError(
@@ -982,6 +991,12 @@ class ChatService:
                 "the most a user may",
                 "join_room",
             ) from None
+        if self.creation_limiter is not None and (room.created_by, room.created_at) == (
+            user_id,
+            now,
+        ):
+            self.creation_limiter.take(user_id, address, self._now())
+        return room
 
     async def create_room(self, user_id: str, address: str, body: CreateRoom) -> Room:
         """``POST /api/rooms``: a new room, within the user's rate and number of rooms."""
@@ -1008,11 +1023,19 @@ class ChatService:
         Per node (the number of rooms, which the store counts, is what holds
         across a cluster).
         """
+        wait = self._room_creation_wait(user_id, address)
+        if wait:
+            self._refuse_room_creation(wait, request_type)
+        if self.creation_limiter is not None:
+            self.creation_limiter.take(user_id, address, self._now())
+
+    def _room_creation_wait(self, user_id: str, address: str) -> float:
+        """Seconds until the user may create a room from ``address`` (0: now)."""
         if self.creation_limiter is None:
-            return
-        wait = self.creation_limiter.check(user_id, address, self._now())
-        if not wait:
-            return
+            return 0.0
+        return self.creation_limiter.wait(user_id, address, self._now())
+
+    def _refuse_room_creation(self, wait: float, request_type: str | None) -> NoReturn:
         self.metrics.rate_limited[MessageClass.ROOMS] += 1
         raise ProtocolError(
             ErrorCode.RATE_LIMITED,

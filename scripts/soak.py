@@ -25,7 +25,7 @@ import random
 import sys
 import tempfile
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import aiohttp
@@ -98,7 +98,13 @@ async def client(number: int, urls: list[str], rooms: int, deadline: float, stat
                             last_id = frame["payload"]["id"]
                             stats.seen[(number, room)].append(last_id)
                         elif frame["type"] == "error":
-                            stats.errors.append(frame["payload"]["code"])
+                            error = frame["payload"]
+                            what = f"{error['code']} ({error.get('type')})"
+                            if error["code"] != "rate_limited":
+                                what += f": {error['message'][:60]}"
+                            stats.errors.append(
+                                what if error["code"] != "rate_limited" else "rate_limited"
+                            )
                 stats.reconnects += 1
             except (aiohttp.ClientError, OSError) as exc:
                 stats.errors.append(repr(exc))
@@ -149,7 +155,9 @@ async def soak(clients: int, seconds: float, rooms: int, max_growth_mb: float, n
     duplicates = sum(len(ids) - len(set(ids)) for ids in stats.seen.values())
     disordered = sum(1 for ids in stats.seen.values() if ids != sorted(ids))
     missing = count_missing(stats.seen, stored)
-    unexpected = [e for e in stats.errors if e not in ("rate_limited",)]
+    unexpected = [e for e in stats.errors if not e.startswith("rate_limited")]
+    limited = Counter(e for e in stats.errors if e.startswith("rate_limited"))
+    print(f"rate limited: {dict(limited)}")
     print(
         f"\nclients={clients} seconds={seconds:.0f} sent={stats.sent} received={stats.received} "
         f"reconnects={stats.reconnects}\n"
@@ -158,6 +166,11 @@ async def soak(clients: int, seconds: float, rooms: int, max_growth_mb: float, n
         f"duplicates={duplicates} out_of_order={disordered} missing={missing} "
         f"errors={len(unexpected)}"
     )
+    if unexpected:
+        print(
+            "errors by kind: "
+            + ", ".join(f"{n} x {e}" for e, n in Counter(unexpected).most_common(5))
+        )
     ok = (
         # Each cluster node may also have opened its database pool (10) and
         # Redis connections (2) since it was idle.

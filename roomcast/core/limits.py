@@ -193,13 +193,22 @@ class CreationLimiter:
     def check(self, user_id: str, address: str, now: float) -> float:
         """0 if the user may create a room now from ``address`` (the tokens are
         taken), else seconds to wait."""
+        wait = self.wait(user_id, address, now)
+        if not wait:
+            self.take(user_id, address, now)
+        return wait
+
+    def wait(self, user_id: str, address: str, now: float) -> float:
+        """Seconds until the user may create a room from ``address`` (0: now);
+        nothing is taken (see :meth:`take`)."""
         user = self._bucket("u:" + user_id, self.rate, now)
         place = self._bucket("a:" + address, self.address_rate, now)
-        wait = max(user.wait(now), place.wait(now))
-        if not wait:
-            user.take()
-            place.take()
-        return wait
+        return max(user.wait(now), place.wait(now))
+
+    def take(self, user_id: str, address: str, now: float) -> None:
+        """A room was created: take its tokens (after :meth:`wait` said there were)."""
+        self._bucket("u:" + user_id, self.rate, now).take()
+        self._bucket("a:" + address, self.address_rate, now).take()
 
     def _bucket(self, key: str, rate: Rate, now: float) -> TokenBucket:
         bucket = self._buckets.get(key)
