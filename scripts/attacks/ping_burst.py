@@ -121,7 +121,7 @@ async def run(args: argparse.Namespace) -> None:
         after = await health_latency(server.port)
         ws.close()
         freeze = max(samples) if samples else float("nan")
-        print(f"server: {os.environ.get('PYTHONPATH') or 'installed roomcast'}")
+        print(f"server: roomcast run from {os.getcwd()}")
         print(f"mode: {'token' if args.token_mode else 'open'}")
         print(f"pings written: {sent} ({sent * len(ping):,} bytes)")
         print(f"/health before: {baseline * 1000:.1f} ms")
