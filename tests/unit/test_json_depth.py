@@ -10,7 +10,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from roomcast import protocol
 from roomcast.protocol import (
     MAX_JSON_DEPTH,
     CreateRoom,
@@ -18,11 +17,12 @@ from roomcast.protocol import (
     PingRequest,
     ProtocolError,
     WebRTCRequest,
-    _nested_deeper,
     check_json_depth,
+    codec,
     decode_body,
     decode_client,
 )
+from roomcast.protocol.codec import _nested_deeper
 
 
 def nested(depth: int, leaf: str = "1") -> str:
@@ -144,7 +144,7 @@ def test_ordinary_frames_take_the_counting_path_only(monkeypatch: pytest.MonkeyP
         scanned.append(data)
         return _nested_deeper(data, limit)
 
-    monkeypatch.setattr(protocol, "_nested_deeper", spy)
+    monkeypatch.setattr(codec, "_nested_deeper", spy)
     check_json_depth('{"type":"chat","payload":{"room_id":1,"content":"hi"}}', "message")
     check_json_depth(b'{"type":"ping","payload":{"x":[1,[2,[3]]]}}', "message")
     assert scanned == []

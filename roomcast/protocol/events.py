@@ -1,0 +1,203 @@
+"""Server -> client payloads, and :data:`SERVER_TYPES`, the envelope ``type`` of each."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Final, Literal
+
+import msgspec
+
+from roomcast.protocol.errors import ErrorCode, ProtocolError
+from roomcast.protocol.fields import CallEndReason, MessageKind, SignalKind, Status
+
+
+class Event(msgspec.Struct, omit_defaults=False):
+    """Base of every server payload. ``TYPE`` is the envelope ``type``."""
+
+    TYPE: ClassVar[str]
+
+
+class Connected(Event):
+    TYPE = "connected"
+    connection_id: str
+    user_id: str | None
+
+
+class Error(Event, omit_defaults=True):
+    TYPE = "error"
+    code: ErrorCode
+    message: str
+    type: str | None = None
+    retry_after_ms: int | None = None  # with rate_limited: when to try again
+    client_msg_id: str | None = None  # the refused chat's own id, when it had one
+
+
+class Pong(Event):
+    TYPE = "pong"
+
+
+class UserJoined(Event):
+    TYPE = "user_joined"
+    room_id: int
+    user_id: str
+
+
+class UserLeft(Event):
+    TYPE = "user_left"
+    room_id: int
+    user_id: str
+
+
+class RoomUser(msgspec.Struct):
+    user_id: str
+    status: Status
+
+
+class RoomUsers(Event):
+    TYPE = "room_users"
+    room_id: int
+    users: list[RoomUser]
+
+
+class ChatMessage(Event, omit_defaults=True):
+    """A stored chat message; ``client_msg_id`` only when the sender gave one."""
+
+    TYPE = "chat"
+    id: int
+    room_id: int
+    user_id: str
+    content: str
+    type: MessageKind
+    created_at: int
+    client_msg_id: str | None = None
+
+
+class HistoryGap(Event):
+    """After a ``join_room`` with ``since``: more was missed than is replayed.
+
+    The replayed messages start at ``before``; fetch the older ones with
+    ``GET /api/rooms/{room_id}/messages?before=<before>`` back to ``since``.
+    """
+
+    TYPE = "history_gap"
+    room_id: int
+    since: int
+    before: int
+
+
+class MessageEdited(Event):
+    TYPE = "message_edit"
+    message_id: int
+    room_id: int
+    content: str
+    edited_at: int
+
+
+class MessageDeleted(Event):
+    TYPE = "message_delete"
+    message_id: int
+    room_id: int
+
+
+class MessageReaction(Event):
+    TYPE = "message_reaction"
+    message_id: int
+    room_id: int
+    user_id: str
+    emoji: str
+    action: Literal["added", "removed"]
+
+
+class Typing(Event):
+    TYPE = "typing"
+    room_id: int
+    user_id: str
+    is_typing: bool
+
+
+class Presence(Event):
+    TYPE = "presence"
+    user_id: str
+    status: Status
+
+
+class _CallAnnouncement(Event):
+    call_id: str
+    from_user_id: str
+    to_user_id: str
+    media: msgspec.Raw
+
+
+class IncomingCall(_CallAnnouncement):
+    """To every connection of the callee: a call is ringing."""
+
+    TYPE = "incoming_call"
+
+
+class CallRinging(_CallAnnouncement):
+    """To the caller's offering connection: the call exists and rings; here is its id."""
+
+    TYPE = "call_ringing"
+
+
+class WebRTCSignal(Event):
+    """A relayed offer, answer or ICE candidate; ``data`` is untouched."""
+
+    TYPE = "webrtc"
+    type: SignalKind
+    call_id: str
+    from_user_id: str
+    to_user_id: str
+    data: msgspec.Raw
+
+
+class CallActive(Event):
+    """To both parties: the call was answered."""
+
+    TYPE = "call_active"
+    call_id: str
+    from_user_id: str
+    to_user_id: str
+
+
+class CallEnded(Event, omit_defaults=True):
+    """The call is over for this connection; ``reason`` says why, ``by`` who hung up."""
+
+    TYPE = "call_ended"
+    call_id: str
+    reason: CallEndReason
+    by: str | None = None
+
+
+SERVER_TYPES: Final[dict[str, type[Event]]] = {
+    cls.TYPE: cls
+    for cls in (
+        Connected,
+        Error,
+        Pong,
+        UserJoined,
+        UserLeft,
+        RoomUsers,
+        ChatMessage,
+        HistoryGap,
+        MessageEdited,
+        MessageDeleted,
+        MessageReaction,
+        Typing,
+        Presence,
+        IncomingCall,
+        CallRinging,
+        WebRTCSignal,
+        CallActive,
+        CallEnded,
+    )
+}
+
+
+def error_event(exc: ProtocolError) -> Error:
+    return Error(
+        code=exc.code,
+        message=exc.message,
+        type=exc.type,
+        retry_after_ms=exc.retry_after_ms,
+        client_msg_id=exc.client_msg_id,
+    )
