@@ -20,15 +20,14 @@ to know who is online and where; the caller passes that in as a
 
 from __future__ import annotations
 
-import enum
 import heapq
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Protocol
 
 import msgspec
 
-from roomcast.core.deliveries import Delivery, ToConnections
+from roomcast.core.call_state import Call, CallEffect, CallRecord, CallState, record_of
+from roomcast.core.deliveries import ToConnections
 from roomcast.protocol import (
     CallActive,
     CallEnded,
@@ -41,11 +40,9 @@ from roomcast.protocol import (
     WebRTCSignal,
 )
 
-
-class CallState(enum.Enum):
-    RINGING = "ringing"
-    ACTIVE = "active"
-    ENDED = "ended"
+# Call, CallRecord, CallState and CallEffect are used with the registry by
+# every caller of it, so they are importable from here as well.
+__all__ = ["Call", "CallEffect", "CallRecord", "CallRegistry", "CallState", "Directory"]
 
 
 class Directory(Protocol):
@@ -57,61 +54,6 @@ class Directory(Protocol):
 
     def appears_offline(self, user_id: str) -> bool:
         """The user chose the "offline" status: to callers they are not there."""
-
-
-@dataclass(slots=True)
-class Call:
-    id: str
-    caller: str
-    callee: str
-    caller_conn: str
-    media: msgspec.Raw
-    started_at: int  # wall clock, ms
-    ring_deadline: float  # monotonic
-    ringing_conns: set[str] = field(default_factory=set)
-    callee_conn: str | None = None
-    state: CallState = CallState.RINGING
-    answered_at: int | None = None
-    ended_at: int | None = None
-    end_reason: CallEndReason | None = None
-
-    def party_conns(self) -> set[str]:
-        """Every connection that is ringing for or taking part in the call."""
-        conns = {self.caller_conn, *self.ringing_conns}
-        if self.callee_conn is not None:
-            conns.add(self.callee_conn)
-        return conns
-
-    def peer_of(self, user_id: str) -> str:
-        return self.callee if user_id == self.caller else self.caller
-
-
-@dataclass(frozen=True, slots=True)
-class CallRecord:
-    """A call as it should be stored now (insert or update by id); also its HTTP shape."""
-
-    call_id: str
-    caller: str
-    callee: str
-    started_at: int
-    answered_at: int | None
-    ended_at: int | None
-    end_reason: CallEndReason | None
-
-
-CallEffect = Delivery | CallRecord
-
-
-def _record(call: Call) -> CallRecord:
-    return CallRecord(
-        call.id,
-        call.caller,
-        call.callee,
-        call.started_at,
-        call.answered_at,
-        call.ended_at,
-        call.end_reason,
-    )
 
 
 #: How many ended call ids a registry remembers (see ``CallRegistry.restore``).
@@ -252,7 +194,7 @@ class CallRegistry:
         heapq.heappush(self._deadlines, (call.ring_deadline, call.id))
         ringing = tuple(sorted(call.ringing_conns))
         return [
-            _record(call),
+            record_of(call),
             ToConnections(
                 (conn_id,),
                 CallRinging(call_id=call.id, from_user_id=caller, to_user_id=callee, media=media),
@@ -270,7 +212,7 @@ class CallRegistry:
         call.ended_at = wall_ms
         call.end_reason = reason
         return [
-            _record(call),
+            record_of(call),
             ToConnections((call.caller_conn,), CallEnded(call_id=call.id, reason=reason)),
         ]
 
@@ -325,7 +267,7 @@ class CallRegistry:
         call.ringing_conns = set()
         active = CallActive(call_id=call.id, from_user_id=call.caller, to_user_id=call.callee)
         effects: list[CallEffect] = [
-            _record(call),
+            record_of(call),
             ToConnections((call.caller_conn,), self._signal(call, "answer", user_id, data)),
             ToConnections((call.caller_conn, conn_id), active),
         ]
@@ -408,7 +350,7 @@ class CallRegistry:
         for user in (call.caller, call.callee):
             if self._call_of_user.get(user) == call.id:
                 del self._call_of_user[user]
-        effects: list[CallEffect] = [_record(call)]
+        effects: list[CallEffect] = [record_of(call)]
         if recipients:
             effects.append(
                 ToConnections(recipients, CallEnded(call_id=call.id, reason=reason, by=by))

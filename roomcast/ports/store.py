@@ -22,7 +22,7 @@ from typing import Protocol
 
 import msgspec
 
-from roomcast.core.calls import CallRecord
+from roomcast.core.call_state import CallRecord
 from roomcast.ports.group_commit import Done
 from roomcast.protocol import ChatMessage, HistoryMessage
 
