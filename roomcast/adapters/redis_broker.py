@@ -8,12 +8,8 @@ during one loop turn becomes one stream record (its entries as one JSON
 array, after their lengths: see :func:`~roomcast.ports.broker.encode_batch`),
 so Redis work grows with loop turns, not with messages.
 
-Every entry carries its origin node and that node's counter, so an entry is
-applied at most once even when it is both applied locally (see below) and
-later read back from the stream. An entry that cannot be decoded is skipped
-in its place, the rest of its record is applied, and the replica
-resynchronises as after an outage (nothing a client sends can cause that:
-the protocol bounds what it accepts; this is for bugs and foreign writers).
+Each entry is applied once, in its place, even when it cannot be decoded (see
+:mod:`roomcast.adapters.redis_records`).
 
 Liveness: each node refreshes its score (an expiry time, ``node_ttl`` ahead of
 Redis's clock) in a sorted set every ``node_ttl / 3`` seconds and reads who else is live,
@@ -43,6 +39,7 @@ import redis.asyncio as redis
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeout
 
+from roomcast.adapters.redis_records import LogApplier
 from roomcast.adapters.stores import describe
 from roomcast.ports.broker import (
     MAX_RECORD_ENTRIES,
@@ -50,11 +47,8 @@ from roomcast.ports.broker import (
     BrokerState,
     BrokerUnavailable,
     Input,
-    RecordUnreadable,
     Replica,
     SnapshotRequest,
-    Unreadable,
-    decode_batch,
     encode_batch,
     encode_input,
 )
@@ -64,12 +58,8 @@ log = logging.getLogger("roomcast.broker")
 #: Failures that mean "Redis is not reachable right now".
 _UNREACHABLE = (RedisError, OSError, asyncio.TimeoutError)
 
-#: Unreadable log entries resynchronise the replica at most this often (seconds):
-#: a run of bad records must not become a storm of snapshots.
-RESYNC_INTERVAL = 1.0
 
-
-class RedisBroker:
+class RedisBroker(LogApplier):
     def __init__(
         self,
         url: str,
@@ -78,25 +68,18 @@ class RedisBroker:
         node_id: str | None = None,
         max_log_records: int = 20_000,
     ) -> None:
-        self.node_id = node_id or uuid.uuid4().hex[:12]
+        super().__init__(node_id or uuid.uuid4().hex[:12])
         self.url = url
         self.node_ttl = node_ttl
         self._log_key = f"{prefix}:log"
         self._nodes_key = f"{prefix}:nodes"
         self._max_log = max_log_records
-        self._replica: Replica | None = None
         self._state = BrokerState.CONNECTED
         self._counter = 0
-        self._applied: dict[str, int] = {}  # origin node -> last counter applied
         self._outbox: list[tuple[int, bytes, Input]] = []
-        # Written to the stream, not read back yet: applied here if Redis loses them.
-        self._in_flight: dict[int, Input] = {}
         self._wake = asyncio.Event()
         self._last_id = b"0-0"
         self._run_id: str | None = None
-        self._unreadable = 0  # entries skipped since the last resynchronisation
-        self._foreign_nodes: set[str] = set()  # nodes whose record format is not ours
-        self._resync_after = 0.0  # monotonic time before which none is started
         # While the live list may lack nodes that are alive (Redis restarted, or
         # this node was away), it is not passed on before this monotonic time.
         self._live_list_from = 0.0
@@ -216,15 +199,6 @@ class RedisBroker:
         for counter, _, entry in queued:
             self._apply(self.node_id, counter, entry)
 
-    def _apply_in_flight(self) -> None:
-        """Apply here what was written but not read back: it may never come back.
-
-        If it still does (Redis was only slow), the counter makes it a no-op.
-        """
-        in_flight, self._in_flight = self._in_flight, {}
-        for counter in sorted(in_flight):
-            self._apply(self.node_id, counter, in_flight[counter])
-
     # -- reading -----------------------------------------------------------------------
 
     async def _read_forever(self) -> None:
@@ -262,97 +236,6 @@ class RedisBroker:
             return False
         # While the last entry read is still there, the oldest one is not after it.
         return _stream_id(bytes(oldest[0][0])) > _stream_id(self._last_id)
-
-    def _receive(self, fields: dict[bytes, bytes]) -> None:
-        try:
-            origin = fields[b"o"].decode()
-            version = int(fields.get(b"v", b"1"))
-            if version != RECORD_FORMAT:
-                self._foreign_format(origin, version)
-                return
-            first = int(fields[b"n"])
-            count = int(fields[b"c"])
-            if not 1 <= count <= MAX_RECORD_ENTRIES:
-                raise ValueError(f"a record of {count} entries")
-        except (KeyError, ValueError, UnicodeDecodeError) as exc:
-            # Whose entries these were is unknown: only a resynchronisation helps.
-            log.error("unreadable log record skipped error=%r", exc)
-            self._unreadable += 1
-            return
-        entries: list[Input | Unreadable]
-        try:
-            entries = decode_batch(fields[b"e"])
-            if len(entries) != count:
-                raise RecordUnreadable(f"{len(entries)} entries, not {count}")
-        except (KeyError, RecordUnreadable) as exc:
-            entries = [Unreadable(f"the record is unreadable: {exc!r}")] * count
-        for offset, entry in enumerate(entries):
-            if isinstance(entry, Unreadable):
-                self._skip(origin, first + offset, entry)
-            else:
-                self._apply(origin, first + offset, entry)
-
-    def _foreign_format(self, origin: str, version: int) -> None:
-        """A record of another version of roomcast: said once per node, then skipped."""
-        if origin not in self._foreign_nodes:
-            self._foreign_nodes.add(origin)
-            log.error(
-                "node %s writes log records in format %d, this node reads format %d: "
-                "every node of a cluster must run one version (stop them all to upgrade)",
-                origin,
-                version,
-                RECORD_FORMAT,
-            )
-        self._unreadable += 1
-
-    def _skip(self, origin: str, counter: int, entry: Unreadable) -> None:
-        """An entry nobody could decode: its place is passed, its effect comes back
-        with the snapshots of the resynchronisation that follows."""
-        if counter <= self._applied.get(origin, 0):
-            return  # applied already (locally while Redis was away)
-        log.error(
-            "unreadable log entry skipped origin=%s counter=%d error=%s",
-            origin,
-            counter,
-            entry.error,
-        )
-        self._unreadable += 1
-        original = self._in_flight.get(counter) if origin == self.node_id else None
-        if original is None:
-            self._applied[origin] = counter
-        else:
-            # This node's own entry is still here as it was appended: applied here,
-            # this replica stays true to what this node did, and its snapshot then
-            # tells the others.
-            self._apply(origin, counter, original)
-
-    def _resync_if_unreadable(self) -> None:
-        """After unreadable entries: resynchronise, at most once per ``RESYNC_INTERVAL``.
-
-        Called after every read (which blocks for at most a second), so a
-        resynchronisation held back is started soon after the interval.
-        """
-        if not self._unreadable or self._replica is None:
-            return
-        now = time.monotonic()
-        if now < self._resync_after:
-            return
-        self._resync_after = now + RESYNC_INTERVAL
-        unreadable, self._unreadable = self._unreadable, 0
-        self._replica.log_interrupted(unreadable)
-
-    def _apply(self, origin: str, counter: int, entry: Input) -> None:
-        if counter <= self._applied.get(origin, 0):
-            return  # applied already (locally while Redis was away)
-        self._applied[origin] = counter
-        if origin == self.node_id:
-            self._in_flight.pop(counter, None)
-        if self._replica is None:
-            return
-        try:
-            self._replica.apply(entry, origin)
-        except Exception:
-            log.exception("log entry failed kind=%s origin=%s", type(entry).__name__, origin)
 
     # -- liveness and recovery -----------------------------------------------------------
 
