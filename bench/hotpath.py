@@ -1,6 +1,6 @@
 """roomcast's own per-message cost, without sockets.
 
-Feeds chat frames from 32 members of one room straight into the service
+Feeds chat frames from 32 members of one room straight into the node
 (real SQLite store, group commit, engine, encoding and corked fan-out into
 transports that only count bytes) and prints CPU microseconds per message.
 What the full benchmark measures on top of this is the WebSocket library and
@@ -23,8 +23,11 @@ import uvloop
 
 from roomcast.adapters.local_broker import LocalBroker
 from roomcast.adapters.sqlite_store import SQLiteStore
+from roomcast.clock import wall_ms
 from roomcast.config import Settings
-from roomcast.service import ChatService, wall_ms
+from roomcast.features import default_features
+from roomcast.node.node import Node
+from roomcast.transport.fanout import FanOut
 
 MEMBERS = 32
 
@@ -62,13 +65,11 @@ async def run(rounds: int, profile: bool) -> None:
         settings.commit_linger_ms / 1000,
     )
     await store.start()
-    service = ChatService(store, LocalBroker(), settings)
-    conns = [
-        service.open("bench", no_close, CountingTransport(), f"user{i}") for i in range(MEMBERS)
-    ]
+    node = Node(store, LocalBroker(), FanOut(settings.max_send_buffer), settings, default_features)
+    conns = [node.open("bench", no_close, CountingTransport(), f"user{i}") for i in range(MEMBERS)]
     join = msgspec.json.encode({"type": "join_room", "payload": {"room_id": 1}})
     for conn in conns:
-        await service.receive(conn, join)
+        await node.receive(conn, join)
     frames = [
         msgspec.json.encode(
             {"type": "chat", "payload": {"room_id": 1, "content": f"hello from {i}"}}
@@ -82,7 +83,7 @@ async def run(rounds: int, profile: bool) -> None:
         profiler.enable()
     for _ in range(rounds):
         for conn, frame in zip(conns, frames, strict=True):
-            await service.receive(conn, frame)
+            await node.receive(conn, frame)
         await asyncio.sleep(0)
     while store._committer.pending():
         await asyncio.sleep(0.001)

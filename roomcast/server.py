@@ -1,7 +1,7 @@
 """Wiring: settings in, a running server out.
 
 Everything is constructed explicitly here, in one place: store, broker,
-fan-out, service, endpoints and the aiohttp application. :func:`run` owns the
+fan-out, node and its features, endpoints and the aiohttp application. :func:`run` owns the
 process: it serves until SIGTERM or SIGINT, then shuts down in order —
 stop accepting, close every WebSocket with 1001 after its queued frames,
 commit every pending write, exit.
@@ -23,11 +23,13 @@ from roomcast.adapters.redis_broker import RedisBroker
 from roomcast.adapters.stores import describe, open_store
 from roomcast.auth import Authenticator
 from roomcast.config import Settings
+from roomcast.features import default_features
 from roomcast.metrics import Metrics
+from roomcast.node.node import Node
 from roomcast.ports.broker import Broker
 from roomcast.ports.store import Store
-from roomcast.service import ChatService
 from roomcast.transport.admission import Admission
+from roomcast.transport.fanout import FanOut
 from roomcast.transport.front_door import Gate, request_deadlines
 from roomcast.transport.http import HttpApi, protocol_errors
 from roomcast.transport.websocket import WebSocketEndpoint
@@ -49,7 +51,7 @@ def make_broker(settings: Settings) -> Broker:
 class Server:
     settings: Settings
     app: web.Application
-    service: ChatService
+    node: Node
     endpoint: WebSocketEndpoint
     gate: Gate
     store: Store
@@ -67,6 +69,7 @@ class Server:
             self.idle_watch.cancel()
         self.gate.close()
         await self.endpoint.close_all()
+        await self.node.stop()
         await self.store.close()  # announces what it commits on the way: broker last
         await self.broker.close()
 
@@ -93,24 +96,26 @@ def build(settings: Settings) -> Server:
     store = open_store(settings.database, settings, metrics)
     broker = make_broker(settings)
     auth = Authenticator(settings.auth_secret)
-    service = ChatService(store, broker, settings, metrics)
+    fanout = FanOut(settings.max_send_buffer)
+    node = Node(store, broker, fanout, settings, default_features, metrics)
+    fanout.on_overflow = node.slow_consumer
     admission = Admission.for_process(
         settings.max_connections, settings.max_connections_per_ip, settings.reserved_descriptors
     )
-    endpoint = WebSocketEndpoint(service, auth, settings, admission)
+    endpoint = WebSocketEndpoint(node, fanout, auth, settings, admission)
     gate = Gate(admission, endpoint, settings.head_timeout, settings.idle_timeout, metrics)
     metrics.gauge(
         "roomcast_tcp_connections",
         "Accepted TCP connections (HTTP, WebSocket and undecided) within the limits.",
         lambda: admission.open,
     )
-    api = HttpApi(service, store, auth, settings)
+    api = HttpApi(node, store, auth, settings)
     app = web.Application(
         middlewares=[protocol_errors, request_deadlines(settings.body_timeout)],
         client_max_size=settings.max_message_bytes,
     )
     app.add_routes([web.get("/ws", endpoint.late_upgrade), *api.routes()])
-    return Server(settings, app, service, endpoint, gate, store, broker)
+    return Server(settings, app, node, endpoint, gate, store, broker)
 
 
 async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from roomcast.ports.broker import BrokerState, Input, Replica
+from roomcast.ports.broker import BrokerState, LogEntry, Replica
 
 
 class LocalBroker:
@@ -17,7 +17,7 @@ class LocalBroker:
     async def start(self) -> None:
         pass
 
-    def append(self, entry: Input) -> None:
+    def append(self, entry: LogEntry) -> None:
         if self._replica is not None:
             self._replica.apply(entry, self.node_id)
 

@@ -14,7 +14,7 @@ Each entry is applied once, in its place, even when it cannot be decoded (see
 Liveness: each node refreshes its score (an expiry time, ``node_ttl`` ahead of
 Redis's clock) in a sorted set every ``node_ttl / 3`` seconds and reads who else is live,
 so a node that stops refreshing is missing from that list, and declared gone
-by the service, between ``node_ttl`` and ``node_ttl`` plus one refresh period
+by the node, between ``node_ttl`` and ``node_ttl`` plus one refresh period
 after its last refresh. Right after Redis restarted or this node reached it
 again, the list is withheld for ``node_ttl``: the others may not have
 re-added themselves yet.
@@ -46,11 +46,11 @@ from roomcast.ports.broker import (
     RECORD_FORMAT,
     BrokerState,
     BrokerUnavailable,
-    Input,
+    LogCodec,
+    LogEntry,
     Replica,
     SnapshotRequest,
     encode_batch,
-    encode_input,
 )
 
 log = logging.getLogger("roomcast.broker")
@@ -76,7 +76,7 @@ class RedisBroker(LogApplier):
         self._max_log = max_log_records
         self._state = BrokerState.CONNECTED
         self._counter = 0
-        self._outbox: list[tuple[int, bytes, Input]] = []
+        self._outbox: list[tuple[int, bytes, LogEntry]] = []
         self._wake = asyncio.Event()
         self._last_id = b"0-0"
         self._run_id: str | None = None
@@ -93,6 +93,7 @@ class RedisBroker(LogApplier):
 
     def attach(self, replica: Replica) -> None:
         self._replica = replica
+        self._codec = replica.codec
 
     def state(self) -> BrokerState:
         return self._state
@@ -143,12 +144,12 @@ class RedisBroker(LogApplier):
 
     # -- appending ---------------------------------------------------------------------
 
-    def append(self, entry: Input) -> None:
+    def append(self, entry: LogEntry) -> None:
         self._counter += 1
         if self._state is BrokerState.DEGRADED:
             self._apply(self.node_id, self._counter, entry)
             return
-        self._outbox.append((self._counter, encode_input(entry), entry))
+        self._outbox.append((self._counter, LogCodec.encode(entry), entry))
         self._wake.set()
 
     async def _write_forever(self) -> None:

@@ -19,11 +19,11 @@ import time
 from roomcast.ports.broker import (
     MAX_RECORD_ENTRIES,
     RECORD_FORMAT,
-    Input,
+    LogCodec,
+    LogEntry,
     RecordUnreadable,
     Replica,
     Unreadable,
-    decode_batch,
 )
 
 log = logging.getLogger("roomcast.broker")
@@ -43,9 +43,10 @@ class LogApplier:
     def __init__(self, node_id: str) -> None:
         self.node_id = node_id
         self._replica: Replica | None = None
+        self._codec: LogCodec | None = None  # the replica's, once attached
         self._applied: dict[str, int] = {}  # origin node -> last counter applied
         # Written to the stream, not read back yet: applied here if Redis loses them.
-        self._in_flight: dict[int, Input] = {}
+        self._in_flight: dict[int, LogEntry] = {}
         self._unreadable = 0  # entries skipped since the last resynchronisation
         self._foreign_nodes: set[str] = set()  # nodes whose record format is not ours
         self._resync_after = 0.0  # monotonic time before which none is started
@@ -66,9 +67,10 @@ class LogApplier:
             log.error("unreadable log record skipped error=%r", exc)
             self._unreadable += 1
             return
-        entries: list[Input | Unreadable]
+        entries: list[LogEntry | Unreadable]
+        assert self._codec is not None, "records are read only once a replica is attached"
         try:
-            entries = decode_batch(fields[b"e"])
+            entries = self._codec.decode_batch(fields[b"e"])
             if len(entries) != count:
                 raise RecordUnreadable(f"{len(entries)} entries, not {count}")
         except (KeyError, RecordUnreadable) as exc:
@@ -128,7 +130,7 @@ class LogApplier:
         unreadable, self._unreadable = self._unreadable, 0
         self._replica.log_interrupted(unreadable)
 
-    def _apply(self, origin: str, counter: int, entry: Input) -> None:
+    def _apply(self, origin: str, counter: int, entry: LogEntry) -> None:
         if counter <= self._applied.get(origin, 0):
             return  # applied already (locally while Redis was away)
         self._applied[origin] = counter

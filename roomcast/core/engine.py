@@ -1,9 +1,9 @@
 """The chat engine: connections, rooms, presence and typing on one node.
 
-:class:`ChatEngine` is a state machine. The service feeds it what happened
+:class:`ChatEngine` is a state machine. The node feeds it what happened
 (a connection opened, a request arrived, a message was committed, time
 passed) and sends the deliveries it returns. Rules that need stored data
-(private rooms, message authors) are checked by the service against the store
+(private rooms, message authors) are checked by the features against the store
 before it calls in here; the engine owns the live state only.
 """
 

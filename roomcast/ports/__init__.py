@@ -1,1 +1,1 @@
-"""Ports: the interfaces the service needs from storage and fan-out."""
+"""Ports: the interfaces the node needs from storage, the log and its outlet."""

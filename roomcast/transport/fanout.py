@@ -33,14 +33,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable
-from typing import Protocol
 
-
-class Writable(Protocol):
-    def write(self, data: bytes) -> None: ...
-    def is_closing(self) -> bool: ...
-    def get_write_buffer_size(self) -> int: ...
-    def abort(self) -> None: ...
+from roomcast.ports.outlet import Writable
+from roomcast.transport.frames import text_frame
 
 
 class RoomBatch:
@@ -57,8 +52,8 @@ class RoomBatch:
         return self._data
 
 
-class Outlet:
-    """One connection's outgoing side."""
+class SendQueue:
+    """One connection's outgoing side: what is queued for it, and its socket."""
 
     __slots__ = ("conn_id", "pong", "queue", "sealed", "sent_bytes", "transport")
 
@@ -72,22 +67,25 @@ class Outlet:
 
 
 class FanOut:
+    """Every connection's send queue; implements :class:`~roomcast.ports.outlet.Outlet`."""
+
     def __init__(
         self,
         max_buffer: int,
-        on_overflow: Callable[[str], None],
+        on_overflow: Callable[[str], None] = lambda conn_id: None,
     ) -> None:
         self.max_buffer = max_buffer
-        self._on_overflow = on_overflow
-        self._outlets: dict[str, Outlet] = {}
+        #: Told of a connection whose socket buffer passed ``max_buffer``.
+        self.on_overflow = on_overflow
+        self._outlets: dict[str, SendQueue] = {}
         self._open_batches: dict[int, RoomBatch] = {}
-        self._dirty: list[Outlet] = []
+        self._dirty: list[SendQueue] = []
         self._scheduled = False
 
     # -- connections -------------------------------------------------------------
 
     def add(self, conn_id: str, transport: Writable) -> None:
-        self._outlets[conn_id] = Outlet(conn_id, transport)
+        self._outlets[conn_id] = SendQueue(conn_id, transport)
 
     def remove(self, conn_id: str) -> None:
         """Forget a connection; anything still queued for it is dropped."""
@@ -143,7 +141,14 @@ class FanOut:
             if outlet is not None:
                 self._enqueue(outlet, batch)
 
-    def _seal(self, outlet: Outlet) -> None:
+    def send_text(self, conn_ids: Iterable[str], payload: bytes) -> None:
+        """The outlet port: a text message, framed here once for every recipient."""
+        self.send(conn_ids, text_frame(payload))
+
+    def send_room_text(self, room_id: int, conn_ids: Iterable[str], payload: bytes) -> None:
+        self.send_room(room_id, conn_ids, text_frame(payload))
+
+    def _seal(self, outlet: SendQueue) -> None:
         """Close every batch still open in this connection's queue to further frames.
 
         Only items queued since the last seal can hold one: a closed batch
@@ -165,7 +170,7 @@ class FanOut:
         """
         self._open_batches.pop(room_id, None)
 
-    def _enqueue(self, outlet: Outlet, item: bytes | RoomBatch) -> None:
+    def _enqueue(self, outlet: SendQueue, item: bytes | RoomBatch) -> None:
         if not outlet.queue:
             self._dirty.append(outlet)
             if not self._scheduled:
@@ -183,7 +188,7 @@ class FanOut:
             if outlet.queue:
                 self._write(outlet)
 
-    def _write(self, outlet: Outlet) -> None:
+    def _write(self, outlet: SendQueue) -> None:
         queue = outlet.queue
         outlet.queue = []
         outlet.sealed = 0
@@ -200,7 +205,7 @@ class FanOut:
         transport.write(data)
         outlet.sent_bytes += len(data)
         if transport.get_write_buffer_size() > self.max_buffer:
-            self._on_overflow(outlet.conn_id)
+            self.on_overflow(outlet.conn_id)
 
     def connection_count(self) -> int:
         return len(self._outlets)

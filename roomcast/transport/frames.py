@@ -11,7 +11,7 @@ the tests feed it bytes directly.
 Why roomcast reads frames itself: a chat server receives many small
 frames, and a library that hands each one to a per-connection task pays a
 task switch per message. Parsing in the protocol's ``data_received`` and
-handing the message straight to the service costs a few microseconds and
+handing the message straight to the node costs a few microseconds and
 no task at all. The server-to-client side is just as small:
 :func:`text_frame`, :func:`control_frame` and :func:`close_frame` build
 unmasked frames once, which the corked fan-out writes to every recipient.

@@ -21,8 +21,10 @@ from roomcast import __version__
 from roomcast.asyncapi import asyncapi_document
 from roomcast.auth import Authenticator, AuthError
 from roomcast.config import Settings, url_list
+from roomcast.features.rooms import Rooms
 from roomcast.ice import ice_servers
 from roomcast.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from roomcast.node.node import Node
 from roomcast.ports.broker import BrokerState
 from roomcast.ports.store import CallsAfter, Room, Store, StoreUnavailable
 from roomcast.protocol import (
@@ -41,7 +43,6 @@ from roomcast.protocol import (
     encode_json,
     visible_name,
 )
-from roomcast.service import ChatService
 
 _STATUS = {
     ErrorCode.INVALID_JSON: 400,
@@ -111,10 +112,9 @@ def room_info(room: Room) -> RoomInfo:
 
 
 class HttpApi:
-    def __init__(
-        self, service: ChatService, store: Store, auth: Authenticator, settings: Settings
-    ) -> None:
-        self.service = service
+    def __init__(self, node: Node, store: Store, auth: Authenticator, settings: Settings) -> None:
+        self.node = node
+        self.rooms: Rooms = node.feature(Rooms)
         self.store = store
         self.auth = auth
         self.settings = settings
@@ -180,23 +180,23 @@ class HttpApi:
         serves its own users, so it stays in a load balancer's rotation and
         reports ``degraded``.
         """
-        broker = self.service.broker
-        body: dict[str, str] = {"status": "ok", "database": "ok", "broker": broker.state()}
-        body["node"] = broker.node_id
+        node = self.node
+        body: dict[str, str] = {"status": "ok", "database": "ok", "broker": node.broker_state()}
+        body["node"] = node.node_id
         try:
             await self.store.ping()
         except StoreUnavailable:
             body.update(status="unavailable", database="unreachable")
             return json_response(body, 503)
         # After failures, a write nobody reads says whether writes commit again.
-        if self.service.metrics.commit_failing and not await self.service.writes_work():
+        if self.node.metrics.commit_failing and not await self.node.writes_work():
             body.update(status="unavailable", database="failing")
             return json_response(body, 503)
-        if not self.service.ready:
+        if not self.node.ready:
             # Still learning who is where from the other nodes: not for traffic yet.
             body["status"] = "starting"
             return json_response(body, 503)
-        if broker.state() is BrokerState.DEGRADED:
+        if node.broker_state() is BrokerState.DEGRADED:
             body["status"] = "degraded"
         return json_response(body)
 
@@ -216,7 +216,7 @@ class HttpApi:
     async def metrics(self, request: web.Request) -> web.Response:
         """Prometheus text format."""
         return web.Response(
-            body=self.service.metrics.render(), headers={"Content-Type": METRICS_CONTENT_TYPE}
+            body=self.node.metrics.render(), headers={"Content-Type": METRICS_CONTENT_TYPE}
         )
 
     async def asyncapi(self, request: web.Request) -> web.Response:
@@ -246,7 +246,7 @@ class HttpApi:
     async def create_room(self, request: web.Request) -> web.Response:
         user = self._user(request)
         body: CreateRoom = decode_body(await request.read(), CreateRoom)
-        room = await self.service.create_room(user, request.remote or "?", body)
+        room = await self.rooms.create_room(user, request.remote or "?", body)
         return json_response(room_info(room), 201)
 
     async def room_users(self, request: web.Request) -> web.Response:
@@ -254,7 +254,7 @@ class HttpApi:
         room, _ = await self._visible_room(request)
         limit = self._limit(request)
         after = _user_cursor(request.query.get("after"))
-        page, more = self.service.engine.room_users_page(room.id, after, limit)
+        page, more = self.node.room_users_page(room.id, after, limit)
         return json_response(RoomUsersPage(room.id, page, page[-1].user_id if more else None))
 
     async def room_members(self, request: web.Request) -> web.Response:

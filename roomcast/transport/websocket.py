@@ -8,13 +8,13 @@ protocol behind the front door. One port serves both.
 
 Why not aiohttp's WebSocket: it delivers each frame to a task per
 connection, so every message costs a task switch and a loop turn before
-the service sees it, and each connection keeps aiohttp's request, response,
+the node sees it, and each connection keeps aiohttp's request, response,
 parser and handler task alive (about 16 KiB). Here frames are parsed in
 ``data_received`` (:mod:`roomcast.transport.frames`) and handed straight to
-the service; outgoing frames go through the corked fan-out
+the node; outgoing frames go through the corked fan-out
 (:mod:`roomcast.transport.fanout`), which writes to the transport itself.
 
-A request the service must wait for (``join_room`` reads the database)
+A request the node must wait for (``join_room`` reads the database)
 pauses reading from that connection until it is done, so each
 connection's requests are still handled one after the other, in order.
 """
@@ -29,10 +29,13 @@ from typing import Any
 from aiohttp import web
 
 from roomcast.auth import Authenticator, AuthError
+from roomcast.clock import wall_ms
 from roomcast.config import Settings
+from roomcast.node.connections import LocalConnection
+from roomcast.node.node import Node
 from roomcast.protocol import Error, ErrorCode, encode
-from roomcast.service import ChatService, Connection, wall_ms
 from roomcast.transport.admission import Admission, Refusal
+from roomcast.transport.fanout import FanOut
 from roomcast.transport.frames import (
     CLOSE_GOING_AWAY,
     CLOSE_NORMAL,
@@ -68,12 +71,14 @@ class WebSocketEndpoint:
 
     def __init__(
         self,
-        service: ChatService,
+        node: Node,
+        fanout: FanOut,
         auth: Authenticator,
         settings: Settings,
         admission: Admission,
     ) -> None:
-        self.service = service
+        self.node = node
+        self.fanout = fanout
         self.auth = auth
         self.settings = settings
         self.admission = admission
@@ -122,7 +127,7 @@ class WebSocketEndpoint:
         """Whether a new connection of ``user_id`` would be one too many."""
         return (
             user_id is not None
-            and self.service.connection_count(user_id) >= self.settings.max_connections_per_user
+            and self.node.connection_count(user_id) >= self.settings.max_connections_per_user
         )
 
     def unregister(self, connection: WebSocketConnection) -> None:
@@ -146,7 +151,7 @@ class WebSocketEndpoint:
             await asyncio.sleep(timeout / 3)
             now = loop.time()
             quiet: list[str] = []
-            for conn in self.service.connections():
+            for conn in self.node.connections():
                 silent = now - conn.last_seen
                 if silent > timeout:
                     log.info("idle timeout conn=%s user=%s", conn.id, conn.user_id)
@@ -154,7 +159,7 @@ class WebSocketEndpoint:
                 elif silent > timeout / 2:
                     quiet.append(conn.id)
             if quiet:
-                self.service.fanout.send(quiet, ping)
+                self.fanout.send(quiet, ping)
 
     async def close_all(self) -> None:
         """Graceful shutdown: every client gets 1001 after its queued frames."""
@@ -168,7 +173,7 @@ class WebSocketEndpoint:
 
 
 class WebSocketConnection(asyncio.Protocol):
-    """One client's WebSocket: frames in to the service, close handshake both ways.
+    """One client's WebSocket: frames in to the node, close handshake both ways.
 
     Slotted and lean: an idle server holds one of these per client.
     """
@@ -188,19 +193,21 @@ class WebSocketConnection(asyncio.Protocol):
         "_sent_close",
         "conn",
         "endpoint",
+        "fanout",
+        "node",
         "reader",
         "remote",
-        "service",
         "transport",
     )
 
     def __init__(self, endpoint: WebSocketEndpoint, transport: asyncio.Transport, remote: str):
         self.endpoint = endpoint
-        self.service = endpoint.service
+        self.node = endpoint.node
+        self.fanout = endpoint.fanout
         self.transport = transport
         self.remote = remote
         self.reader = FrameReader(endpoint.settings.max_message_bytes)
-        self.conn: Connection | None = None
+        self.conn: LocalConnection | None = None
         self._loop = asyncio.get_running_loop()
         self._closed: asyncio.Future[None] | None = None  # made when someone waits for it
         self._gone = False  # connection_lost has run
@@ -208,7 +215,7 @@ class WebSocketConnection(asyncio.Protocol):
         self._busy = False  # a request of this connection is being awaited
         self._request: asyncio.Task[None] | None = None
         self._ended: str | None = None  # why it ended while a request was still busy
-        self._released = False  # the service has been told the connection is over
+        self._released = False  # the node has been told the connection is over
         self._sent_close: int | None = None
         self._received_close: int | None = None
         self._close_timer: asyncio.TimerHandle | None = None
@@ -225,7 +232,7 @@ class WebSocketConnection(asyncio.Protocol):
             why = "too many connections for this user"
             self._refuse(ErrorCode.RATE_LIMITED, why, CLOSE_POLICY_VIOLATION)
             return
-        self.conn = self.service.open(self.remote, self.close, self.transport, user_id)
+        self.conn = self.node.open(self.remote, self.close, self.transport, user_id)
 
     def _refuse(self, code: ErrorCode, why: str, close_code: int) -> None:
         """Tell the client why in a frame it can read, then close."""
@@ -280,16 +287,16 @@ class WebSocketConnection(asyncio.Protocol):
             self._while_closing(event)
             return None
         if isinstance(event, Text):  # the hot path first
-            return self.service.receive_now(conn, event.data)
+            return self.node.receive_now(conn, event.data)
         if isinstance(event, Ping):
             # Charged like any frame; an unanswered ping over the budget is the
             # only refusal (an error frame per ping would cost more than the pong).
-            if self.service.control_frame(conn):
-                self.service.fanout.send_pong(conn.id, control_frame(OPCODE_PONG, event.payload))
+            if self.node.control_frame(conn):
+                self.fanout.send_pong(conn.id, control_frame(OPCODE_PONG, event.payload))
         elif isinstance(event, Pong):
-            self.service.control_frame(conn)
+            self.node.control_frame(conn)
         elif isinstance(event, Binary):
-            self.service.receive_binary(conn)
+            self.node.receive_binary(conn)
         else:
             self._end(event)
         return None
@@ -335,13 +342,13 @@ class WebSocketConnection(asyncio.Protocol):
 
     def _stop_sending(self) -> None:
         if self.conn is not None and not self.conn.closing:
-            self.service.stop_sending(self.conn)
+            self.node.stop_sending(self.conn)
 
     def _send_close(self, code: int, reason: str) -> None:
         """Our close frame; the socket closes when the client's arrives (and our
         unsent bytes are written), or is dropped after ``CLOSE_TIMEOUT``.
 
-        The connection is over for the service at once: it leaves its rooms
+        The connection is over for the node at once: it leaves its rooms
         now, not when (or if) the client answers.
         """
         transport = self.transport
@@ -363,7 +370,7 @@ class WebSocketConnection(asyncio.Protocol):
         return "connection lost"
 
     def _release(self, reason: str) -> None:
-        """Hand the connection's end to the service (once, and after a request in flight)."""
+        """Hand the connection's end to the node (once, and after a request in flight)."""
         if self._busy:
             self._ended = self._ended or reason
             return
@@ -371,7 +378,7 @@ class WebSocketConnection(asyncio.Protocol):
             return
         self._released = True
         if self.conn is not None:
-            self.service.closed(self.conn, reason)
+            self.node.closed(self.conn, reason)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if self._close_timer is not None:

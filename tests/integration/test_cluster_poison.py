@@ -15,17 +15,15 @@ from typing import Any
 
 import redis.asyncio as redis
 
+from roomcast.features.rooms import Joined
 from roomcast.ports.broker import (
     RECORD_FORMAT,
-    Input,
-    Joined,
+    LogEntry,
     Opened,
     Snapshot,
     SnapshotRequest,
     Unreadable,
-    decode_batch,
     encode_batch,
-    encode_input,
 )
 from tests.integration import test_cluster
 from tests.integration.test_cluster import (
@@ -40,6 +38,7 @@ from tests.integration.test_cluster import (
 )
 from tests.integration.test_metrics import scrape
 from tests.support import REDIS_URL, Client, ServerProcess, eventually_equal, http_json
+from tests.unit.test_log_records import CODEC
 
 cluster = test_cluster.cluster  # the fixture: a cluster of this test's own
 
@@ -155,11 +154,11 @@ async def append_record(
     await log.xadd(f"{cluster_name}:log", fields)  # type: ignore[arg-type]
 
 
-async def entries_after(log: redis.Redis, cluster_name: str, start: bytes) -> list[Input]:
+async def entries_after(log: redis.Redis, cluster_name: str, start: bytes) -> list[LogEntry]:
     records: Any = await log.xrange(f"{cluster_name}:log", min=f"({start.decode()}")
-    found: list[Input] = []
+    found: list[LogEntry] = []
     for _, fields in records:
-        found += [e for e in decode_batch(fields[b"e"]) if not isinstance(e, Unreadable)]
+        found += [e for e in CODEC.decode_batch(fields[b"e"]) if not isinstance(e, Unreadable)]
     return found
 
 
@@ -182,8 +181,8 @@ async def test_an_undecodable_entry_is_skipped_alone_and_the_nodes_resynchronise
             origin,
             1,
             [
-                encode_input(Opened("ghost1", node_a, "ghost1")),
-                encode_input(Joined("ghost1", ROOM)),
+                CODEC.encode(Opened("ghost1", node_a, "ghost1")),
+                CODEC.encode(Joined("ghost1", ROOM)),
             ],
         )
         assert (await watcher.recv("user_joined"))["payload"] == joined("ghost1")
@@ -196,9 +195,9 @@ async def test_an_undecodable_entry_is_skipped_alone_and_the_nodes_resynchronise
             origin,
             3,
             [
-                encode_input(Opened("ghost2", node_a, "ghost2")),
+                CODEC.encode(Opened("ghost2", node_a, "ghost2")),
                 UNDECODABLE,
-                encode_input(Joined("ghost2", ROOM)),
+                CODEC.encode(Joined("ghost2", ROOM)),
             ],
         )
         # Applied in order around it: ghost2 was opened, then joined.
@@ -242,16 +241,16 @@ async def test_records_of_another_format_or_a_false_count_are_refused_clearly(
     node_a = (await health(a.http))[1]["node"]
     log = redis.from_url(REDIS_URL)
     try:
-        legacy = b"[" + encode_input(Opened("old1", node_a, "old1")) + b"]"
+        legacy = b"[" + CODEC.encode(Opened("old1", node_a, "old1")) + b"]"
         for _ in range(2):
             await log.xadd(f"{cluster.name}:log", {"o": "old-node", "n": 1, "b": legacy})
         origin = "writer-" + uuid.uuid4().hex[:6]
         fields = {"v": RECORD_FORMAT, "o": origin, "n": 1, "c": 10**9, "e": b"[]\n[]"}
         await log.xadd(f"{cluster.name}:log", fields)  # type: ignore[arg-type]
         await append_record(
-            log, cluster.name, origin, 1, [encode_input(Opened("next", node_a, "next"))]
+            log, cluster.name, origin, 1, [CODEC.encode(Opened("next", node_a, "next"))]
         )
-        await append_record(log, cluster.name, origin, 2, [encode_input(Joined("next", ROOM))])
+        await append_record(log, cluster.name, origin, 2, [CODEC.encode(Joined("next", ROOM))])
         assert (await watcher.recv_until("user_joined", timeout=10))["payload"] == joined("next")
         for node in (a, b):
             await eventually_equal(lambda node=node: _unreadable(node), 3.0)

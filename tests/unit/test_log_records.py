@@ -3,58 +3,70 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import msgspec
 import pytest
 
 from roomcast.adapters.redis_broker import RedisBroker
+from roomcast.features.calls import CallHungUp, CallRejected, CallSignalled
+from roomcast.features.messages import MessageChanged, MessageStored
+from roomcast.features.ping import Pinged
+from roomcast.features.presence import StatusSet
+from roomcast.features.rooms import Joined, Left
+from roomcast.features.typing import TypingSet
 from roomcast.ports.broker import (
     RECORD_FORMAT,
-    CallState,
-    ClientRequest,
     Closed,
     ConnectionState,
     Identified,
-    Input,
-    Joined,
-    MessageStored,
+    LogCodec,
+    LogEntry,
     NodeGone,
     Opened,
     RecordUnreadable,
-    RoomFrame,
     Snapshot,
     SnapshotRequest,
     Tick,
     Unreadable,
-    decode_batch,
     encode_batch,
-    encode_input,
 )
 from roomcast.protocol import ChatMessage
 
 #: Raw JSON as clients send it: whitespace, newlines, and the framing's own ":" and ",".
 RAW = msgspec.Raw(b'{"sdp": "v=0\\r\\n",\n "n": [1, 2]  , "x:": ",3:"}')
 
-EVERY_KIND: list[Input] = [
+EVERY_KIND: list[LogEntry] = [
     Opened("c1", "node-a", "alice"),
     Opened("c2", "node-a"),
     Identified("c2", "bob"),
     Joined("c1", 7, seq_floor=3, since=2),
-    ClientRequest("c1", RAW, 1.5, 1700, "call-1"),
+    CallSignalled("c1", "alice", "offer", "bob", None, RAW, RAW, 1.5, 1700, "call-1"),
     MessageStored(ChatMessage(1, 7, "alice", "hi, 12:30", "text", 1700, "m-1"), 4),
-    RoomFrame(7, msgspec.Raw(b'{"type":"message_delete","payload":{}}')),
+    MessageChanged(7, msgspec.Raw(b'{"type":"message_delete","payload":{}}')),
     Tick(2.5, 1800),
     Snapshot(
         "node-a",
-        (ConnectionState("c1", "alice", (7,), "away", (7,)),),
-        (CallState("call-1", "alice", "bob", "c1", RAW, 1700, 31.5, ("c3",)),),
+        (ConnectionState("c1", "alice"),),
+        {"calls": RAW, "rooms": msgspec.Raw(b'{"rooms":{"c1":[7]}}')},
         3.0,
         1900,
     ),
     SnapshotRequest("node-b"),
     NodeGone("node-c", 4.0, 2000),
-    Closed("c1", 5.0, 2100),
+    Closed("c1", 5.0, 2100, "alice"),
+    Left("c1", "alice", None, 5.5),
+    TypingSet("c1", 7, True, 6.0),
+    StatusSet("c1", "alice", "away"),
+    Pinged("c1", None),
+    CallHungUp("c1", "alice", "call-1", 2200),
+    CallRejected("c3", "bob", "call-2", 2300),
 ]
+
+CODEC = LogCodec(dict.fromkeys(type(entry) for entry in EVERY_KIND))
+encode_input = CODEC.encode
+decode_batch = CODEC.decode_batch
+
 
 #: Entries no decoder accepts: not JSON, cut short, no such kind, nested past the stack.
 UNDECODABLE = [
@@ -62,7 +74,7 @@ UNDECODABLE = [
     b'{"kind":"open","conn":"c9"',
     b'{"kind":"teleport","conn":"c9"}',
     b'{"kind":"open","conn":7,"node":"n"}',
-    b'{"kind":"request","conn":"c","data":' + b"[" * 5000 + b"]" * 5000 + b',"at":0,"wall":0}',
+    b'{"kind":"call_signal","conn":"c","data":' + b"[" * 5000 + b"]" * 5000 + b',"at":0}',
 ]
 
 
@@ -74,7 +86,7 @@ def test_every_kind_of_entry_survives_a_record_byte_for_byte() -> None:
         encode_input(e) for e in EVERY_KIND
     ]
     request = decoded[4]
-    assert isinstance(request, ClientRequest)
+    assert isinstance(request, CallSignalled)
     assert bytes(request.data) == bytes(RAW)  # relayed untouched, whitespace and all
 
 
@@ -125,11 +137,13 @@ def test_broken_framing_makes_the_whole_record_unreadable(record: bytes) -> None
 
 
 class RecordingReplica:
+    codec = CODEC
+
     def __init__(self) -> None:
         self.applied: list[tuple[str, str]] = []  # (origin, kind of entry)
         self.interruptions: list[int] = []
 
-    def apply(self, entry: Input, origin: str) -> None:
+    def apply(self, entry: LogEntry, origin: str) -> None:
         self.applied.append((origin, type(entry).__name__))
 
     def log_interrupted(self, unreadable: int = 0) -> None:
@@ -226,7 +240,10 @@ def test_this_nodes_own_unreadable_entry_is_applied_from_what_it_appended() -> N
 def test_records_of_another_format_are_skipped_and_named_once() -> None:
     broker, replica = make_broker()
     legacy = {b"o": b"old", b"n": b"1", b"b": b"[" + encode_input(Tick(1.0, 1)) + b"]"}
-    newer = {**record("new", 1, [encode_input(Tick(1.0, 1))]), b"v": b"3"}
+    newer = {
+        **record("new", 1, [encode_input(Tick(1.0, 1))]),
+        b"v": str(RECORD_FORMAT + 1).encode(),
+    }
     for fields in (legacy, legacy, newer):
         broker._receive(fields)
     assert replica.applied == []
@@ -244,3 +261,18 @@ def test_a_record_claiming_an_impossible_count_cannot_move_its_writers_counter(
     broker._receive(record("other", 1, [encode_input(Tick(1.0, 1))]))
     assert replica.applied == [("other", "Tick")]
     assert broker._applied["other"] == 1
+
+
+def test_every_kind_of_entry_a_node_declares_is_covered_here(tmp_path: Path) -> None:
+    from roomcast.adapters.local_broker import LocalBroker
+    from roomcast.adapters.sqlite_store import SQLiteStore
+    from roomcast.clock import wall_ms
+    from roomcast.config import Settings
+    from roomcast.features import default_features
+    from roomcast.node.node import Node
+    from roomcast.transport.fanout import FanOut
+
+    settings = Settings(database=f"sqlite:///{tmp_path}/unit.db")
+    store = SQLiteStore(settings.database, wall_ms)  # never started: nothing here writes
+    node = Node(store, LocalBroker(), FanOut(1 << 20), settings, default_features)
+    assert set(node.replica.codec.entry_types) == set(CODEC.entry_types)

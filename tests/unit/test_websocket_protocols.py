@@ -10,10 +10,13 @@ from typing import cast
 from roomcast.adapters.local_broker import LocalBroker
 from roomcast.adapters.sqlite_store import SQLiteStore
 from roomcast.auth import Authenticator
+from roomcast.clock import wall_ms
 from roomcast.config import Settings
+from roomcast.features import default_features
 from roomcast.metrics import Metrics
-from roomcast.service import ChatService, wall_ms
+from roomcast.node.node import Node
 from roomcast.transport.admission import Admission
+from roomcast.transport.fanout import FanOut
 from roomcast.transport.frames import OPCODE_PING
 from roomcast.transport.front_door import FrontDoor, Gate
 from roomcast.transport.websocket import WebSocketConnection, WebSocketEndpoint
@@ -69,9 +72,10 @@ class RecordingHttp(asyncio.Protocol):
 def endpoint(tmp_path: Path) -> WebSocketEndpoint:
     settings = Settings(database=f"sqlite:///{tmp_path}/unit.db")
     store = SQLiteStore(settings.database, wall_ms)  # never started: nothing here writes
-    service = ChatService(store, LocalBroker(), settings)
+    fanout = FanOut(settings.max_send_buffer)
+    node = Node(store, LocalBroker(), fanout, settings, default_features)
     admission = Admission(capacity=10, per_address=10, refusing=2)
-    return WebSocketEndpoint(service, Authenticator(None), settings, admission)
+    return WebSocketEndpoint(node, fanout, Authenticator(None), settings, admission)
 
 
 def gate(tmp_path: Path) -> Gate:
