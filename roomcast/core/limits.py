@@ -30,21 +30,6 @@ class MessageClass(enum.StrEnum):
     ROOMS = "rooms"
 
 
-#: The class of every client message type; unknown or undecodable frames are OTHER.
-CLASS_OF_TYPE: dict[str, MessageClass] = {
-    "chat": MessageClass.CHAT,
-    "message_edit": MessageClass.CHAT,
-    "message_delete": MessageClass.CHAT,
-    "message_reaction": MessageClass.CHAT,
-    "typing": MessageClass.TYPING,
-    "webrtc": MessageClass.SIGNALING,
-    "call_end": MessageClass.SIGNALING,
-    "call_reject": MessageClass.SIGNALING,
-    "join_room": MessageClass.MEMBERSHIP,
-    "leave_room": MessageClass.MEMBERSHIP,
-}
-
-
 @dataclass(frozen=True, slots=True)
 class Rate:
     per_second: float
