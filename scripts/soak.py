@@ -32,7 +32,9 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.support import ServerProcess, drop_cluster_state, stored_messages
+from tests.harness.backends import drop_cluster_state
+from tests.harness.database import stored_messages
+from tests.harness.server import ServerProcess
 
 
 def rss_mb(pid: int) -> float:

@@ -21,7 +21,9 @@ import aiohttp
 import jwt
 import pytest
 
-from tests.support import Client, ServerProcess, http_json
+from tests.harness.client import Client
+from tests.harness.http import http_json
+from tests.harness.server import ServerProcess
 
 Connect = Callable[..., Awaitable[Client]]
 User = Callable[[str], str]

@@ -34,20 +34,13 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.harness.backends import POSTGRES_URL, cluster_args, drop_cluster_state
+from tests.harness.client import Client
+from tests.harness.database import stored_ids
+from tests.harness.http import history, http_json, stored
+from tests.harness.server import ServerProcess, free_port
 from tests.integration.test_calls import OFFER, answer, ring, uid
 from tests.integration.test_calls import signal as signal_to
-from tests.support import (
-    POSTGRES_URL,
-    Client,
-    ServerProcess,
-    cluster_args,
-    drop_cluster_state,
-    free_port,
-    history,
-    http_json,
-    stored,
-    stored_ids,
-)
 
 NODE_TTL = 1.5
 TYPING_TIMEOUT = 0.5

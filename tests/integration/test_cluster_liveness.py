@@ -14,6 +14,7 @@ from typing import Any
 
 import redis.asyncio as redis
 
+from tests.harness.backends import REDIS_URL
 from tests.integration import test_cluster
 from tests.integration.test_cluster import (
     ROOM,
@@ -25,7 +26,6 @@ from tests.integration.test_cluster import (
     presence,
     ring,
 )
-from tests.support import REDIS_URL
 
 cluster = test_cluster.cluster  # the fixture: a cluster of this test's own
 

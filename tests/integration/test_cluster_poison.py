@@ -27,6 +27,11 @@ from roomcast.ports.broker import (
     encode_batch,
     encode_input,
 )
+from tests.harness.backends import REDIS_URL
+from tests.harness.client import Client
+from tests.harness.http import http_json
+from tests.harness.server import ServerProcess
+from tests.harness.timing import eventually_equal
 from tests.integration import test_cluster
 from tests.integration.test_cluster import (
     ROOM,
@@ -39,7 +44,6 @@ from tests.integration.test_cluster import (
     room_users,
 )
 from tests.integration.test_metrics import scrape
-from tests.support import REDIS_URL, Client, ServerProcess, eventually_equal, http_json
 
 cluster = test_cluster.cluster  # the fixture: a cluster of this test's own
 

@@ -24,18 +24,11 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.support import (
-    OPCODE_CLOSE,
-    OPCODE_TEXT,
-    Client,
-    RawWebSocket,
-    ServerProcess,
-    eventually_equal,
-    expect_close,
-    http_json,
-    mask_frame,
-    rss_bytes,
-)
+from tests.harness.client import Client, expect_close
+from tests.harness.http import http_json
+from tests.harness.raw_websocket import OPCODE_CLOSE, OPCODE_TEXT, RawWebSocket, mask_frame
+from tests.harness.server import ServerProcess, rss_bytes
+from tests.harness.timing import eventually_equal
 
 CHAT_FIELDS = {"id", "room_id", "user_id", "content", "type", "created_at"}
 UNKNOWN_MESSAGE_ID = 2**53 - 1  # the largest id there is
