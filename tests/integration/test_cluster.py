@@ -35,12 +35,12 @@ import aiohttp
 import pytest
 
 from tests.harness.backends import POSTGRES_URL, cluster_args, drop_cluster_state
+from tests.harness.calls import OFFER, answer, ring, uid
+from tests.harness.calls import signal as signal_to
 from tests.harness.client import Client
 from tests.harness.database import stored_ids
 from tests.harness.http import history, http_json, stored
 from tests.harness.server import ServerProcess, free_port
-from tests.integration.test_calls import OFFER, answer, ring, uid
-from tests.integration.test_calls import signal as signal_to
 
 NODE_TTL = 1.5
 TYPING_TIMEOUT = 0.5

@@ -1,0 +1,35 @@
+"""Servers and clusters that several integration test files start the same way."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.harness.calls import AUTH_SECRET, TURN_SECRET
+from tests.harness.server import ServerProcess
+
+
+@pytest.fixture(scope="module")
+def tuned_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """Short ringing, calls outside rooms allowed, STUN and TURN configured."""
+    database = tmp_path_factory.mktemp("calls-tuned") / "roomcast.db"
+    process = ServerProcess(
+        database,
+        "--ring-timeout", "0.5",
+        "--allow-calls-outside-rooms",
+        "--stun-urls", "stun:a,stun:b",
+        "--turn-urls", "turn:t:3478",
+        "--turn-secret", TURN_SECRET,
+        "--turn-ttl", "600",
+    ).start()  # fmt: skip
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="module")
+def auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    database = tmp_path_factory.mktemp("calls-auth") / "roomcast.db"
+    process = ServerProcess(database, "--auth-secret", AUTH_SECRET).start()
+    yield process
+    process.stop()
