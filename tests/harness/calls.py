@@ -127,3 +127,10 @@ async def list_calls(server: ServerProcess, user_id: str) -> list[dict[str, Any]
     assert set(body) == {"calls", "next"} and body["next"] is None, body
     calls: list[dict[str, Any]] = body["calls"]
     return calls
+
+
+async def offer_refused(caller: Client, callee_id: str, reason: str) -> str:
+    await caller.send("webrtc", {"type": "offer", "to_user_id": callee_id, "data": OFFER})
+    ended = (await caller.recv("call_ended"))["payload"]
+    assert ended == {"call_id": ended["call_id"], "reason": reason}
+    return str(ended["call_id"])

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
+from tests.harness.backends import drop_cluster_state
 from tests.harness.calls import AUTH_SECRET, TURN_SECRET
+from tests.harness.cluster import Cluster, cluster_name
 from tests.harness.server import ServerProcess
 
 
@@ -33,3 +36,17 @@ def auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc
     process = ServerProcess(database, "--auth-secret", AUTH_SECRET).start()
     yield process
     process.stop()
+
+
+@pytest.fixture
+async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
+    """A cluster of the test's own: its schema and keys are dropped before and after."""
+    name = cluster_name()
+    drop_cluster_state(name)
+    state = Cluster(name, tmp_path)
+    try:
+        yield state
+    finally:
+        await state.close()
+        state.dump_logs()
+        drop_cluster_state(name)

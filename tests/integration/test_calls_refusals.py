@@ -1,4 +1,4 @@
-"""Calls and signals the server refuses: no shared room, third parties, swapped roles, unknown ids, oversized data.
+"""Calls and signals the server refuses: no shared room, third parties, roles, ids, size.
 
 Fresh rooms and ``Client.sync()`` serve here as ``test_calls_ringing.py`` says.
 """

@@ -28,24 +28,21 @@ from roomcast.ports.broker import (
     encode_input,
 )
 from tests.harness.backends import REDIS_URL
+from tests.harness.calls import offer_refused
 from tests.harness.client import Client
-from tests.harness.http import http_json
-from tests.harness.server import ServerProcess
-from tests.harness.timing import eventually_equal
-from tests.integration import test_cluster
-from tests.integration.test_cluster import (
+from tests.harness.cluster import (
     ROOM,
     Cluster,
     drain,
     health,
     joined,
-    offer_refused,
     presence,
     room_users,
 )
+from tests.harness.http import http_json
+from tests.harness.server import ServerProcess
+from tests.harness.timing import eventually_equal
 from tests.integration.test_metrics import scrape
-
-cluster = test_cluster.cluster  # the fixture: a cluster of this test's own
 
 DEPTH_ERROR = {
     "code": "invalid_message",
