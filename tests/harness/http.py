@@ -41,18 +41,35 @@ async def http_request(
         return response.status, response.content_type, body
 
 
+async def history_page(
+    server: ServerProcess, room_id: int, before: int | None = None, limit: int = 100
+) -> dict[str, Any]:
+    query = f"limit={limit}" + (f"&before={before}" if before is not None else "")
+    status, page = await http_json("GET", f"{server.http}/api/rooms/{room_id}/messages?{query}")
+    assert status == 200, page
+    result: dict[str, Any] = page
+    return result
+
+
 async def history(server: ServerProcess, room_id: int) -> list[dict[str, Any]]:
     """Every stored message of the room, oldest first, following the HTTP history pages."""
     messages: list[dict[str, Any]] = []
     before: int | None = None
     while True:
-        query = "limit=100" + (f"&before={before}" if before is not None else "")
-        status, page = await http_json("GET", f"{server.http}/api/rooms/{room_id}/messages?{query}")
-        assert status == 200, page
+        page = await history_page(server, room_id, before)
         messages[:0] = page["messages"]
         before = page["next_before"]
         if before is None:
             return messages
+
+
+async def room_user_ids(server: ServerProcess, room_id: int) -> list[str]:
+    """Who is in the room now (nobody while the room does not exist yet)."""
+    status, body = await http_json("GET", f"{server.http}/api/rooms/{room_id}/users")
+    if status == 404:
+        return []
+    assert status == 200, body
+    return [entry["user_id"] for entry in body["users"]]
 
 
 async def all_rooms(
@@ -72,5 +89,6 @@ async def all_rooms(
 
 
 def stored(message: dict[str, Any], **changes: Any) -> dict[str, Any]:
-    """The history item of a broadcast ``chat`` payload."""
-    return {**message, "edited_at": None, "reactions": {}, **changes}
+    """The history item of a broadcast ``chat`` payload (history has no client_msg_id)."""
+    item = {key: value for key, value in message.items() if key != "client_msg_id"}
+    return {**item, "edited_at": None, "reactions": {}, **changes}

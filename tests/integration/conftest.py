@@ -10,6 +10,7 @@ import pytest
 from tests.harness.backends import drop_cluster_state
 from tests.harness.calls import AUTH_SECRET, TURN_SECRET
 from tests.harness.cluster import Cluster, cluster_name
+from tests.harness.pool import Pool
 from tests.harness.server import ServerProcess
 
 
@@ -50,3 +51,24 @@ async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
         await state.close()
         state.dump_logs()
         drop_cluster_state(name)
+
+
+@pytest.fixture
+async def pool(tmp_path: Path) -> AsyncIterator[Pool]:
+    """Servers and clients the test starts, stopped and closed when it ends."""
+    pool = Pool(tmp_path)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One server with the default rate limits, shared by the tests that meet them."""
+    server = ServerProcess(tmp_path_factory.mktemp("limited") / "roomcast.db")
+    try:
+        yield server.start()
+    finally:
+        if server.proc is not None:
+            server.stop()

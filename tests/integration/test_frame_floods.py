@@ -8,7 +8,7 @@ import asyncio
 import re
 import struct
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -28,14 +28,6 @@ from tests.harness.server import ServerProcess
 UserName = Callable[[str], str]
 
 OPCODE_CONTINUATION = 0x0
-
-
-@pytest.fixture(scope="module")
-def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """A server with the default rate limits (the shared one has them off)."""
-    process = ServerProcess(tmp_path_factory.mktemp("floods") / "roomcast.db").start()
-    yield process
-    process.stop()
 
 
 async def frames_until_end(raw: RawWebSocket, timeout: float = 10.0) -> list[tuple[int, bytes]]:
