@@ -22,6 +22,9 @@ import contextlib
 import json
 import os
 import random
+import socket
+import sqlite3
+import subprocess
 import sys
 import tempfile
 import time
@@ -29,10 +32,89 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 import aiohttp
+import asyncpg
+import redis.asyncio as redis
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+POSTGRES_URL = os.environ.get("ROOMCAST_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("ROOMCAST_TEST_REDIS", "redis://127.0.0.1:6379/0")
 
-from tests.support import ServerProcess, drop_cluster_state, stored_messages
+
+class Server:
+    """``roomcast serve`` on a free port, as a user runs it; its output goes to a log file.
+
+    ``cluster`` names the PostgreSQL schema and Redis key prefix of the nodes of
+    one cluster; without it the server keeps its messages in ``database``.
+    """
+
+    def __init__(self, database: Path, cluster: str | None) -> None:
+        self.database = database
+        self.cluster = cluster
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port: int = sock.getsockname()[1]
+        self.log_path = database.with_suffix(".log")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def ws_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/ws"
+
+    async def start(self, timeout: float = 15.0) -> Server:
+        backend = (
+            ["--database", f"{POSTGRES_URL}?search_path={self.cluster}",
+             "--broker", REDIS_URL, "--broker-prefix", self.cluster]
+            if self.cluster
+            else ["--database", f"sqlite:///{self.database}"]
+        )  # fmt: skip
+        command = [sys.executable, "-m", "roomcast", "serve", "--port", str(self.port), *backend]
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(command, stdout=log, stderr=log)
+        deadline = time.monotonic() + timeout
+        async with aiohttp.ClientSession() as session:
+            while self.proc.poll() is None and time.monotonic() < deadline:
+                with contextlib.suppress(aiohttp.ClientError, OSError):
+                    async with session.get(f"http://127.0.0.1:{self.port}/health") as response:
+                        if response.status == 200:
+                            return self
+                await asyncio.sleep(0.05)
+        raise RuntimeError(f"server did not start:\n{self.log_path.read_text(errors='replace')}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+async def drop_cluster_state(name: str) -> None:
+    """Remove the cluster's PostgreSQL schema and Redis keys."""
+    conn = await asyncpg.connect(POSTGRES_URL)
+    try:
+        await conn.execute(f"DROP SCHEMA IF EXISTS {name} CASCADE")
+    finally:
+        await conn.close()
+    broker = redis.from_url(REDIS_URL)
+    try:
+        await broker.delete(f"{name}:log", f"{name}:nodes")
+    finally:
+        await broker.aclose()
+
+
+async def stored_messages(server: Server) -> list[tuple[int, int]]:
+    """``(id, room_id)`` of every message the server stored, by id."""
+    if server.cluster is None:
+        with contextlib.closing(sqlite3.connect(server.database)) as db:
+            rows = db.execute("SELECT id, room_id FROM messages ORDER BY id").fetchall()
+        return [(row[0], row[1]) for row in rows]
+    conn = await asyncpg.connect(POSTGRES_URL)
+    try:
+        query = f"SELECT id, room_id FROM {server.cluster}.messages ORDER BY id"
+        return [(row["id"], row["room_id"]) for row in await conn.fetch(query)]
+    finally:
+        await conn.close()
 
 
 def rss_mb(pid: int) -> float:
@@ -114,11 +196,10 @@ async def client(number: int, urls: list[str], rooms: int, deadline: float, stat
 async def soak(clients: int, seconds: float, rooms: int, max_growth_mb: float, nodes: int) -> int:
     cluster = f"t_soak_{os.getpid()}" if nodes > 1 else None
     if cluster:
-        drop_cluster_state(cluster)
+        await drop_cluster_state(cluster)
     with tempfile.TemporaryDirectory() as folder:
         servers = [
-            ServerProcess(Path(folder) / f"soak{i}.db", cluster=cluster).start()
-            for i in range(nodes)
+            await Server(Path(folder) / f"soak{i}.db", cluster).start() for i in range(nodes)
         ]
         pids = [server.proc.pid for server in servers if server.proc is not None]
         idle_fds = sum(open_fds(pid) for pid in pids)
@@ -144,11 +225,11 @@ async def soak(clients: int, seconds: float, rooms: int, max_growth_mb: float, n
         await asyncio.sleep(2)  # let the servers notice every close
         final_fds = sum(open_fds(pid) for pid in pids)
         final_rss = max(rss_mb(pid) for pid in pids)
-        stored = stored_messages(servers[0])
+        stored = await stored_messages(servers[0])
         for server in servers:
             server.stop()
     if cluster:
-        drop_cluster_state(cluster)
+        await drop_cluster_state(cluster)
 
     half = [rss for t, rss, _ in samples if t >= seconds / 2]
     growth = (max(half) - min(half)) if half else 0.0

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import CLUSTERS_USED, Client, ServerProcess, drop_cluster_state
+from tests.harness.backends import CLUSTERS_USED, drop_cluster_state
+from tests.harness.client import Client
+from tests.harness.server import ServerProcess
 
 _room_ids = itertools.count(1000)
 

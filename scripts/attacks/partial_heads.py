@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.support import ServerProcess
+from tests.harness.server import ServerProcess
 
 PARTIAL_HEAD = b"GET /health HTTP/1.1\r\nHost: x\r\nX-a: "
 LEGIT = "127.0.0.2"

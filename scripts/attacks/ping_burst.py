@@ -29,7 +29,8 @@ import jwt
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.support import OPCODE_PING, RawWebSocket, ServerProcess, mask_frame
+from tests.harness.raw_websocket import OPCODE_PING, RawWebSocket, mask_frame
+from tests.harness.server import ServerProcess
 
 SECRET = "ping-burst-secret-0123456789abcdef"
 

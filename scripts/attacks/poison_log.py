@@ -46,7 +46,8 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
 
-from tests.support import ServerProcess, drop_cluster_state
+from tests.harness.backends import drop_cluster_state
+from tests.harness.server import ServerProcess
 
 ROOM = 4242
 CHANGES_PER_USER = 3  # user_joined, user_left, presence offline

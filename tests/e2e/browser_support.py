@@ -14,7 +14,7 @@ from pathlib import Path
 
 from playwright.sync_api import Browser, Locator, Page, expect
 
-from tests.support import ServerProcess
+from tests.harness.server import ServerProcess
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 OUTPUT = Path(os.environ.get("ROOMCAST_TEST_OUTPUT", "test-output"))

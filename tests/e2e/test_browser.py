@@ -22,7 +22,7 @@ from tests.e2e.browser_support import (
     send_message,
     shot,
 )
-from tests.support import ServerProcess
+from tests.harness.server import ServerProcess
 
 
 @pytest.fixture(scope="module")

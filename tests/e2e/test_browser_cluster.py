@@ -25,7 +25,8 @@ from tests.e2e.browser_support import (
     send_message,
     shot,
 )
-from tests.support import ServerProcess, drop_cluster_state
+from tests.harness.backends import drop_cluster_state
+from tests.harness.server import ServerProcess
 
 
 @pytest.fixture

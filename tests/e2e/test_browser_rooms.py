@@ -11,7 +11,7 @@ import pytest
 from playwright.sync_api import Browser, expect
 
 from tests.e2e.browser_support import create_room, login, shot
-from tests.support import ServerProcess
+from tests.harness.server import ServerProcess
 
 ROOMS = 60  # more than the client's page of 50
 

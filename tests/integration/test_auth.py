@@ -25,18 +25,10 @@ import jwt
 import pytest
 from jwt.warnings import InsecureKeyLengthWarning
 
-from tests.support import (
-    POSTGRES_URL,
-    REDIS_URL,
-    Client,
-    ServerProcess,
-    all_rooms,
-    drop_cluster_state,
-    expect_close,
-    free_port,
-    http_request,
-    users,
-)
+from tests.harness.backends import POSTGRES_URL, REDIS_URL, drop_cluster_state
+from tests.harness.client import Client, expect_close, users
+from tests.harness.http import all_rooms, http_request
+from tests.harness.server import ServerProcess, free_port
 
 SECRET = "s3cret"
 

@@ -16,7 +16,9 @@ from typing import Any
 
 import pytest
 
-from tests.support import Client, Connect, ServerProcess, expect_close, http_json, users
+from tests.harness.client import Client, Connect, expect_close, users
+from tests.harness.http import http_json
+from tests.harness.server import ServerProcess
 
 UNKNOWN_MESSAGE_ID = 2**53 - 1  # the largest id there is
 

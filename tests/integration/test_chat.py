@@ -10,7 +10,10 @@ from typing import Any
 
 import pytest
 
-from tests.support import Client, Connect, ServerProcess, history, now_ms, stored
+from tests.harness.client import Client, Connect
+from tests.harness.http import history, stored
+from tests.harness.server import ServerProcess
+from tests.harness.timing import now_ms
 
 CHAT_FIELDS = {"id", "room_id", "user_id", "content", "type", "created_at"}
 

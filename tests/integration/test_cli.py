@@ -16,14 +16,10 @@ import jwt
 import pytest
 
 from roomcast.config import Settings
-from tests.support import (
-    CLUSTER,
-    CLUSTERS_USED,
-    Client,
-    ServerProcess,
-    cluster_args,
-    http_json,
-)
+from tests.harness.backends import CLUSTER, CLUSTERS_USED, cluster_args
+from tests.harness.client import Client
+from tests.harness.http import http_json
+from tests.harness.server import ServerProcess
 
 SECRET = "a-test-secret-of-32-bytes-or-more!"
 

@@ -14,20 +14,16 @@ from typing import Any
 
 import redis.asyncio as redis
 
-from tests.integration import test_cluster
-from tests.integration.test_cluster import (
+from tests.harness.backends import REDIS_URL
+from tests.harness.calls import answer, ring
+from tests.harness.cluster import (
     ROOM,
     Cluster,
-    answer,
     drain,
     health,
     joined,
     presence,
-    ring,
 )
-from tests.support import REDIS_URL
-
-cluster = test_cluster.cluster  # the fixture: a cluster of this test's own
 
 TTL = 3.0
 #: The documented worst case: the score expires TTL after the last refresh,

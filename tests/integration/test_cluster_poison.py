@@ -25,22 +25,23 @@ from roomcast.ports.broker import (
     Unreadable,
     encode_batch,
 )
-from tests.integration import test_cluster
-from tests.integration.test_cluster import (
+from tests.harness.backends import REDIS_URL
+from tests.harness.calls import offer_refused
+from tests.harness.client import Client
+from tests.harness.cluster import (
     ROOM,
     Cluster,
     drain,
     health,
     joined,
-    offer_refused,
     presence,
     room_users,
 )
+from tests.harness.http import http_json
+from tests.harness.server import ServerProcess
+from tests.harness.timing import eventually_equal
 from tests.integration.test_metrics import scrape
-from tests.support import REDIS_URL, Client, ServerProcess, eventually_equal, http_json
 from tests.unit.test_log_records import CODEC
-
-cluster = test_cluster.cluster  # the fixture: a cluster of this test's own
 
 DEPTH_ERROR = {
     "code": "invalid_message",

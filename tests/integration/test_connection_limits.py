@@ -15,7 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import Client, RawWebSocket, ServerProcess, close_code, http_request
+from tests.harness.client import Client
+from tests.harness.http import http_request
+from tests.harness.raw_websocket import RawWebSocket, close_code
+from tests.harness.server import ServerProcess
 
 PARTIAL_HEAD = b"GET /health HTTP/1.1\r\nHost: x\r\nX-a: "
 FULL_HEAD = b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness.client import Client, expect_close
+from tests.harness.http import http_request
+from tests.harness.server import ServerProcess
 from tests.integration.test_metrics import scrape
-from tests.support import Client, ServerProcess, expect_close, http_request
 
 LIMIT = 32
 DEPTH_MESSAGE = f"JSON nested deeper than {LIMIT} levels of arrays and objects"

@@ -6,7 +6,10 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.support import Client, ServerProcess, database_locked, http_json
+from tests.harness.client import Client
+from tests.harness.database import database_locked
+from tests.harness.http import http_json
+from tests.harness.server import ServerProcess
 
 
 async def test_locked_database_fails_senders_broadcasts_nothing_and_recovers(

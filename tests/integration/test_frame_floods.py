@@ -8,35 +8,26 @@ import asyncio
 import re
 import struct
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
-from tests.support import (
+from tests.harness.client import Client, Connect
+from tests.harness.http import http_request
+from tests.harness.raw_websocket import (
     OPCODE_CLOSE,
     OPCODE_PING,
     OPCODE_PONG,
     OPCODE_TEXT,
-    Client,
-    Connect,
     RawWebSocket,
-    ServerProcess,
     close_code,
-    http_request,
     mask_frame,
 )
+from tests.harness.server import ServerProcess
 
 UserName = Callable[[str], str]
 
 OPCODE_CONTINUATION = 0x0
-
-
-@pytest.fixture(scope="module")
-def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """A server with the default rate limits (the shared one has them off)."""
-    process = ServerProcess(tmp_path_factory.mktemp("floods") / "roomcast.db").start()
-    yield process
-    process.stop()
 
 
 async def frames_until_end(raw: RawWebSocket, timeout: float = 10.0) -> list[tuple[int, bytes]]:

@@ -21,17 +21,17 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from roomcast.protocol import CLIENT_TYPES, ErrorCode
-from tests.support import (
+from tests.harness.client import Client
+from tests.harness.http import http_json
+from tests.harness.raw_websocket import (
     OPCODE_CLOSE,
     OPCODE_PONG,
     OPCODE_TEXT,
-    Client,
     RawWebSocket,
-    ServerProcess,
     close_code,
-    http_json,
     mask_frame,
 )
+from tests.harness.server import ServerProcess
 
 CODES = {code.value for code in ErrorCode} - {"internal"}
 FIELDS = [

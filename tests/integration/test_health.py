@@ -6,7 +6,10 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import Client, ServerProcess, database_locked, http_json, http_request
+from tests.harness.client import Client
+from tests.harness.database import database_locked
+from tests.harness.http import http_json, http_request
+from tests.harness.server import ServerProcess
 
 
 async def commit_metrics(server: ServerProcess) -> dict[str, float]:

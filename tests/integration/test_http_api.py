@@ -15,7 +15,9 @@ from typing import Any
 
 import pytest
 
-from tests.support import Client, ServerProcess, all_rooms, http_request
+from tests.harness.client import Client
+from tests.harness.http import all_rooms, http_request
+from tests.harness.server import ServerProcess
 
 UserName = Callable[[str], str]
 ROOM_FIELDS = {"id", "name", "private", "created_by", "created_at", "members", "member_count"}

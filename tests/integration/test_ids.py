@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 
-from tests.support import Client, ServerProcess, all_rooms, http_json
+from tests.harness.client import Client
+from tests.harness.http import all_rooms, http_json
+from tests.harness.server import ServerProcess
 
 MAX_ID = 2**53 - 1
 

@@ -8,7 +8,10 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.support import Client, ServerProcess, http_json, stored_ids
+from tests.harness.client import Client
+from tests.harness.database import stored_ids
+from tests.harness.http import http_json
+from tests.harness.server import ServerProcess
 
 
 async def test_history_survives_a_restart(tmp_db: Path) -> None:

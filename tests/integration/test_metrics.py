@@ -5,7 +5,8 @@ from __future__ import annotations
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import Client, Connect, ServerProcess
+from tests.harness.client import Client, Connect
+from tests.harness.server import ServerProcess
 
 
 async def scrape(server: ServerProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

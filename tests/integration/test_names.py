@@ -19,7 +19,9 @@ from urllib.parse import quote
 import jwt
 import pytest
 
-from tests.support import Client, ServerProcess, expect_close, http_json
+from tests.harness.client import Client, expect_close
+from tests.harness.http import http_json
+from tests.harness.server import ServerProcess
 
 SECRET = "a secret for the names tests, 32+ bytes"
 ROOM_IDS = itertools.count(100)

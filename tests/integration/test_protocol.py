@@ -15,15 +15,10 @@ from typing import Any
 
 import aiohttp
 
-from tests.support import (
-    Client,
-    Connect,
-    ServerProcess,
-    eventually_equal,
-    http_json,
-    now_ms,
-    users,
-)
+from tests.harness.client import Client, Connect, users
+from tests.harness.http import http_json
+from tests.harness.server import ServerProcess
+from tests.harness.timing import eventually_equal, now_ms
 
 
 def assert_recent_ms(value: Any) -> None:

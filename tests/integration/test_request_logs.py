@@ -8,7 +8,8 @@ import struct
 import time
 from pathlib import Path
 
-from tests.support import ServerProcess, http_json
+from tests.harness.http import http_json
+from tests.harness.server import ServerProcess
 
 HEAD = (
     "POST /api/rooms?user_id=alice HTTP/1.1\r\n"

@@ -19,7 +19,10 @@ from urllib.parse import urlencode
 import aiohttp
 import pytest
 
-from tests.support import Client, ServerProcess, eventually_equal, http_request
+from tests.harness.client import Client
+from tests.harness.http import http_request
+from tests.harness.server import ServerProcess
+from tests.harness.timing import eventually_equal
 
 NO_LIMITS = ("--rate-limits", "off")
 

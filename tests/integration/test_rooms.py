@@ -10,7 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from tests.support import Connect, ServerProcess, all_rooms, http_json
+from tests.harness.client import Connect
+from tests.harness.http import all_rooms, http_json
+from tests.harness.server import ServerProcess
 
 
 def online(*user_ids: str) -> list[dict[str, str]]:

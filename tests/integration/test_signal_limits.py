@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from tests.support import Connect
+from tests.harness.client import Connect
 
 LIMIT = 32 * 1024  # the shared server's --max-signal-bytes (the default)
 

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from tests.support import Client, users
+from tests.harness.client import Client, users
 
 
 async def test_two_users_chat_in_a_room(connect, room_id, user) -> None:

@@ -9,7 +9,9 @@ from typing import Any
 
 import pytest
 
-from tests.support import Client, Connect, ServerProcess, http_json
+from tests.harness.client import Client, Connect
+from tests.harness.http import http_json
+from tests.harness.server import ServerProcess
 
 TYPING_TIMEOUT = 0.5  # the shared server's --typing-timeout
 

@@ -10,7 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import CLUSTER, Client, ServerProcess, http_json
+from tests.harness.backends import CLUSTER
+from tests.harness.client import Client
+from tests.harness.http import http_json
+from tests.harness.server import ServerProcess
 
 pytestmark = pytest.mark.skipif(CLUSTER, reason="the write-ahead log is SQLite's")
 

@@ -24,7 +24,7 @@ from aiortc import (
 )
 from aiortc.sdp import candidate_from_sdp
 
-from tests.support import Client
+from tests.harness.client import Client
 
 Connect = Callable[..., Awaitable[Client]]
 User = Callable[[str], str]

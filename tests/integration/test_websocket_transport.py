@@ -16,20 +16,19 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import (
+from tests.harness.client import Client, Connect
+from tests.harness.database import database_locked
+from tests.harness.http import http_request
+from tests.harness.raw_websocket import (
     OPCODE_CLOSE,
     OPCODE_PING,
     OPCODE_PONG,
     OPCODE_TEXT,
-    Client,
-    Connect,
     RawWebSocket,
-    ServerProcess,
     close_code,
-    database_locked,
-    http_request,
     mask_frame,
 )
+from tests.harness.server import ServerProcess
 
 UserName = Callable[[str], str]
 

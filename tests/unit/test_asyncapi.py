@@ -25,7 +25,9 @@ from roomcast.protocol import (
     decode_client,
     encode,
 )
-from tests.support import Client, ServerProcess, http_request
+from tests.harness.client import Client
+from tests.harness.http import http_request
+from tests.harness.server import ServerProcess
 
 # -- a JSON Schema checker for what msgspec generates ------------------------------------
 

@@ -35,7 +35,7 @@ from roomcast.transport.frames import (
     unmask,
 )
 from roomcast.transport.handshake import parse_upgrade, switching_protocols
-from tests.support import mask_frame
+from tests.harness.raw_websocket import mask_frame
 
 
 def frame(

@@ -42,7 +42,7 @@ from roomcast.ports.store import (
     StoreUnavailable,
     ToggleReaction,
 )
-from tests.support import free_port
+from tests.harness.server import free_port
 
 POSTGRES = os.environ.get("ROOMCAST_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 POSTGRES_REQUIRED = bool(os.environ.get("ROOMCAST_TEST_POSTGRES") or os.environ.get("CI"))

@@ -20,7 +20,7 @@ from roomcast.transport.fanout import FanOut
 from roomcast.transport.frames import OPCODE_PING
 from roomcast.transport.front_door import FrontDoor, Gate
 from roomcast.transport.websocket import WebSocketConnection, WebSocketEndpoint
-from tests.support import mask_frame
+from tests.harness.raw_websocket import mask_frame
 
 
 class FakeTransport:

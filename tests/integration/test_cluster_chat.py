@@ -1,0 +1,161 @@
+"""Chat across nodes: edits, deletes, reactions, and one order per room under concurrency."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import Counter
+from typing import Any
+
+from tests.harness.calls import uid
+from tests.harness.client import Client
+from tests.harness.cluster import (
+    OTHER_ROOM,
+    ROOM,
+    Cluster,
+    barrier,
+    drain,
+    joined,
+    room_users,
+    send_chat,
+)
+from tests.harness.database import stored_ids
+from tests.harness.http import history, stored
+
+# -- 1. chat ---------------------------------------------------------------------------
+
+
+async def test_chat_edits_deletes_and_reactions_cross_nodes(cluster: Cluster) -> None:
+    a, b = await cluster.start(2)
+    alice = await cluster.connect(a, "alice")
+    bob = await cluster.connect(b, "bob")
+    carol = await cluster.connect(b, "carol")
+    dave = await cluster.connect(a, "dave")  # in another room: hears nothing of this one
+    erin = await cluster.connect(b, "erin")
+
+    assert await alice.join(ROOM) == room_users(ROOM, "alice")
+    assert await bob.join(ROOM) == room_users(ROOM, "alice", "bob")
+    assert (await alice.recv("user_joined"))["payload"] == joined("bob")
+    assert await carol.join(ROOM) == room_users(ROOM, "alice", "bob", "carol")
+    for member in (alice, bob):
+        assert (await member.recv("user_joined"))["payload"] == joined("carol")
+    assert await dave.join(OTHER_ROOM) == room_users(OTHER_ROOM, "dave")
+    assert await erin.join(OTHER_ROOM) == room_users(OTHER_ROOM, "dave", "erin")
+    assert (await dave.recv("user_joined"))["payload"] == joined("erin", OTHER_ROOM)
+
+    # Messages from either node reach every member on both, in one order.
+    members = (alice, bob, carol)
+    sent: list[dict[str, Any]] = []
+    for sender, content in [(alice, "one"), (bob, "two"), (carol, "three"), (alice, "four")]:
+        await send_chat(sender, content)
+        message = (await sender.recv("chat"))["payload"]
+        assert {k: v for k, v in message.items() if k not in ("id", "created_at")} == {
+            "room_id": ROOM,
+            "user_id": uid(sender),
+            "content": content,
+            "type": "text",
+        }
+        for member in members:
+            if member is not sender:
+                assert (await member.recv("chat"))["payload"] == message
+        sent.append(message)
+    ids = [m["id"] for m in sent]
+    assert ids == sorted(set(ids)), ids
+
+    one, two, _three, _four = sent
+    # An edit on node A reaches node B.
+    await alice.send("message_edit", {"message_id": one["id"], "content": "one!"})
+    edit = (await alice.recv("message_edit"))["payload"]
+    assert {k: v for k, v in edit.items() if k != "edited_at"} == {
+        "message_id": one["id"],
+        "room_id": ROOM,
+        "content": "one!",
+    }
+    for member in (bob, carol):
+        assert (await member.recv("message_edit"))["payload"] == edit
+    # A reaction on node B reaches node A; the same again removes it.
+    for action in ("added", "removed", "added"):
+        await bob.send("message_reaction", {"message_id": one["id"], "emoji": "👍"})
+        reaction = {
+            "message_id": one["id"],
+            "room_id": ROOM,
+            "user_id": "bob",
+            "emoji": "👍",
+            "action": action,
+        }
+        for member in members:
+            assert (await member.recv("message_reaction"))["payload"] == reaction
+    # A delete on node B reaches node A.
+    await bob.send("message_delete", {"message_id": two["id"]})
+    for member in members:
+        assert (await member.recv("message_delete"))["payload"] == {
+            "message_id": two["id"],
+            "room_id": ROOM,
+        }
+    # Another node's author cannot edit: the store decides, wherever the request lands.
+    await carol.send("message_edit", {"message_id": one["id"], "content": "mine now"})
+    await carol.expect_error("forbidden", "message_edit")
+
+    for client in (*members, dave, erin):
+        await barrier(client, ROOM if client in members else OTHER_ROOM)
+    expected = [
+        stored(one, content="one!", edited_at=edit["edited_at"], reactions={"👍": ["bob"]}),
+        *(stored(m) for m in sent[2:]),
+    ]
+    assert await history(a, ROOM) == expected
+    assert await history(b, ROOM) == expected
+    assert await history(a, OTHER_ROOM) == []
+
+
+# -- 4. ordering under concurrency ---------------------------------------------------------
+
+
+async def test_concurrent_senders_on_three_nodes_every_client_sees_one_order(
+    cluster: Cluster,
+) -> None:
+    nodes = await cluster.start(3)
+    senders_count, per_sender = 3, 200
+    senders = [await cluster.connect(nodes[i], f"s{i}") for i in range(senders_count)]
+    watchers = [await cluster.connect(node, f"w{i}") for i, node in enumerate(nodes)]
+    clients = [*senders, *watchers]
+    for client in clients:
+        await client.join(ROOM)
+    await drain(*clients)
+    total = senders_count * per_sender
+
+    async def send_all(index: int) -> None:
+        for n in range(per_sender):
+            await send_chat(senders[index], f"{index}:{n}")
+            if n % 5 == 0:
+                await asyncio.sleep(0)
+
+    async def receive_all(client: Client) -> list[dict[str, Any]]:
+        messages: list[dict[str, Any]] = []
+        while len(messages) < total:
+            frame = await client.next(timeout=15)
+            assert frame["type"] == "chat", frame
+            messages.append(frame["payload"])
+        return messages
+
+    receivers = [asyncio.create_task(receive_all(client)) for client in clients]
+    await asyncio.gather(*(send_all(i) for i in range(senders_count)))
+    seen = await asyncio.wait_for(asyncio.gather(*receivers), 60)
+
+    reference = seen[0]
+    ids = [m["id"] for m in reference]
+    assert all(x < y for x, y in itertools.pairwise(ids)), "ids not strictly increasing"
+    assert Counter((m["user_id"], m["content"]) for m in reference) == Counter(
+        (f"s{i}", f"{i}:{n}") for i in range(senders_count) for n in range(per_sender)
+    )
+    for i in range(senders_count):  # each sender's messages keep its sending order
+        own = [m["content"] for m in reference if m["user_id"] == f"s{i}"]
+        assert own == [f"{i}:{n}" for n in range(per_sender)]
+    for client, client_seen in zip(clients, seen, strict=True):
+        assert [m["id"] for m in client_seen] == ids, uid(client)
+        assert client_seen == reference, uid(client)
+    for client in clients:
+        await barrier(client)  # nothing beyond the expected messages
+    assert sorted(stored_ids(nodes[0])) == ids
+    expected = [stored(m) for m in reference]
+    for node in nodes:
+        assert await history(node, ROOM) == expected
