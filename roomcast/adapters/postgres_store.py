@@ -50,7 +50,6 @@ from roomcast.ports.store import (
     Operation,
     Outcome,
     ProbeWrite,
-    ReadSince,
     Result,
     Room,
     RoomLimitReached,
@@ -338,15 +337,6 @@ class PostgresStore:
             await conn.execute("LOCK TABLE messages IN ROW EXCLUSIVE MODE")
             await conn.execute(rules.PROBE_WRITE.format(placeholder="$1"), op.written_at)
             return Result(Outcome.DONE)
-        if isinstance(op, ReadSince):
-            rows = await conn.fetch(
-                f"SELECT {rules.MESSAGE_COLUMNS} FROM messages WHERE room_id = $1 AND id > $2 "
-                "AND deleted_at IS NULL ORDER BY id DESC LIMIT $3",
-                op.room_id,
-                op.since,
-                op.limit + 1,
-            )
-            return rules.read_since_result(op.room_id, rows, op.limit)
         if isinstance(op, InsertMessage):  # pragma: no cover - inserts come in runs
             raise TypeError("inserts are applied by _insert_run")
         found = await conn.fetchrow(

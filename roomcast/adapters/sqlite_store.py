@@ -48,7 +48,6 @@ from roomcast.ports.store import (
     Operation,
     Outcome,
     ProbeWrite,
-    ReadSince,
     Result,
     Room,
     RoomLimitReached,
@@ -444,13 +443,6 @@ class SQLiteStore:
         if isinstance(op, ProbeWrite):
             conn.execute(rules.PROBE_WRITE.format(placeholder="?"), (op.written_at,))
             return Result(Outcome.DONE)
-        if isinstance(op, ReadSince):
-            rows = conn.execute(
-                f"SELECT {rules.MESSAGE_COLUMNS} FROM messages WHERE room_id = ? AND id > ? "
-                "AND deleted_at IS NULL ORDER BY id DESC LIMIT ?",
-                (op.room_id, op.since, op.limit + 1),
-            ).fetchall()
-            return rules.read_since_result(op.room_id, rows, op.limit)
         if isinstance(op, InsertMessage):  # pragma: no cover - inserts come in runs
             raise TypeError("inserts are applied by _insert_run")
         found = conn.execute(

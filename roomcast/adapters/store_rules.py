@@ -219,12 +219,6 @@ def newest_page(rows: Sequence[Row], limit: int) -> tuple[list[SequencedMessage]
     return [sequenced_message(row) for row in reversed(rows[:limit])], len(rows) > limit
 
 
-def read_since_result(room_id: int, rows: Sequence[Row], limit: int) -> Result:
-    page, truncated = newest_page(rows, limit)
-    messages = tuple(item.message for item in page)
-    return Result(Outcome.DONE, room_id=room_id, messages=messages, truncated=truncated)
-
-
 # -- changes to a stored message ------------------------------------------------------
 
 
