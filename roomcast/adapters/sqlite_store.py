@@ -7,9 +7,8 @@ messages takes tens of microseconds, far less than handing it to a thread and
 back (measured: the thread hop and the GIL handover cost more CPU than the
 SQL). What could block the loop is kept off it:
 
-* checkpoints, which do ``fsync``, run on a thread of their own (automatic
-  checkpoints are off on the writer); they keep the WAL under
-  ``max_wal_bytes`` (see :meth:`SQLiteStore._checkpoint_every`);
+* checkpoints, which do ``fsync``, run on a thread of their own
+  (:mod:`roomcast.adapters.sqlite_wal`); they keep the WAL under ``max_wal_bytes``;
 * a database locked by another process is never waited for inside SQLite:
   the writer's busy timeout is zero and the transaction is retried with
   ``asyncio.sleep`` until ``timeout`` has passed, then fails.
@@ -27,9 +26,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-import os
 import sqlite3
-import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -37,6 +34,7 @@ from typing import TypeVar
 
 from roomcast.adapters import migrations
 from roomcast.adapters import store_rules as rules
+from roomcast.adapters.sqlite_wal import WalCheckpointer, run_on
 from roomcast.config import sqlite_path
 from roomcast.core.calls import CallRecord
 from roomcast.ports.group_commit import Done, GroupCommitter
@@ -73,23 +71,6 @@ _LAST_SEQ = (
 _ROOM_COLUMNS = rules.ROOM_COLUMNS.replace("last_seq", "COALESCE((" + _LAST_SEQ + "), 0)")
 
 
-#: Seconds between two checkpoints when nothing asks for one sooner.
-_CHECKPOINT_PERIOD = 1.0
-
-#: The checkpoint connection's busy timeout (milliseconds). A TRUNCATE checkpoint
-#: waits this long for the write lock (held by another process's writer) and
-#: then, holding it, for readers still on an older snapshot; this process's
-#: writes wait meanwhile, so the wait is short and a checkpoint that cannot
-#: finish is tried again later instead.
-_CHECKPOINT_BUSY_MS = 100
-
-#: Retry delays (seconds) for a TRUNCATE checkpoint that could not finish.
-#: Each try pauses this process's writes for up to ``_CHECKPOINT_BUSY_MS``,
-#: so while a reader keeps it from finishing, tries become rare (at most 2 %
-#: of the time paused).
-_RETRY_FIRST, _RETRY_MAX = 0.02, 5.0
-
-
 class SQLiteStore:
     def __init__(
         self,
@@ -106,24 +87,12 @@ class SQLiteStore:
         self._clock_ms = clock_ms
         self._reader_thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-reader")
         self._writer: sqlite3.Connection | None = None
-        # The WAL is kept under max_wal_bytes: past half of it, it is folded
-        # into the database and truncated, and the other half is room for
-        # what is written while that runs.
-        self._wal_path = self.path + "-wal"
-        self._max_wal_bytes = max_wal_bytes
-        self._wal_threshold = max(1, max_wal_bytes // 2)
-        self._wal_full = asyncio.Event()
-        # Cleared while a TRUNCATE checkpoint needs the write lock (see _checkpoint_every).
-        self._writes_open = asyncio.Event()
-        self._writes_open.set()
-        self._checkpoint_thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-checkpoint")
-        self._checkpoint_conn: sqlite3.Connection | None = None
+        self._wal = WalCheckpointer(self.path, max_wal_bytes, self._connect)
         # Each room's last sequence number, as committed (see _numbering), and
         # the file's data_version when it was last known right.
         self._last_seq: dict[int, int] = {}
         self._data_version = -1
         self._reader: sqlite3.Connection | None = None
-        self._checkpointer: asyncio.Task[None] | None = None
         self._committer: GroupCommitter[Operation, Result] = GroupCommitter(
             self._execute_batch, max_batch, on_commit, linger
         )
@@ -137,11 +106,8 @@ class SQLiteStore:
             raise StoreUnavailable(f"SQLite: {exc}") from exc
         self._writer = await self._on_writer(self._open_writer)
         self._reader = await self._on_reader(self._connect)
-        self._checkpoint_conn = await self._run(self._checkpoint_thread, self._open_checkpointer)
+        await self._wal.start()
         self._committer.start()
-        self._checkpointer = asyncio.create_task(
-            self._checkpoint_every(_CHECKPOINT_PERIOD), name="sqlite-checkpoint"
-        )
 
     def _connect(self, busy_timeout_ms: int | None = None) -> sqlite3.Connection:
         # isolation_level=None: transactions are opened explicitly below.
@@ -155,131 +121,17 @@ class SQLiteStore:
         conn = self._connect(busy_timeout_ms=0)  # waiting happens in _on_writer
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
-        conn.execute("PRAGMA wal_autocheckpoint = 0")  # see _checkpoint_every
+        conn.execute("PRAGMA wal_autocheckpoint = 0")  # see sqlite_wal
         # When a writer restarts the log after a complete checkpoint, a larger
         # file is cut back to the threshold instead of staying at its high-water size.
-        conn.execute(f"PRAGMA journal_size_limit = {self._wal_threshold}")
+        conn.execute(f"PRAGMA journal_size_limit = {self._wal.threshold}")
         migrations.apply_sqlite(conn, self._clock_ms())
         return conn
 
-    def _open_checkpointer(self) -> sqlite3.Connection:
-        conn = self._connect(busy_timeout_ms=_CHECKPOINT_BUSY_MS)
-        conn.execute(f"PRAGMA journal_size_limit = {self._wal_threshold}")
-        return conn
-
-    def _watch_wal(self) -> None:
-        """After a write: wake the checkpointer once the WAL has passed its threshold.
-
-        One ``stat`` per transaction, on the loop's thread (no I/O wait: the
-        size is the file's metadata). The file never shrinks below what the
-        log holds, so its size is an upper bound of the log's; a file cut back
-        to exactly the threshold by ``journal_size_limit`` does not count.
-        """
-        if self._wal_full.is_set():
-            return
-        try:
-            size = os.stat(self._wal_path).st_size
-        except OSError:
-            return
-        if size > self._wal_threshold:
-            self._wal_full.set()
-
-    async def _checkpoint_every(self, seconds: float) -> None:
-        """Fold the WAL into the database, off the event loop's thread.
-
-        Every ``seconds`` a PASSIVE checkpoint copies what it can without
-        waiting for anyone. That alone never lets the WAL start over while
-        writes keep coming (each checkpoint finds new frames behind the ones
-        it copied), so once the file passes half of ``max_wal_bytes`` the
-        writer wakes this task at once: a PASSIVE checkpoint copies the bulk
-        while writes go on, then this process's writes pause (under load the
-        writer would otherwise hold the write lock most of the time) and a
-        TRUNCATE checkpoint copies the few frames left and empties the file.
-        A reader in another process that holds an old snapshot keeps it from
-        finishing; it gives up after ``_CHECKPOINT_BUSY_MS``, writes resume,
-        and it is tried again, sooner at first, so the WAL shrinks as soon as
-        that reader lets go.
-        """
-        retry = _RETRY_FIRST
-        blocked = False
-        while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(seconds):
-                    await self._wal_full.wait()
-            try:
-                await self._run(self._checkpoint_thread, self._checkpoint_passive)
-                if not self._wal_full.is_set():
-                    continue
-                finished = await self._truncate_wal()
-            except StoreUnavailable as exc:
-                log.warning("checkpoint failed error=%s", exc)
-                if not self._wal_full.is_set():
-                    continue
-                finished = False
-            if finished:
-                if blocked:
-                    log.info("checkpoint truncated the WAL after retries")
-                self._wal_full.clear()
-                blocked, retry = False, _RETRY_FIRST
-                continue
-            if not blocked:
-                log.warning(
-                    "checkpoint blocked wal_bytes=%d max_wal_bytes=%d "
-                    "(another connection holds a read transaction or the lock); retrying",
-                    self._wal_size(),
-                    self._max_wal_bytes,
-                )
-                blocked = True
-            await asyncio.sleep(retry)
-            retry = min(retry * 2, _RETRY_MAX)
-
-    async def _truncate_wal(self) -> bool:
-        """A TRUNCATE checkpoint while this process's writes wait: whether it finished."""
-        size, started = self._wal_size(), time.perf_counter()
-        self._writes_open.clear()
-        try:
-            finished = await self._run(self._checkpoint_thread, self._checkpoint_truncate)
-        finally:
-            self._writes_open.set()
-        log.debug(
-            "checkpoint truncate wal_bytes=%d seconds=%.4f finished=%s",
-            size,
-            time.perf_counter() - started,
-            finished,
-        )
-        return finished
-
-    def _c(self) -> sqlite3.Connection:
-        if self._checkpoint_conn is None:
-            raise StoreUnavailable("the store is closed")
-        return self._checkpoint_conn
-
-    def _checkpoint_passive(self) -> None:
-        self._c().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-
-    def _checkpoint_truncate(self) -> bool:
-        """Whether the checkpoint finished: every frame copied, the WAL file emptied."""
-        busy, _, _ = self._c().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-        return not busy
-
-    def _wal_size(self) -> int:
-        try:
-            return os.stat(self._wal_path).st_size
-        except OSError:
-            return 0
-
     async def close(self) -> None:
         await self._committer.close()
-        if self._checkpointer is not None:
-            self._checkpointer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._checkpointer
+        await self._wal.close()
         loop = asyncio.get_running_loop()
-        # Queued behind a checkpoint still running there, so the last one below
-        # does not find the checkpoint lock taken.
-        if self._checkpoint_conn is not None:
-            await loop.run_in_executor(self._checkpoint_thread, self._checkpoint_conn.close)
-        self._checkpoint_thread.shutdown(wait=True)
         if self._writer is not None:
             with contextlib.suppress(sqlite3.Error):
                 self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -287,7 +139,7 @@ class SQLiteStore:
         if self._reader is not None:
             await loop.run_in_executor(self._reader_thread, self._reader.close)
         self._reader_thread.shutdown(wait=True)
-        self._writer = self._reader = self._checkpoint_conn = None
+        self._writer = self._reader = None
 
     async def _on_writer(self, fn: Callable[[], T]) -> T:
         """Run a write on this thread; a database locked elsewhere is retried, not waited on."""
@@ -295,8 +147,8 @@ class SQLiteStore:
         deadline = loop.time() + self._timeout_ms / 1000
         delay = 0.001
         while True:
-            if not self._writes_open.is_set():
-                await self._writes_open.wait()
+            if not self._wal.writes_open.is_set():
+                await self._wal.writes_open.wait()
             try:
                 result = fn()
             except sqlite3.OperationalError as exc:
@@ -306,20 +158,13 @@ class SQLiteStore:
             except sqlite3.Error as exc:
                 raise StoreUnavailable(str(exc)) from exc
             else:
-                self._watch_wal()
+                self._wal.watch()
                 return result
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.05)
 
     async def _on_reader(self, fn: Callable[[], T]) -> T:
-        return await self._run(self._reader_thread, fn)
-
-    @staticmethod
-    async def _run(thread: ThreadPoolExecutor, fn: Callable[[], T]) -> T:
-        try:
-            return await asyncio.get_running_loop().run_in_executor(thread, fn)
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(str(exc)) from exc
+        return await run_on(self._reader_thread, fn)
 
     def _w(self) -> sqlite3.Connection:
         if self._writer is None:
