@@ -2,7 +2,7 @@
 
 Writes go through the same group committer as SQLite's: one transaction per
 batch, results in submission order, the same outcome rules
-(:mod:`roomcast.adapters.store_rules`). What differs is that other processes
+(:mod:`roomcast.adapters.sql`). What differs is that other processes
 write to the same tables at the same time:
 
 * Room sequence numbers: a batch raises each of its rooms' ``last_seq`` once,
@@ -39,26 +39,12 @@ from typing import TYPE_CHECKING, TypeVar
 import asyncpg
 
 from roomcast.adapters import migrations
-from roomcast.adapters import store_rules as rules
-from roomcast.core.calls import CallRecord
-from roomcast.ports.group_commit import Done, GroupCommitter
-from roomcast.ports.store import (
-    CallsAfter,
-    DeleteMessage,
-    EditMessage,
-    InsertMessage,
-    Operation,
-    Outcome,
-    ProbeWrite,
-    ReadSince,
-    Result,
-    Room,
-    RoomLimitReached,
-    SequencedMessage,
-    StoreUnavailable,
-    ToggleReaction,
-)
-from roomcast.protocol import HistoryMessage
+from roomcast.adapters.sql.dialect import POSTGRES
+from roomcast.adapters.sql.messages import INSERT_COLUMNS, MESSAGE_COLUMNS
+from roomcast.adapters.sql.rules import InsertPlan, InsertRun, client_ids
+from roomcast.adapters.sql.steps import Many, Steps
+from roomcast.adapters.sql.store import SQLStore
+from roomcast.ports.store import Operation, Result, StoreUnavailable
 
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
@@ -66,8 +52,6 @@ if TYPE_CHECKING:
     Connection = asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]
 
 T = TypeVar("T")
-
-_UPPER = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 log = logging.getLogger("roomcast.store")
 
@@ -133,7 +117,39 @@ async def prepare_schema(conn: asyncpg.Connection[asyncpg.Record], now_ms: int) 
     return await migrations.apply_postgres(conn, now_ms)
 
 
-class PostgresStore:
+#: The messages already stored under a batch's client ids (one statement for all).
+_STORED = (
+    f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE (user_id, client_msg_id) "
+    "IN (SELECT * FROM unnest($1::text[], $2::text[]))"
+)
+
+#: A run of new messages in one statement, ids drawn in row (and so seq) order.
+_INSERT = (
+    f"INSERT INTO messages ({INSERT_COLUMNS}) "
+    "SELECT r, u, c, t, a, m, s FROM unnest($1::bigint[], $2::text[], $3::text[], "
+    "$4::text[], $5::bigint[], $6::text[], $7::bigint[]) "
+    "WITH ORDINALITY AS v (r, u, c, t, a, m, s, n) ORDER BY n "
+    "RETURNING id, room_id, seq"
+)
+
+
+async def _drive(conn: Connection, steps: Steps[T]) -> T:
+    """Run the steps' statements on ``conn`` to their result."""
+    try:
+        statement = next(steps)
+        while True:
+            if isinstance(statement, Many):
+                if statement.args:
+                    await conn.executemany(statement.sql, statement.args)
+                statement = steps.send(())
+            else:
+                statement = steps.send(await conn.fetch(statement[0], *statement[1]))
+    except StopIteration as done:
+        result: T = done.value
+        return result
+
+
+class PostgresStore(SQLStore):
     def __init__(
         self,
         url: str,
@@ -144,14 +160,12 @@ class PostgresStore:
         linger: float = 0.0,
         pool_size: int = 10,
     ) -> None:
+        super().__init__(POSTGRES, max_batch, on_commit, linger)
         self._url = url
         self._clock_ms = clock_ms
         self._timeout = timeout
         self._pool_size = pool_size
         self._pool: asyncpg.Pool[asyncpg.Record] | None = None
-        self._committer: GroupCommitter[Operation, Result] = GroupCommitter(
-            self._execute_batch, max_batch, on_commit, linger
-        )
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -242,41 +256,28 @@ class PostgresStore:
             await asyncio.sleep(min(delay, max(0.0, deadline - loop.time())))
             delay = min(delay * 2, 0.25)
 
-    async def ping(self) -> None:
+    async def _read(self, steps: Callable[[], Steps[T]]) -> T:
         # Retried like any read: a pooled connection that went stale while the
         # database restarted does not make the database unavailable.
-        await self._attempt(lambda conn: conn.fetchval("SELECT 1"))
+        return await self._attempt(lambda conn: _drive(conn, steps()))
+
+    async def _write(self, steps: Callable[[], Steps[T]]) -> T:
+        return await self._attempt(lambda conn: _drive(conn, steps()), transaction=True)
 
     # -- group-committed writes -----------------------------------------------------
-
-    def submit(self, op: Operation, done: Done[Result]) -> None:
-        self._committer.submit(op, done)
-
-    def run(self, op: Operation) -> asyncio.Future[Result]:
-        return self._committer.run(op)
 
     async def _execute_batch(self, ops: Sequence[Operation]) -> list[Result]:
         return await self._attempt(lambda conn: self._transaction(conn, ops), transaction=True)
 
     async def _transaction(self, conn: Connection, ops: Sequence[Operation]) -> list[Result]:
         stored: list[asyncpg.Record] = []
-        if keys := rules.client_ids(ops):
+        if keys := client_ids(ops):
             stored = await conn.fetch(
-                f"SELECT {rules.MESSAGE_COLUMNS} FROM messages WHERE (user_id, client_msg_id) "
-                "IN (SELECT * FROM unnest($1::text[], $2::text[]))",
-                [user for user, _ in keys],
-                [client_id for _, client_id in keys],
+                _STORED, [user for user, _ in keys], [client_id for _, client_id in keys]
             )
-        plan = rules.InsertPlan(ops, stored)
+        plan = InsertPlan(ops, stored)
         plan.begin(await self._raise_last_seqs(conn, plan.counts))
-        results: list[Result] = []
-        for item in rules.runs(ops):
-            if isinstance(item, list):
-                results += await self._insert_run(conn, plan.run(item))
-            else:
-                results.append(await self._apply(conn, plan, item))
-        plan.finish()
-        return results
+        return await _drive(conn, self._batch(plan, ops))
 
     @staticmethod
     async def _raise_last_seqs(conn: Connection, counts: Mapping[int, int]) -> dict[int, int]:
@@ -304,284 +305,11 @@ class PostgresStore:
         )
         return {row[0]: row[1] for row in rows}
 
-    @staticmethod
-    async def _insert_run(conn: Connection, run: rules.InsertRun) -> list[Result]:
-        """Insert a run of messages in one statement, ids drawn in row (and so seq) order."""
+    def _insert_run(self, run: InsertRun) -> Steps[list[Result]]:
         rows = run.rows
         if not rows:
             return run.results([])
-        inserted = await conn.fetch(
-            f"INSERT INTO messages ({rules.INSERT_COLUMNS}) "
-            "SELECT r, u, c, t, a, m, s FROM unnest($1::bigint[], $2::text[], $3::text[], "
-            "$4::text[], $5::bigint[], $6::text[], $7::bigint[]) "
-            "WITH ORDINALITY AS v (r, u, c, t, a, m, s, n) ORDER BY n "
-            "RETURNING id, room_id, seq",
-            *(list(column) for column in zip(*rows, strict=True)),
-        )
+        inserted = yield (_INSERT, [list(column) for column in zip(*rows, strict=True)])
         # Matched by (room, seq), which is unique, not by the order RETURNING happens to use.
         ids = {(row[1], row[2]): row[0] for row in inserted}
         return run.results([ids[(row[0], row[6])] for row in rows])
-
-    @staticmethod
-    async def _apply(conn: Connection, plan: rules.InsertPlan, op: Operation) -> Result:
-        if isinstance(op, CallRecord):
-            await conn.execute(
-                f"INSERT INTO calls ({rules.CALL_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7) "
-                "ON CONFLICT (id) DO UPDATE SET answered_at = excluded.answered_at, "
-                "ended_at = excluded.ended_at, end_reason = excluded.end_reason",
-                *rules.call_values(op),
-            )
-            return Result(Outcome.DONE)
-        if isinstance(op, ProbeWrite):
-            # The lock every message insert takes, so that a messages table
-            # locked elsewhere fails the probe as it fails the inserts.
-            await conn.execute("LOCK TABLE messages IN ROW EXCLUSIVE MODE")
-            await conn.execute(rules.PROBE_WRITE.format(placeholder="$1"), op.written_at)
-            return Result(Outcome.DONE)
-        if isinstance(op, ReadSince):
-            rows = await conn.fetch(
-                f"SELECT {rules.MESSAGE_COLUMNS} FROM messages WHERE room_id = $1 AND id > $2 "
-                "AND deleted_at IS NULL ORDER BY id DESC LIMIT $3",
-                op.room_id,
-                op.since,
-                op.limit + 1,
-            )
-            return rules.read_since_result(op.room_id, rows, op.limit)
-        if isinstance(op, InsertMessage):  # pragma: no cover - inserts come in runs
-            raise TypeError("inserts are applied by _insert_run")
-        found = await conn.fetchrow(
-            "SELECT room_id, user_id FROM messages WHERE id = $1 AND deleted_at IS NULL FOR UPDATE",
-            op.message_id,
-        )
-        if (refused := rules.refuse_change(op, found)) is not None:
-            return refused
-        assert found is not None
-        done = Result(Outcome.DONE, room_id=found[0], message_id=op.message_id)
-        if isinstance(op, ToggleReaction):
-            removed = await conn.fetchval(
-                "DELETE FROM reactions WHERE message_id = $1 AND user_id = $2 AND emoji = $3 "
-                "RETURNING 1",
-                op.message_id,
-                op.user_id,
-                op.emoji,
-            )
-            if removed:
-                return done
-            # DO NOTHING: the same reaction added through another process at
-            # the same moment is added all the same.
-            await conn.execute(
-                "INSERT INTO reactions (message_id, user_id, emoji, created_at) "
-                "VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-                op.message_id,
-                op.user_id,
-                op.emoji,
-                op.created_at,
-            )
-            return Result(Outcome.DONE, room_id=found[0], message_id=op.message_id, added=True)
-        if isinstance(op, EditMessage):
-            await conn.execute(
-                "UPDATE messages SET content = $1, edited_at = $2 WHERE id = $3",
-                op.content,
-                op.edited_at,
-                op.message_id,
-            )
-            plan.edited(op.message_id, op.content)
-        elif isinstance(op, DeleteMessage):
-            # The content is erased, not hidden: a deleted message keeps only its id.
-            await conn.execute(
-                "UPDATE messages SET content = NULL, deleted_at = $1 WHERE id = $2",
-                op.deleted_at,
-                op.message_id,
-            )
-            await conn.execute("DELETE FROM reactions WHERE message_id = $1", op.message_id)
-            plan.deleted(op.message_id)
-        return done
-
-    # -- rooms ------------------------------------------------------------------------
-
-    #: A room with its members (for private rooms) in one row: one round trip.
-    #: Members in code point order (COLLATE "C"), as SQLite and Python sort them.
-    _ROOMS = (
-        f"SELECT {rules.ROOM_COLUMNS}, ARRAY(SELECT user_id FROM room_members "
-        'WHERE room_members.room_id = rooms.id ORDER BY user_id COLLATE "C") FROM rooms'
-    )
-
-    @staticmethod
-    def _rooms(rows: Sequence[asyncpg.Record]) -> list[Room]:
-        return rules.rooms(rows, [(row[0], user) for row in rows for user in row[7]])
-
-    async def _room(self, conn: Connection, room_id: int) -> Room | None:
-        rows = await conn.fetch(f"{self._ROOMS} WHERE id = $1", room_id)
-        return self._rooms(rows)[0] if rows else None
-
-    async def get_room(self, room_id: int) -> Room | None:
-        return await self._attempt(lambda conn: self._room(conn, room_id))
-
-    @staticmethod
-    async def _count_created(conn: Connection, user_id: str, max_rooms: int | None) -> bool:
-        """Count a room the user creates in this transaction; False past ``max_rooms``."""
-        counted = await conn.fetchval(
-            rules.COUNT_CREATED_ROOM.format("$1", "$2"), user_id, rules.creation_limit(max_rooms)
-        )
-        return counted is not None
-
-    async def ensure_room(
-        self, room_id: int, created_by: str, now: int, max_rooms: int | None = None
-    ) -> Room:
-        async def ensure(conn: Connection) -> Room | None:
-            created = await conn.fetchval(
-                "INSERT INTO rooms (id, name, private, created_by, created_at) "
-                "VALUES ($1, $2, 0, $3, $4) ON CONFLICT (id) DO NOTHING RETURNING id",
-                room_id,
-                f"Room {room_id}",
-                created_by,
-                now,
-            )
-            if created is not None and not await self._count_created(conn, created_by, max_rooms):
-                # Not committed yet, so nobody saw it: the transaction ends as it began.
-                await conn.execute("DELETE FROM rooms WHERE id = $1", room_id)
-                return None
-            return await self._room(conn, room_id)
-
-        room = await self._attempt(ensure, transaction=True)
-        if room is None:
-            raise RoomLimitReached(created_by, rules.creation_limit(max_rooms))
-        return room
-
-    async def create_room(
-        self,
-        name: str,
-        private: bool,
-        members: tuple[str, ...],
-        created_by: str | None,
-        now: int,
-        max_rooms: int | None = None,
-    ) -> Room:
-        async def create(conn: Connection) -> Room | None:
-            if created_by is not None and not await self._count_created(
-                conn, created_by, max_rooms
-            ):
-                return None
-            room_id = rules.room_number(await conn.fetchval(rules.TAKE_ROOM_NUMBER))
-            insert = (
-                "INSERT INTO rooms (id, name, private, created_by, created_at) "
-                "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING RETURNING id"
-            )
-            values = (name, int(private), created_by, now)
-            while await conn.fetchval(insert, room_id, *values) is None:
-                # Taken by a room open mode created (maybe a moment ago, on
-                # another node): step over the run of them.
-                free = await conn.fetchval(rules.FREE_ROOM_ID_FROM.format("$1"), room_id)
-                room_id = rules.room_number(free)
-                await conn.execute(rules.SET_ROOM_NUMBER.format("$1"), room_id + 1)
-            await conn.execute(
-                "INSERT INTO room_members (room_id, user_id) SELECT $1, unnest($2::text[]) "
-                "ON CONFLICT DO NOTHING",
-                room_id,
-                list(members),
-            )
-            return await self._room(conn, room_id)
-
-        room = await self._attempt(create, transaction=True)
-        if room is None:
-            assert created_by is not None
-            raise RoomLimitReached(created_by, rules.creation_limit(max_rooms))
-        return room
-
-    async def list_rooms(
-        self,
-        user_id: str | None,
-        after: int = 0,
-        limit: int = 100,
-        name_contains: str | None = None,
-        members_limit: int = 20,
-    ) -> list[Room]:
-        async def read(conn: Connection) -> list[Room]:
-            params: list[object] = [user_id, after, limit, members_limit]
-            match = ""
-            if name_contains is not None:
-                # The 26 ASCII letters only, as store_rules.name_key (and SQLite) fold them.
-                match = f"AND strpos(translate(name, '{_UPPER}', '{_UPPER.lower()}'), $5) > 0 "
-                params.append(rules.name_key(name_contains))
-            rows = await conn.fetch(
-                f"SELECT {rules.ROOM_COLUMNS}, ARRAY(SELECT user_id FROM room_members "
-                'WHERE room_members.room_id = rooms.id ORDER BY user_id COLLATE "C" LIMIT $4) '
-                "FROM rooms WHERE (private = 0 OR id IN "
-                "(SELECT room_id FROM room_members WHERE user_id = $1)) AND id > $2 "
-                f"{match}ORDER BY id LIMIT $3",
-                *params,
-            )
-            return self._rooms(rows)
-
-        return await self._attempt(read)
-
-    async def list_calls(
-        self, user_id: str, limit: int, after: CallsAfter | None = None
-    ) -> list[CallRecord]:
-        async def read(conn: Connection) -> list[CallRecord]:
-            position = after or CallsAfter(rules.NO_BOUND, "")
-            rows = await conn.fetch(
-                f"SELECT {rules.CALL_COLUMNS} FROM calls "
-                f"WHERE {rules.CALLS_AFTER.format('$1', '$2', '$3')} "
-                "ORDER BY started_at DESC, id LIMIT $4",
-                user_id,
-                position.started_at,
-                position.call_id,
-                limit,
-            )
-            return [rules.call_record(row) for row in rows]
-
-        return await self._attempt(read)
-
-    # -- messages ---------------------------------------------------------------------
-
-    async def history(self, room_id: int, before: int | None, limit: int) -> list[HistoryMessage]:
-        async def read(conn: Connection) -> list[HistoryMessage]:
-            rows = await conn.fetch(
-                f"SELECT {rules.HISTORY_COLUMNS} FROM messages WHERE room_id = $1 AND id < $2 "
-                "AND deleted_at IS NULL ORDER BY id DESC LIMIT $3",
-                room_id,
-                before if before is not None else rules.NO_BOUND,
-                limit,
-            )
-            reactions: list[asyncpg.Record] = []
-            if rows:
-                reactions = await conn.fetch(
-                    "SELECT message_id, emoji, user_id FROM reactions "
-                    "WHERE message_id = ANY($1::bigint[]) ORDER BY created_at, user_id",
-                    [row[0] for row in rows],
-                )
-            return rules.history(rows, reactions)
-
-        return await self._attempt(read)
-
-    async def messages_in_seq_range(
-        self, room_id: int, after_seq: int, through_seq: int
-    ) -> list[SequencedMessage]:
-        async def read(conn: Connection) -> list[SequencedMessage]:
-            rows = await conn.fetch(
-                f"SELECT {rules.MESSAGE_COLUMNS} FROM messages WHERE room_id = $1 "
-                "AND seq > $2 AND seq <= $3 AND deleted_at IS NULL ORDER BY seq",
-                room_id,
-                after_seq,
-                through_seq,
-            )
-            return [rules.sequenced_message(row) for row in rows]
-
-        return await self._attempt(read)
-
-    async def messages_since(
-        self, room_id: int, since_id: int, through_seq: int | None, limit: int
-    ) -> tuple[list[SequencedMessage], bool]:
-        async def read(conn: Connection) -> tuple[list[SequencedMessage], bool]:
-            rows = await conn.fetch(
-                f"SELECT {rules.MESSAGE_COLUMNS} FROM messages WHERE room_id = $1 AND id > $2 "
-                "AND seq <= $3 AND deleted_at IS NULL ORDER BY id DESC LIMIT $4",
-                room_id,
-                since_id,
-                through_seq if through_seq is not None else rules.NO_BOUND,
-                limit + 1,
-            )
-            return rules.newest_page(rows, limit)
-
-        return await self._attempt(read)

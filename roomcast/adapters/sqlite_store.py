@@ -7,9 +7,8 @@ messages takes tens of microseconds, far less than handing it to a thread and
 back (measured: the thread hop and the GIL handover cost more CPU than the
 SQL). What could block the loop is kept off it:
 
-* checkpoints, which do ``fsync``, run on a thread of their own (automatic
-  checkpoints are off on the writer); they keep the WAL under
-  ``max_wal_bytes`` (see :meth:`SQLiteStore._checkpoint_every`);
+* checkpoints, which do ``fsync``, run on a thread of their own
+  (:mod:`roomcast.adapters.sqlite_wal`); they keep the WAL under ``max_wal_bytes``;
 * a database locked by another process is never waited for inside SQLite:
   the writer's busy timeout is zero and the transaction is retried with
   ``asyncio.sleep`` until ``timeout`` has passed, then fails.
@@ -26,72 +25,49 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import logging
-import os
 import sqlite3
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
 from roomcast.adapters import migrations
-from roomcast.adapters import store_rules as rules
+from roomcast.adapters.sql.dialect import SQLITE
+from roomcast.adapters.sql.messages import INSERT_COLUMNS, MESSAGE_COLUMNS
+from roomcast.adapters.sql.rules import InsertPlan, InsertRun, client_ids
+from roomcast.adapters.sql.steps import Many, Steps
+from roomcast.adapters.sql.store import SQLStore
+from roomcast.adapters.sqlite_wal import WalCheckpointer, run_on
 from roomcast.config import sqlite_path
-from roomcast.core.calls import CallRecord
-from roomcast.ports.group_commit import Done, GroupCommitter
-from roomcast.ports.store import (
-    CallsAfter,
-    DeleteMessage,
-    EditMessage,
-    InsertMessage,
-    Operation,
-    Outcome,
-    ProbeWrite,
-    ReadSince,
-    Result,
-    Room,
-    RoomLimitReached,
-    SequencedMessage,
-    StoreUnavailable,
-    ToggleReaction,
-)
-from roomcast.protocol import HistoryMessage
+from roomcast.ports.store import Operation, Result, StoreUnavailable
+
+__all__ = ["SQLiteStore", "sqlite_path"]
 
 T = TypeVar("T")
 
-log = logging.getLogger("roomcast.store")
-
-#: A room's last sequence number: that of its newest message, since seq order is
-#: id order within a room (the (room_id, id) index finds it at once).
-_LAST_SEQ = (
-    "SELECT seq FROM messages WHERE messages.room_id = rooms.id ORDER BY messages.id DESC LIMIT 1"
-)
-
-#: Rooms as :data:`store_rules.ROOM_COLUMNS`, with ``last_seq`` taken from the
-#: messages (this store does not keep ``rooms.last_seq`` up to date; see
-#: ``SQLiteStore._numbering``).
-_ROOM_COLUMNS = rules.ROOM_COLUMNS.replace("last_seq", "COALESCE((" + _LAST_SEQ + "), 0)")
+#: The messages stored under one client id (one index lookup per id, fewer
+#: statements than a join would save).
+_STORED = f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE user_id = ? AND client_msg_id = ?"
+_LAST_SEQ = f"SELECT {SQLITE.room_last_seq} FROM rooms WHERE id = ?"
+_LAST_ROWID = "SELECT last_insert_rowid()"
 
 
-#: Seconds between two checkpoints when nothing asks for one sooner.
-_CHECKPOINT_PERIOD = 1.0
-
-#: The checkpoint connection's busy timeout (milliseconds). A TRUNCATE checkpoint
-#: waits this long for the write lock (held by another process's writer) and
-#: then, holding it, for readers still on an older snapshot; this process's
-#: writes wait meanwhile, so the wait is short and a checkpoint that cannot
-#: finish is tried again later instead.
-_CHECKPOINT_BUSY_MS = 100
-
-#: Retry delays (seconds) for a TRUNCATE checkpoint that could not finish.
-#: Each try pauses this process's writes for up to ``_CHECKPOINT_BUSY_MS``,
-#: so while a reader keeps it from finishing, tries become rare (at most 2 %
-#: of the time paused).
-_RETRY_FIRST, _RETRY_MAX = 0.02, 5.0
+def _drive(conn: sqlite3.Connection, steps: Steps[T]) -> T:
+    """Run the steps' statements on ``conn``, in this thread, to their result."""
+    try:
+        statement = next(steps)
+        while True:
+            if isinstance(statement, Many):
+                conn.executemany(statement.sql, statement.args)
+                statement = steps.send(())
+            else:
+                statement = steps.send(conn.execute(*statement).fetchall())
+    except StopIteration as done:
+        result: T = done.value
+        return result
 
 
-class SQLiteStore:
+class SQLiteStore(SQLStore):
     def __init__(
         self,
         url: str,
@@ -102,32 +78,18 @@ class SQLiteStore:
         linger: float = 0.0,
         max_wal_bytes: int = 16 * 1024 * 1024,
     ) -> None:
+        super().__init__(SQLITE, max_batch, on_commit, linger)
         self.path = sqlite_path(url)
         self._timeout_ms = int(timeout * 1000)
         self._clock_ms = clock_ms
         self._reader_thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-reader")
         self._writer: sqlite3.Connection | None = None
-        # The WAL is kept under max_wal_bytes: past half of it, it is folded
-        # into the database and truncated, and the other half is room for
-        # what is written while that runs.
-        self._wal_path = self.path + "-wal"
-        self._max_wal_bytes = max_wal_bytes
-        self._wal_threshold = max(1, max_wal_bytes // 2)
-        self._wal_full = asyncio.Event()
-        # Cleared while a TRUNCATE checkpoint needs the write lock (see _checkpoint_every).
-        self._writes_open = asyncio.Event()
-        self._writes_open.set()
-        self._checkpoint_thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-checkpoint")
-        self._checkpoint_conn: sqlite3.Connection | None = None
+        self._wal = WalCheckpointer(self.path, max_wal_bytes, self._connect)
         # Each room's last sequence number, as committed (see _numbering), and
         # the file's data_version when it was last known right.
         self._last_seq: dict[int, int] = {}
         self._data_version = -1
         self._reader: sqlite3.Connection | None = None
-        self._checkpointer: asyncio.Task[None] | None = None
-        self._committer: GroupCommitter[Operation, Result] = GroupCommitter(
-            self._execute_batch, max_batch, on_commit, linger
-        )
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -138,11 +100,8 @@ class SQLiteStore:
             raise StoreUnavailable(f"SQLite: {exc}") from exc
         self._writer = await self._on_writer(self._open_writer)
         self._reader = await self._on_reader(self._connect)
-        self._checkpoint_conn = await self._run(self._checkpoint_thread, self._open_checkpointer)
+        await self._wal.start()
         self._committer.start()
-        self._checkpointer = asyncio.create_task(
-            self._checkpoint_every(_CHECKPOINT_PERIOD), name="sqlite-checkpoint"
-        )
 
     def _connect(self, busy_timeout_ms: int | None = None) -> sqlite3.Connection:
         # isolation_level=None: transactions are opened explicitly below.
@@ -156,131 +115,17 @@ class SQLiteStore:
         conn = self._connect(busy_timeout_ms=0)  # waiting happens in _on_writer
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
-        conn.execute("PRAGMA wal_autocheckpoint = 0")  # see _checkpoint_every
+        conn.execute("PRAGMA wal_autocheckpoint = 0")  # see sqlite_wal
         # When a writer restarts the log after a complete checkpoint, a larger
         # file is cut back to the threshold instead of staying at its high-water size.
-        conn.execute(f"PRAGMA journal_size_limit = {self._wal_threshold}")
+        conn.execute(f"PRAGMA journal_size_limit = {self._wal.threshold}")
         migrations.apply_sqlite(conn, self._clock_ms())
         return conn
 
-    def _open_checkpointer(self) -> sqlite3.Connection:
-        conn = self._connect(busy_timeout_ms=_CHECKPOINT_BUSY_MS)
-        conn.execute(f"PRAGMA journal_size_limit = {self._wal_threshold}")
-        return conn
-
-    def _watch_wal(self) -> None:
-        """After a write: wake the checkpointer once the WAL has passed its threshold.
-
-        One ``stat`` per transaction, on the loop's thread (no I/O wait: the
-        size is the file's metadata). The file never shrinks below what the
-        log holds, so its size is an upper bound of the log's; a file cut back
-        to exactly the threshold by ``journal_size_limit`` does not count.
-        """
-        if self._wal_full.is_set():
-            return
-        try:
-            size = os.stat(self._wal_path).st_size
-        except OSError:
-            return
-        if size > self._wal_threshold:
-            self._wal_full.set()
-
-    async def _checkpoint_every(self, seconds: float) -> None:
-        """Fold the WAL into the database, off the event loop's thread.
-
-        Every ``seconds`` a PASSIVE checkpoint copies what it can without
-        waiting for anyone. That alone never lets the WAL start over while
-        writes keep coming (each checkpoint finds new frames behind the ones
-        it copied), so once the file passes half of ``max_wal_bytes`` the
-        writer wakes this task at once: a PASSIVE checkpoint copies the bulk
-        while writes go on, then this process's writes pause (under load the
-        writer would otherwise hold the write lock most of the time) and a
-        TRUNCATE checkpoint copies the few frames left and empties the file.
-        A reader in another process that holds an old snapshot keeps it from
-        finishing; it gives up after ``_CHECKPOINT_BUSY_MS``, writes resume,
-        and it is tried again, sooner at first, so the WAL shrinks as soon as
-        that reader lets go.
-        """
-        retry = _RETRY_FIRST
-        blocked = False
-        while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(seconds):
-                    await self._wal_full.wait()
-            try:
-                await self._run(self._checkpoint_thread, self._checkpoint_passive)
-                if not self._wal_full.is_set():
-                    continue
-                finished = await self._truncate_wal()
-            except StoreUnavailable as exc:
-                log.warning("checkpoint failed error=%s", exc)
-                if not self._wal_full.is_set():
-                    continue
-                finished = False
-            if finished:
-                if blocked:
-                    log.info("checkpoint truncated the WAL after retries")
-                self._wal_full.clear()
-                blocked, retry = False, _RETRY_FIRST
-                continue
-            if not blocked:
-                log.warning(
-                    "checkpoint blocked wal_bytes=%d max_wal_bytes=%d "
-                    "(another connection holds a read transaction or the lock); retrying",
-                    self._wal_size(),
-                    self._max_wal_bytes,
-                )
-                blocked = True
-            await asyncio.sleep(retry)
-            retry = min(retry * 2, _RETRY_MAX)
-
-    async def _truncate_wal(self) -> bool:
-        """A TRUNCATE checkpoint while this process's writes wait: whether it finished."""
-        size, started = self._wal_size(), time.perf_counter()
-        self._writes_open.clear()
-        try:
-            finished = await self._run(self._checkpoint_thread, self._checkpoint_truncate)
-        finally:
-            self._writes_open.set()
-        log.debug(
-            "checkpoint truncate wal_bytes=%d seconds=%.4f finished=%s",
-            size,
-            time.perf_counter() - started,
-            finished,
-        )
-        return finished
-
-    def _c(self) -> sqlite3.Connection:
-        if self._checkpoint_conn is None:
-            raise StoreUnavailable("the store is closed")
-        return self._checkpoint_conn
-
-    def _checkpoint_passive(self) -> None:
-        self._c().execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-
-    def _checkpoint_truncate(self) -> bool:
-        """Whether the checkpoint finished: every frame copied, the WAL file emptied."""
-        busy, _, _ = self._c().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-        return not busy
-
-    def _wal_size(self) -> int:
-        try:
-            return os.stat(self._wal_path).st_size
-        except OSError:
-            return 0
-
     async def close(self) -> None:
         await self._committer.close()
-        if self._checkpointer is not None:
-            self._checkpointer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._checkpointer
+        await self._wal.close()
         loop = asyncio.get_running_loop()
-        # Queued behind a checkpoint still running there, so the last one below
-        # does not find the checkpoint lock taken.
-        if self._checkpoint_conn is not None:
-            await loop.run_in_executor(self._checkpoint_thread, self._checkpoint_conn.close)
-        self._checkpoint_thread.shutdown(wait=True)
         if self._writer is not None:
             with contextlib.suppress(sqlite3.Error):
                 self._writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -288,7 +133,7 @@ class SQLiteStore:
         if self._reader is not None:
             await loop.run_in_executor(self._reader_thread, self._reader.close)
         self._reader_thread.shutdown(wait=True)
-        self._writer = self._reader = self._checkpoint_conn = None
+        self._writer = self._reader = None
 
     async def _on_writer(self, fn: Callable[[], T]) -> T:
         """Run a write on this thread; a database locked elsewhere is retried, not waited on."""
@@ -296,8 +141,8 @@ class SQLiteStore:
         deadline = loop.time() + self._timeout_ms / 1000
         delay = 0.001
         while True:
-            if not self._writes_open.is_set():
-                await self._writes_open.wait()
+            if not self._wal.writes_open.is_set():
+                await self._wal.writes_open.wait()
             try:
                 result = fn()
             except sqlite3.OperationalError as exc:
@@ -307,20 +152,13 @@ class SQLiteStore:
             except sqlite3.Error as exc:
                 raise StoreUnavailable(str(exc)) from exc
             else:
-                self._watch_wal()
+                self._wal.watch()
                 return result
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.05)
 
     async def _on_reader(self, fn: Callable[[], T]) -> T:
-        return await self._run(self._reader_thread, fn)
-
-    @staticmethod
-    async def _run(thread: ThreadPoolExecutor, fn: Callable[[], T]) -> T:
-        try:
-            return await asyncio.get_running_loop().run_in_executor(thread, fn)
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(str(exc)) from exc
+        return await run_on(self._reader_thread, fn)
 
     def _w(self) -> sqlite3.Connection:
         if self._writer is None:
@@ -332,58 +170,50 @@ class SQLiteStore:
             raise StoreUnavailable("the store is closed")
         return self._reader
 
-    async def ping(self) -> None:
-        await self._on_reader(lambda: self._r().execute("SELECT 1").fetchone())
+    async def _read(self, steps: Callable[[], Steps[T]]) -> T:
+        return await self._on_reader(lambda: _drive(self._r(), steps()))
+
+    async def _write(self, steps: Callable[[], Steps[T]]) -> T:
+        return await self._on_writer(
+            lambda: self._in_transaction(lambda conn: _drive(conn, steps()))
+        )
+
+    def _in_transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        conn = self._w()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = work(conn)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        return result
 
     # -- group-committed writes -----------------------------------------------------
-
-    def submit(self, op: Operation, done: Done[Result]) -> None:
-        self._committer.submit(op, done)
-
-    def run(self, op: Operation) -> asyncio.Future[Result]:
-        return self._committer.run(op)
 
     async def _execute_batch(self, ops: Sequence[Operation]) -> list[Result]:
         return await self._on_writer(lambda: self._transaction(ops))
 
     def _transaction(self, ops: Sequence[Operation]) -> list[Result]:
-        conn = self._w()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        def work(conn: sqlite3.Connection) -> tuple[list[Result], dict[int, int]]:
             # Another process wrote to the file since this one last committed:
             # its room numbers may have moved on, so count them again.
             data_version = conn.execute("PRAGMA data_version").fetchone()[0]
             if data_version != self._data_version:
                 self._last_seq.clear()
                 self._data_version = data_version
-            stored = [
-                row
-                for key in rules.client_ids(ops)
-                for row in conn.execute(
-                    f"SELECT {rules.MESSAGE_COLUMNS} FROM messages "
-                    "WHERE user_id = ? AND client_msg_id = ?",
-                    key,
-                )
-            ]
-            plan = rules.InsertPlan(ops, stored)
+            stored = [row for key in client_ids(ops) for row in conn.execute(_STORED, key)]
+            plan = InsertPlan(ops, stored)
             last_seqs = self._numbering(conn, plan.counts)
             plan.begin(last_seqs)
-            results: list[Result] = []
-            for item in rules.runs(ops):
-                if isinstance(item, list):
-                    results += self._insert_run(conn, plan.run(item))
-                else:
-                    results.append(self._apply(conn, plan, item))
-            plan.finish()
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+            return _drive(conn, self._batch(plan, ops)), last_seqs
+
+        results, last_seqs = self._in_transaction(work)
         self._last_seq.update(last_seqs)
         return results
 
-    def _numbering(self, conn: sqlite3.Connection, counts: dict[int, int]) -> dict[int, int]:
+    def _numbering(self, conn: sqlite3.Connection, counts: Mapping[int, int]) -> dict[int, int]:
         """Each room's last sequence number after this batch's inserts.
 
         A room's last number is remembered here instead of being written to
@@ -392,23 +222,20 @@ class SQLiteStore:
         room (an index lookup), again whenever another process has written
         to the file (``PRAGMA data_version``, checked under the write lock),
         and the rooms' ``last_seq`` values are computed the same way when
-        rooms are read.
+        rooms are read (``SQLITE.room_last_seq``).
         """
         raised: dict[int, int] = {}
         for room_id, count in counts.items():
             last = self._last_seq.get(room_id)
             if last is None:
-                row = conn.execute(
-                    f"SELECT COALESCE(({_LAST_SEQ}), 0) FROM rooms WHERE id = ?", (room_id,)
-                ).fetchone()
+                row = conn.execute(_LAST_SEQ, (room_id,)).fetchone()
                 if row is None:
                     continue  # no such room: the plan refuses the batch
                 last = row[0]
             raised[room_id] = last + count
         return raised
 
-    @staticmethod
-    def _insert_run(conn: sqlite3.Connection, run: rules.InsertRun) -> list[Result]:
+    def _insert_run(self, run: InsertRun) -> Steps[list[Result]]:
         """Insert a run of messages with multi-row ``INSERT`` statements.
 
         Measured on 32 rows, one statement costs two thirds of
@@ -426,268 +253,10 @@ class SQLiteStore:
         while start < len(rows):
             size = _chunk_size(len(rows) - start)
             chunk = rows[start : start + size]
-            conn.execute(_multi_insert(size), [value for row in chunk for value in row])
+            yield (_multi_insert(size), [value for row in chunk for value in row])
             start += size
-        last = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
+        last = (yield (_LAST_ROWID, ()))[0][0]
         return run.results(range(last - len(rows) + 1, last + 1))
-
-    @staticmethod
-    def _apply(conn: sqlite3.Connection, plan: rules.InsertPlan, op: Operation) -> Result:
-        if isinstance(op, CallRecord):
-            conn.execute(
-                f"INSERT INTO calls ({rules.CALL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (id) DO UPDATE SET answered_at = excluded.answered_at, "
-                "ended_at = excluded.ended_at, end_reason = excluded.end_reason",
-                rules.call_values(op),
-            )
-            return Result(Outcome.DONE)
-        if isinstance(op, ProbeWrite):
-            conn.execute(rules.PROBE_WRITE.format(placeholder="?"), (op.written_at,))
-            return Result(Outcome.DONE)
-        if isinstance(op, ReadSince):
-            rows = conn.execute(
-                f"SELECT {rules.MESSAGE_COLUMNS} FROM messages WHERE room_id = ? AND id > ? "
-                "AND deleted_at IS NULL ORDER BY id DESC LIMIT ?",
-                (op.room_id, op.since, op.limit + 1),
-            ).fetchall()
-            return rules.read_since_result(op.room_id, rows, op.limit)
-        if isinstance(op, InsertMessage):  # pragma: no cover - inserts come in runs
-            raise TypeError("inserts are applied by _insert_run")
-        found = conn.execute(
-            "SELECT room_id, user_id FROM messages WHERE id = ? AND deleted_at IS NULL",
-            (op.message_id,),
-        ).fetchone()
-        if (refused := rules.refuse_change(op, found)) is not None:
-            return refused
-        done = Result(Outcome.DONE, room_id=found[0], message_id=op.message_id)
-        if isinstance(op, ToggleReaction):
-            removed = conn.execute(
-                "DELETE FROM reactions WHERE message_id = ? AND user_id = ? AND emoji = ?",
-                (op.message_id, op.user_id, op.emoji),
-            ).rowcount
-            if removed:
-                return done
-            conn.execute(
-                "INSERT INTO reactions (message_id, user_id, emoji, created_at) "
-                "VALUES (?, ?, ?, ?)",
-                (op.message_id, op.user_id, op.emoji, op.created_at),
-            )
-            return Result(Outcome.DONE, room_id=found[0], message_id=op.message_id, added=True)
-        if isinstance(op, EditMessage):
-            conn.execute(
-                "UPDATE messages SET content = ?, edited_at = ? WHERE id = ?",
-                (op.content, op.edited_at, op.message_id),
-            )
-            plan.edited(op.message_id, op.content)
-        elif isinstance(op, DeleteMessage):
-            # The content is erased, not hidden: a deleted message keeps only its id.
-            conn.execute(
-                "UPDATE messages SET content = NULL, deleted_at = ? WHERE id = ?",
-                (op.deleted_at, op.message_id),
-            )
-            conn.execute("DELETE FROM reactions WHERE message_id = ?", (op.message_id,))
-            plan.deleted(op.message_id)
-        return done
-
-    # -- rooms ------------------------------------------------------------------------
-
-    @staticmethod
-    def _room(conn: sqlite3.Connection, room_id: int) -> Room | None:
-        row = conn.execute(f"SELECT {_ROOM_COLUMNS} FROM rooms WHERE id = ?", (room_id,)).fetchone()
-        if row is None:
-            return None
-        members = conn.execute(
-            "SELECT room_id, user_id FROM room_members WHERE room_id = ? ORDER BY user_id",
-            (room_id,),
-        )
-        return rules.rooms([row], members)[0]
-
-    async def get_room(self, room_id: int) -> Room | None:
-        return await self._on_reader(lambda: self._room(self._r(), room_id))
-
-    async def ensure_room(
-        self, room_id: int, created_by: str, now: int, max_rooms: int | None = None
-    ) -> Room:
-        def ensure() -> Room:
-            conn = self._w()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                created = conn.execute(
-                    "INSERT INTO rooms (id, name, private, created_by, created_at) "
-                    "VALUES (?, ?, 0, ?, ?) ON CONFLICT (id) DO NOTHING RETURNING id",
-                    (room_id, f"Room {room_id}", created_by, now),
-                ).fetchall()
-                if created and not self._count_created(conn, created_by, max_rooms):
-                    raise RoomLimitReached(created_by, rules.creation_limit(max_rooms))
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            room = self._room(conn, room_id)
-            assert room is not None
-            return room
-
-        return await self._on_writer(ensure)
-
-    async def create_room(
-        self,
-        name: str,
-        private: bool,
-        members: tuple[str, ...],
-        created_by: str | None,
-        now: int,
-        max_rooms: int | None = None,
-    ) -> Room:
-        def create() -> Room:
-            conn = self._w()
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                if created_by is not None and not self._count_created(conn, created_by, max_rooms):
-                    raise RoomLimitReached(created_by, rules.creation_limit(max_rooms))
-                # Numbered here, not by SQLite: past the largest id its rowid
-                # would be random (and beyond what a browser can hold).
-                room_id = rules.room_number(conn.execute(rules.TAKE_ROOM_NUMBER).fetchone()[0])
-                insert = (
-                    "INSERT INTO rooms (id, name, private, created_by, created_at) "
-                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING RETURNING id"
-                )
-                values = (name, int(private), created_by, now)
-                if not conn.execute(insert, (room_id, *values)).fetchall():
-                    # Taken by a room open mode created: step over the run of them.
-                    free = conn.execute(rules.FREE_ROOM_ID_FROM.format("?"), (room_id,))
-                    room_id = rules.room_number(free.fetchone()[0])
-                    conn.execute(rules.SET_ROOM_NUMBER.format("?"), (room_id + 1,))
-                    conn.execute(insert, (room_id, *values))
-                conn.executemany(
-                    "INSERT OR IGNORE INTO room_members (room_id, user_id) VALUES (?, ?)",
-                    [(room_id, member) for member in members],
-                )
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            room = self._room(conn, room_id)
-            assert room is not None
-            return room
-
-        return await self._on_writer(create)
-
-    @staticmethod
-    def _count_created(conn: sqlite3.Connection, user_id: str, max_rooms: int | None) -> bool:
-        """Count a room the user creates in this transaction; False past ``max_rooms``."""
-        counted = conn.execute(
-            rules.COUNT_CREATED_ROOM.format("?", "?"), (user_id, rules.creation_limit(max_rooms))
-        ).fetchall()
-        return bool(counted)
-
-    async def list_rooms(
-        self,
-        user_id: str | None,
-        after: int = 0,
-        limit: int = 100,
-        name_contains: str | None = None,
-        members_limit: int = 20,
-    ) -> list[Room]:
-        def read() -> list[Room]:
-            conn = self._r()
-            # lower() folds ASCII letters only, as store_rules.name_key does.
-            match = "" if name_contains is None else "AND instr(lower(name), ?) > 0 "
-            params: list[object] = [user_id, after]
-            if name_contains is not None:
-                params.append(rules.name_key(name_contains))
-            rooms = conn.execute(
-                f"SELECT {_ROOM_COLUMNS} FROM rooms WHERE (private = 0 OR id IN "
-                "(SELECT room_id FROM room_members WHERE user_id = ?)) AND id > ? "
-                f"{match}ORDER BY id LIMIT ?",
-                [*params, limit],
-            ).fetchall()
-            private = [row[0] for row in rooms if row[2]]
-            members: list[tuple[int, str]] = []
-            if private:
-                marks = ",".join("?" * len(private))
-                members = conn.execute(
-                    "SELECT room_id, user_id FROM (SELECT room_id, user_id, ROW_NUMBER() "
-                    "OVER (PARTITION BY room_id ORDER BY user_id) AS n FROM room_members "
-                    f"WHERE room_id IN ({marks})) WHERE n <= ? ORDER BY room_id, user_id",
-                    [*private, members_limit],
-                ).fetchall()
-            return rules.rooms(rooms, members)
-
-        return await self._on_reader(read)
-
-    async def list_calls(
-        self, user_id: str, limit: int, after: CallsAfter | None = None
-    ) -> list[CallRecord]:
-        def read() -> list[CallRecord]:
-            position = after or CallsAfter(rules.NO_BOUND, "")
-            rows = self._r().execute(
-                f"SELECT {rules.CALL_COLUMNS} FROM calls "
-                f"WHERE {rules.CALLS_AFTER.format('?1', '?2', '?3')} "
-                "ORDER BY started_at DESC, id LIMIT ?4",
-                (user_id, position.started_at, position.call_id, limit),
-            )
-            return [rules.call_record(row) for row in rows]
-
-        return await self._on_reader(read)
-
-    # -- messages ---------------------------------------------------------------------
-
-    async def history(self, room_id: int, before: int | None, limit: int) -> list[HistoryMessage]:
-        def read() -> list[HistoryMessage]:
-            conn = self._r()
-            rows = conn.execute(
-                f"SELECT {rules.HISTORY_COLUMNS} FROM messages "
-                "WHERE room_id = ? AND id < ? AND deleted_at IS NULL ORDER BY id DESC LIMIT ?",
-                (room_id, before if before is not None else rules.NO_BOUND, limit),
-            ).fetchall()
-            reactions: list[tuple[int, str, str]] = []
-            if rows:
-                marks = ",".join("?" * len(rows))
-                reactions = conn.execute(
-                    "SELECT message_id, emoji, user_id FROM reactions "
-                    f"WHERE message_id IN ({marks}) ORDER BY created_at, user_id",
-                    [row[0] for row in rows],
-                ).fetchall()
-            return rules.history(rows, reactions)
-
-        return await self._on_reader(read)
-
-    async def messages_in_seq_range(
-        self, room_id: int, after_seq: int, through_seq: int
-    ) -> list[SequencedMessage]:
-        def read() -> list[SequencedMessage]:
-            rows = self._r().execute(
-                f"SELECT {rules.MESSAGE_COLUMNS} FROM messages WHERE room_id = ? "
-                "AND seq > ? AND seq <= ? AND deleted_at IS NULL ORDER BY seq",
-                (room_id, after_seq, through_seq),
-            )
-            return [rules.sequenced_message(row) for row in rows]
-
-        return await self._on_reader(read)
-
-    async def messages_since(
-        self, room_id: int, since_id: int, through_seq: int | None, limit: int
-    ) -> tuple[list[SequencedMessage], bool]:
-        def read() -> tuple[list[SequencedMessage], bool]:
-            rows = (
-                self._r()
-                .execute(
-                    f"SELECT {rules.MESSAGE_COLUMNS} FROM messages WHERE room_id = ? AND id > ? "
-                    "AND seq <= ? AND deleted_at IS NULL ORDER BY id DESC LIMIT ?",
-                    (
-                        room_id,
-                        since_id,
-                        through_seq if through_seq is not None else rules.NO_BOUND,
-                        limit + 1,
-                    ),
-                )
-                .fetchall()
-            )
-            return rules.newest_page(rows, limit)
-
-        return await self._on_reader(read)
 
 
 #: Most rows in one INSERT statement (7 values each, far below SQLite's
@@ -703,4 +272,4 @@ def _chunk_size(remaining: int) -> int:
 @functools.cache
 def _multi_insert(rows: int) -> str:
     values = ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * rows)
-    return f"INSERT INTO messages ({rules.INSERT_COLUMNS}) VALUES {values}"
+    return f"INSERT INTO messages ({INSERT_COLUMNS}) VALUES {values}"

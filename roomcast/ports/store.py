@@ -70,20 +70,6 @@ class InsertMessage(msgspec.Struct, frozen=True, gc=False):
     client_msg_id: str | None = None
 
 
-class ReadSince(msgspec.Struct, frozen=True, gc=False):
-    """The newest ``limit`` messages of a room after ``since``, read in commit order.
-
-    Run through the group committer, the read sees exactly the messages whose
-    broadcast came before it; everything committed later is broadcast after.
-    That is what lets a re-joining client get the backlog, then live traffic,
-    with nothing missed or doubled.
-    """
-
-    room_id: int
-    since: int
-    limit: int
-
-
 class EditMessage(msgspec.Struct, frozen=True, gc=False):
     message_id: int
     user_id: str
@@ -118,15 +104,7 @@ class ProbeWrite(msgspec.Struct, frozen=True, gc=False):
 
 
 #: A call snapshot from the core is stored as is (insert or update by id).
-Operation = (
-    InsertMessage
-    | EditMessage
-    | DeleteMessage
-    | ToggleReaction
-    | CallRecord
-    | ReadSince
-    | ProbeWrite
-)
+Operation = InsertMessage | EditMessage | DeleteMessage | ToggleReaction | CallRecord | ProbeWrite
 
 
 class Outcome(enum.Enum):
@@ -145,9 +123,6 @@ class Result(msgspec.Struct, frozen=True, gc=False):
     added: bool = False  # ToggleReaction: added (True) or removed (False)
     # InsertMessage retried with a known client_msg_id: the message stored before.
     duplicate_of: ChatMessage | None = None
-    # ReadSince: the messages, oldest first, and whether older ones were left out.
-    messages: tuple[ChatMessage, ...] = ()
-    truncated: bool = False
     # InsertMessage: the message's room sequence number (0 when no message was stored).
     seq: int = 0
 
@@ -251,7 +226,6 @@ class Store(Protocol):
         """The newest ``limit`` live messages with ids above ``since_id``, oldest first.
 
         ``through_seq`` (when given) leaves out what a caller will receive
-        live anyway. The flag tells whether older ones were left out, as
-        :class:`ReadSince` does; unlike it, this read is not ordered with the
-        group commit.
+        live anyway. The flag tells whether older ones were left out. The
+        read is not ordered with the group commit.
         """

@@ -1,23 +1,19 @@
 """What every store decides the same way, whatever its SQL.
 
-The SQLite and PostgreSQL adapters differ in how they reach the database
-(placeholders, a reader thread or a pool, one writer or several processes),
-not in what an operation means. The meaning lives here, once: which outcome
-an edit by someone else gets, when a client's retry is a duplicate, which
-room sequence number each new message gets, and how rows become records.
-The adapters fetch rows, hand them in, and execute what comes back.
-
-A row is anything indexable by column position: a ``sqlite3`` tuple or an
-``asyncpg`` record, in the column order of the ``*_COLUMNS`` strings below.
+The SQLite and PostgreSQL stores differ in how they reach the database (a
+reader thread or a pool, one writer or several processes), not in what an
+operation means. The meaning lives here, once: which outcome an edit by
+someone else gets, when a client's retry is a duplicate, which room sequence
+number each new message gets. The SQL around it is in the feature modules.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
-from roomcast.core.calls import CallRecord
+from roomcast.adapters.sql.steps import Row
 from roomcast.ports.store import (
     DeleteMessage,
     EditMessage,
@@ -25,99 +21,18 @@ from roomcast.ports.store import (
     Operation,
     Outcome,
     Result,
-    Room,
-    SequencedMessage,
     StoreUnavailable,
     ToggleReaction,
 )
-from roomcast.protocol import MAX_ID, ChatMessage, HistoryMessage, MessageKind
+from roomcast.protocol import MAX_ID, ChatMessage, MessageKind
 
 #: Larger than any id or sequence number: "no upper bound" in one SQL text.
 NO_BOUND = 2**63 - 1
 
-
-class Row(Protocol):
-    def __getitem__(self, index: int, /) -> Any: ...
-
-
-MESSAGE_COLUMNS = "id, room_id, user_id, content, type, created_at, client_msg_id, seq"
-#: The last column counts a room's members (an index range of room_members).
-ROOM_COLUMNS = (
-    "id, name, private, created_by, created_at, last_seq, "
-    "(SELECT COUNT(*) FROM room_members WHERE room_members.room_id = rooms.id)"
-)
-CALL_COLUMNS = "id, caller, callee, started_at, answered_at, ended_at, end_reason"
-HISTORY_COLUMNS = "id, room_id, user_id, content, type, created_at, edited_at"
-#: The columns an insert fills, in the order of :attr:`InsertRun.rows`.
-INSERT_COLUMNS = "room_id, user_id, content, type, created_at, client_msg_id, seq"
-
 MessageChange = EditMessage | DeleteMessage | ToggleReaction
 
 
-# -- rows to records ------------------------------------------------------------------
-
-
-def chat_message(row: Row) -> ChatMessage:
-    """A live message from a row of :data:`MESSAGE_COLUMNS`."""
-    return ChatMessage(
-        id=row[0],
-        room_id=row[1],
-        user_id=row[2],
-        content=row[3],
-        type=row[4],
-        created_at=row[5],
-        client_msg_id=row[6],
-    )
-
-
-def sequenced_message(row: Row) -> SequencedMessage:
-    return SequencedMessage(seq=row[7], message=chat_message(row))
-
-
-def rooms(room_rows: Iterable[Row], member_rows: Iterable[Row]) -> list[Room]:
-    """Rooms from rows of :data:`ROOM_COLUMNS`, with the members of the private ones.
-
-    ``member_rows`` are ``(room_id, user_id)`` in that order; members of a
-    public room are not part of it (the room admits everyone).
-    """
-    members: dict[int, list[str]] = {}
-    for row in member_rows:
-        members.setdefault(row[0], []).append(row[1])
-    return [
-        Room(
-            id=row[0],
-            name=row[1],
-            private=bool(row[2]),
-            created_by=row[3],
-            created_at=row[4],
-            members=tuple(members.get(row[0], ())) if row[2] else (),
-            last_seq=row[5],
-            member_count=row[6] if row[2] else 0,
-        )
-        for row in room_rows
-    ]
-
-
-# -- creating rooms -------------------------------------------------------------------
-
-#: Takes the number of the next created room (``room_numbering``, migration
-#: 0008): returns the number taken. On PostgreSQL the row's lock orders nodes
-#: creating rooms at once.
-TAKE_ROOM_NUMBER = (
-    "UPDATE room_numbering SET next_id = next_id + 1 WHERE id = 1 RETURNING next_id - 1"
-)
-
-#: The first id from ``{0}`` on that no room has, when ``{0}`` is taken (by a
-#: room open mode created under that id): the end of the run of taken ids that
-#: starts there. The numbering then continues after it, so each such room is
-#: stepped over once, however many rooms are created later.
-FREE_ROOM_ID_FROM = (
-    "SELECT r.id + 1 FROM rooms AS r WHERE r.id >= {0} AND NOT EXISTS "
-    "(SELECT 1 FROM rooms AS s WHERE s.id = r.id + 1) ORDER BY r.id LIMIT 1"
-)
-
-#: Moves the numbering past a run of taken ids (parameter: the next number).
-SET_ROOM_NUMBER = "UPDATE room_numbering SET next_id = {0} WHERE id = 1"
+# -- rooms ---------------------------------------------------------------------------
 
 
 def room_number(candidate: int) -> int:
@@ -128,29 +43,14 @@ def room_number(candidate: int) -> int:
     return candidate
 
 
-#: Counts one more room for a user (parameters: the user, the most they may
-#: create) and returns the new count, or no row when they have created that
-#: many already. In the transaction that creates the room, so a room that is
-#: not created is not counted; on PostgreSQL the row's lock orders two nodes
-#: creating rooms for one user, so the limit holds exactly across a cluster.
-#: Placeholders are ``{}``: each adapter fills in its own.
-COUNT_CREATED_ROOM = (
-    "INSERT INTO room_creators (user_id, rooms) VALUES ({}, 1) "
-    "ON CONFLICT (user_id) DO UPDATE SET rooms = room_creators.rooms + 1 "
-    "WHERE room_creators.rooms < {} RETURNING rooms"
-)
-
-
 def creation_limit(max_rooms: int | None) -> int:
-    """The ``max_rooms`` bound as a number for :data:`COUNT_CREATED_ROOM`.
+    """The ``max_rooms`` bound as a number for counting created rooms.
 
     Rooms are counted even without a limit, so that a limit set later counts
     what was created before it.
     """
     return NO_BOUND if max_rooms is None else max_rooms
 
-
-# -- listing ---------------------------------------------------------------------------
 
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
@@ -163,66 +63,6 @@ def name_key(text: str) -> str:
     ``translate`` over the same 26 letters and both stores match the same rooms.
     """
     return text.translate(_ASCII_LOWER)
-
-
-#: The calls of user ``{0}`` after a position (``{1}``: started_at, ``{2}``: call
-#: id), in the order they are listed: newest first, then by id.
-CALLS_AFTER = (
-    "(caller = {0} OR callee = {0}) AND (started_at < {1} OR (started_at = {1} AND id > {2}))"
-)
-
-
-def call_record(row: Row) -> CallRecord:
-    return CallRecord(row[0], row[1], row[2], row[3], row[4], row[5], row[6])
-
-
-def call_values(call: CallRecord) -> tuple[Any, ...]:
-    """A call's values in the order of :data:`CALL_COLUMNS`."""
-    return (
-        call.call_id,
-        call.caller,
-        call.callee,
-        call.started_at,
-        call.answered_at,
-        call.ended_at,
-        call.end_reason,
-    )
-
-
-def history(rows: Sequence[Row], reaction_rows: Iterable[Row]) -> list[HistoryMessage]:
-    """History items from rows of :data:`HISTORY_COLUMNS`, newest first, as read.
-
-    ``reaction_rows`` are ``(message_id, emoji, user_id)`` in the order the
-    reactions were made. The items come back oldest first.
-    """
-    reactions: dict[int, dict[str, list[str]]] = {}
-    for row in reaction_rows:
-        reactions.setdefault(row[0], {}).setdefault(row[1], []).append(row[2])
-    return [
-        HistoryMessage(
-            id=row[0],
-            room_id=row[1],
-            user_id=row[2],
-            content=row[3],
-            type=row[4],
-            created_at=row[5],
-            edited_at=row[6],
-            reactions=reactions.get(row[0], {}),
-        )
-        for row in reversed(rows)
-    ]
-
-
-def newest_page(rows: Sequence[Row], limit: int) -> tuple[list[SequencedMessage], bool]:
-    """Rows read newest first with ``LIMIT limit + 1``: the page oldest first, and
-    whether older messages were left out (the extra row says so without a count)."""
-    return [sequenced_message(row) for row in reversed(rows[:limit])], len(rows) > limit
-
-
-def read_since_result(room_id: int, rows: Sequence[Row], limit: int) -> Result:
-    page, truncated = newest_page(rows, limit)
-    messages = tuple(item.message for item in page)
-    return Result(Outcome.DONE, room_id=room_id, messages=messages, truncated=truncated)
 
 
 # -- changes to a stored message ------------------------------------------------------
@@ -277,8 +117,8 @@ class _Message:
 def client_ids(ops: Iterable[Operation]) -> list[tuple[str, str]]:
     """The ``(user_id, client_msg_id)`` pairs of a batch's inserts, each once.
 
-    The adapter reads the messages already stored under them (rows of
-    :data:`MESSAGE_COLUMNS`) and hands them to :class:`InsertPlan`.
+    The store reads the messages already stored under them (rows of
+    ``messages.MESSAGE_COLUMNS``) and hands them to :class:`InsertPlan`.
     """
     keys = {
         (op.user_id, op.client_msg_id): None
@@ -368,7 +208,7 @@ class InsertRun:
     def __init__(self, plan: InsertPlan, ops: Sequence[InsertMessage]) -> None:
         self._plan = plan
         self._ops = ops
-        #: The new messages' values, in the order of :data:`INSERT_COLUMNS` (and of seq).
+        #: The new messages' values, in the order of ``messages.INSERT_COLUMNS`` (and of seq).
         self.rows: list[tuple[Any, ...]] = []
         # Per op: the index of its row if it is new, else the message it repeats.
         self._entries: list[int | _Message] = []
@@ -443,11 +283,3 @@ def runs(ops: Iterable[Operation]) -> Iterator[list[InsertMessage] | Operation]:
         yield op
     if group:
         yield group
-
-
-#: The one statement of a :class:`~roomcast.ports.store.ProbeWrite` (either engine,
-#: with its placeholder).
-PROBE_WRITE = (
-    "INSERT INTO write_probe (id, written_at) VALUES (1, {placeholder}) "
-    "ON CONFLICT (id) DO UPDATE SET written_at = excluded.written_at"
-)

@@ -14,7 +14,7 @@ from roomcast.adapters.sqlite_store import sqlite_path
 from roomcast.core.calls import CallRecord
 from roomcast.ports.store import CallsAfter, RoomLimitReached
 from roomcast.protocol import MAX_ID
-from tests.unit.test_stores import Database, Store, db, pg, store
+from tests.integration.test_stores import Database, Store, db, pg, store
 
 __all__ = ["db", "pg", "store"]  # fixtures, used by name
 

@@ -1,0 +1,174 @@
+"""Messages: reading history and pages, and changing a stored message.
+
+Storing new messages is the one write each engine does its own way (how a
+batch numbers its rooms and inserts many rows at once differs most); the rows
+it inserts and reads back have the column orders below.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Sequence
+
+from roomcast.adapters.sql.dialect import Dialect
+from roomcast.adapters.sql.rules import NO_BOUND, InsertPlan, MessageChange, refuse_change
+from roomcast.adapters.sql.steps import Row, Steps
+from roomcast.ports.store import (
+    DeleteMessage,
+    EditMessage,
+    Outcome,
+    Result,
+    SequencedMessage,
+    ToggleReaction,
+)
+from roomcast.protocol import ChatMessage, HistoryMessage
+
+MESSAGE_COLUMNS = "id, room_id, user_id, content, type, created_at, client_msg_id, seq"
+HISTORY_COLUMNS = "id, room_id, user_id, content, type, created_at, edited_at"
+#: The columns an insert fills, in the order of ``rules.InsertRun.rows``.
+INSERT_COLUMNS = "room_id, user_id, content, type, created_at, client_msg_id, seq"
+
+
+class MessageSQL:
+    def __init__(self, dialect: Dialect) -> None:
+        sql = dialect.sql
+        self._dialect = dialect
+        live = "deleted_at IS NULL"
+        self._history = sql(
+            f"SELECT {HISTORY_COLUMNS} FROM messages WHERE room_id = $1 AND id < $2 "
+            f"AND {live} ORDER BY id DESC LIMIT $3"
+        )
+        self._seq_range = sql(
+            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE room_id = $1 "
+            f"AND seq > $2 AND seq <= $3 AND {live} ORDER BY seq"
+        )
+        self._since = sql(
+            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE room_id = $1 AND id > $2 "
+            f"AND seq <= $3 AND {live} ORDER BY id DESC LIMIT $4"
+        )
+        # Locked where other processes may change it too, so that an edit
+        # cannot bring back the text of a message deleted at the same moment.
+        self._find_live = sql(
+            f"SELECT room_id, user_id FROM messages WHERE id = $1 AND {live}{dialect.row_lock}"
+        )
+        self._unreact = sql(
+            "DELETE FROM reactions WHERE message_id = $1 AND user_id = $2 AND emoji = $3 "
+            "RETURNING 1"
+        )
+        # DO NOTHING: the same reaction added through another process at the
+        # same moment is added all the same.
+        self._react = sql(
+            "INSERT INTO reactions (message_id, user_id, emoji, created_at) "
+            "VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING"
+        )
+        self._edit = sql("UPDATE messages SET content = $1, edited_at = $2 WHERE id = $3")
+        # The content is erased, not hidden: a deleted message keeps only its id.
+        self._delete = sql("UPDATE messages SET content = NULL, deleted_at = $1 WHERE id = $2")
+        self._delete_reactions = sql("DELETE FROM reactions WHERE message_id = $1")
+
+    # -- reads ------------------------------------------------------------------------
+
+    def history(self, room_id: int, before: int | None, limit: int) -> Steps[list[HistoryMessage]]:
+        """Up to ``limit`` live messages with ids below ``before``, oldest first."""
+        bound = before if before is not None else NO_BOUND
+        rows = yield (self._history, (room_id, bound, limit))
+        reactions: Sequence[Row] = ()
+        if rows:
+            ids = [row[0] for row in rows]
+            reactions = yield (_reactions(self._dialect, len(ids)), self._dialect.list_args(ids))
+        return history_items(rows, reactions)
+
+    def in_seq_range(
+        self, room_id: int, after_seq: int, through_seq: int
+    ) -> Steps[list[SequencedMessage]]:
+        rows = yield (self._seq_range, (room_id, after_seq, through_seq))
+        return [sequenced_message(row) for row in rows]
+
+    def since(
+        self, room_id: int, since_id: int, through_seq: int | None, limit: int
+    ) -> Steps[tuple[list[SequencedMessage], bool]]:
+        bound = through_seq if through_seq is not None else NO_BOUND
+        rows = yield (self._since, (room_id, since_id, bound, limit + 1))
+        return newest_page(rows, limit)
+
+    # -- changes (group-committed) ------------------------------------------------------
+
+    def change(self, plan: InsertPlan, op: MessageChange) -> Steps[Result]:
+        """Edit, delete or react to a stored message, as the rules allow."""
+        found = yield (self._find_live, (op.message_id,))
+        if (refused := refuse_change(op, found[0] if found else None)) is not None:
+            return refused
+        room_id = found[0][0]
+        done = Result(Outcome.DONE, room_id=room_id, message_id=op.message_id)
+        if isinstance(op, ToggleReaction):
+            if (yield (self._unreact, (op.message_id, op.user_id, op.emoji))):
+                return done
+            yield (self._react, (op.message_id, op.user_id, op.emoji, op.created_at))
+            return Result(Outcome.DONE, room_id=room_id, message_id=op.message_id, added=True)
+        if isinstance(op, EditMessage):
+            yield (self._edit, (op.content, op.edited_at, op.message_id))
+            plan.edited(op.message_id, op.content)
+        elif isinstance(op, DeleteMessage):
+            yield (self._delete, (op.deleted_at, op.message_id))
+            yield (self._delete_reactions, (op.message_id,))
+            plan.deleted(op.message_id)
+        return done
+
+
+@functools.lru_cache(maxsize=256)
+def _reactions(dialect: Dialect, count: int) -> str:
+    """The reactions to ``count`` messages, in the order they were made."""
+    return dialect.sql(
+        "SELECT message_id, emoji, user_id FROM reactions "
+        f"WHERE {dialect.in_list('message_id', 1, count, 'bigint')} ORDER BY created_at, user_id"
+    )
+
+
+# -- rows to records ------------------------------------------------------------------
+
+
+def chat_message(row: Row) -> ChatMessage:
+    """A live message from a row of :data:`MESSAGE_COLUMNS`."""
+    return ChatMessage(
+        id=row[0],
+        room_id=row[1],
+        user_id=row[2],
+        content=row[3],
+        type=row[4],
+        created_at=row[5],
+        client_msg_id=row[6],
+    )
+
+
+def sequenced_message(row: Row) -> SequencedMessage:
+    return SequencedMessage(seq=row[7], message=chat_message(row))
+
+
+def newest_page(rows: Sequence[Row], limit: int) -> tuple[list[SequencedMessage], bool]:
+    """Rows read newest first with ``LIMIT limit + 1``: the page oldest first, and
+    whether older messages were left out (the extra row says so without a count)."""
+    return [sequenced_message(row) for row in reversed(rows[:limit])], len(rows) > limit
+
+
+def history_items(rows: Sequence[Row], reaction_rows: Iterable[Row]) -> list[HistoryMessage]:
+    """History items from rows of :data:`HISTORY_COLUMNS`, newest first, as read.
+
+    ``reaction_rows`` are ``(message_id, emoji, user_id)`` in the order the
+    reactions were made. The items come back oldest first.
+    """
+    reactions: dict[int, dict[str, list[str]]] = {}
+    for row in reaction_rows:
+        reactions.setdefault(row[0], {}).setdefault(row[1], []).append(row[2])
+    return [
+        HistoryMessage(
+            id=row[0],
+            room_id=row[1],
+            user_id=row[2],
+            content=row[3],
+            type=row[4],
+            created_at=row[5],
+            edited_at=row[6],
+            reactions=reactions.get(row[0], {}),
+        )
+        for row in reversed(rows)
+    ]

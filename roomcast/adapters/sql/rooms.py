@@ -1,0 +1,199 @@
+"""Rooms: reading, creating (numbered, and counted against their creator) and listing."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from roomcast.adapters.sql.dialect import Dialect
+from roomcast.adapters.sql.rules import creation_limit, name_key, room_number
+from roomcast.adapters.sql.steps import Many, Row, Steps
+from roomcast.ports.store import Room
+
+
+class RoomSQL:
+    """A room read with its members reads them in its own row where the engine
+    has arrays (one round trip), else with a second query."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        sql = dialect.sql
+        self._dialect = dialect
+        order = f"user_id{dialect.code_point_order}"
+        #: The last column counts a room's members (an index range of room_members).
+        columns = (
+            f"id, name, private, created_by, created_at, {dialect.room_last_seq}, "
+            "(SELECT COUNT(*) FROM room_members WHERE room_members.room_id = rooms.id)"
+        )
+
+        def members(limit: str) -> str:
+            return (
+                ", ARRAY(SELECT user_id FROM room_members "
+                f"WHERE room_members.room_id = rooms.id ORDER BY {order}{limit})"
+            )
+
+        with_members = members("") if dialect.arrays else ""
+        self._room = sql(f"SELECT {columns}{with_members} FROM rooms WHERE id = $1")
+        self._members = sql(
+            f"SELECT room_id, user_id FROM room_members WHERE room_id = $1 ORDER BY {order}"
+        )
+        visible = (
+            f"SELECT {columns}{{}} FROM rooms WHERE (private = 0 OR id IN "
+            "(SELECT room_id FROM room_members WHERE user_id = $1)) AND id > $2 "
+        )
+        match = f"AND {dialect.contains(dialect.ascii_lower('name'), '$4')} "
+        #: By whether a name filter ($4) is given; the members limit comes after it.
+        self._listing = {
+            named: sql(
+                visible.format(members(f" LIMIT ${5 if named else 4}") if dialect.arrays else "")
+                + (match if named else "")
+                + "ORDER BY id LIMIT $3"
+            )
+            for named in (False, True)
+        }
+        self._insert = sql(
+            "INSERT INTO rooms (id, name, private, created_by, created_at) "
+            "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (id) DO NOTHING RETURNING id"
+        )
+        self._delete = sql("DELETE FROM rooms WHERE id = $1")
+        self._add_member = sql(
+            "INSERT INTO room_members (room_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING"
+        )
+        # Counts one more room for a user (parameters: the user, the most they
+        # may create) and returns the new count, or no row when they have
+        # created that many already. In the transaction that creates the room,
+        # so a room that is not created is not counted; on PostgreSQL the row's
+        # lock orders two nodes creating rooms for one user, so the limit holds
+        # exactly across a cluster.
+        self._count_created = sql(
+            "INSERT INTO room_creators (user_id, rooms) VALUES ($1, 1) "
+            "ON CONFLICT (user_id) DO UPDATE SET rooms = room_creators.rooms + 1 "
+            "WHERE room_creators.rooms < $2 RETURNING rooms"
+        )
+        # Takes the number of the next created room (room_numbering, migration
+        # 0008): returns the number taken. On PostgreSQL the row's lock orders
+        # nodes creating rooms at once.
+        self._take_number = (
+            "UPDATE room_numbering SET next_id = next_id + 1 WHERE id = 1 RETURNING next_id - 1"
+        )
+        # The first id from $1 on that no room has, when $1 is taken (by a room
+        # open mode created under that id): the end of the run of taken ids
+        # that starts there. The numbering then continues after it, so each
+        # such room is stepped over once, however many rooms are created later.
+        self._free_id_from = sql(
+            "SELECT r.id + 1 FROM rooms AS r WHERE r.id >= $1 AND NOT EXISTS "
+            "(SELECT 1 FROM rooms AS s WHERE s.id = r.id + 1) ORDER BY r.id LIMIT 1"
+        )
+        self._set_number = sql("UPDATE room_numbering SET next_id = $1 WHERE id = 1")
+
+    def get(self, room_id: int) -> Steps[Room | None]:
+        rows = yield (self._room, (room_id,))
+        if not rows:
+            return None
+        if self._dialect.arrays:
+            return _with_arrays(rows)[0]
+        return rooms(rows, (yield (self._members, (room_id,))))[0]
+
+    def ensure(
+        self, room_id: int, created_by: str, now: int, max_rooms: int | None
+    ) -> Steps[Room | None]:
+        """The room, created as a public room if missing; ``None`` past ``max_rooms``."""
+        created = yield (self._insert, (room_id, f"Room {room_id}", 0, created_by, now))
+        if created and not (yield from self._counted(created_by, max_rooms)):
+            # Not committed yet, so nobody saw it: the transaction ends as it began.
+            yield (self._delete, (room_id,))
+            return None
+        return (yield from self.get(room_id))
+
+    def create(
+        self,
+        name: str,
+        private: bool,
+        members: tuple[str, ...],
+        created_by: str | None,
+        now: int,
+        max_rooms: int | None,
+    ) -> Steps[Room | None]:
+        """A new room, numbered here; ``None`` when ``created_by`` is past ``max_rooms``."""
+        if created_by is not None and not (yield from self._counted(created_by, max_rooms)):
+            return None
+        # Numbered here, not by the database: past the largest id SQLite's
+        # rowid would be random (and beyond what a browser can hold).
+        room_id = room_number((yield (self._take_number, ()))[0][0])
+        values = (name, int(private), created_by, now)
+        while not (yield (self._insert, (room_id, *values))):
+            # Taken by a room open mode created (maybe a moment ago, on
+            # another node): step over the run of them.
+            room_id = room_number((yield (self._free_id_from, (room_id,)))[0][0])
+            yield (self._set_number, (room_id + 1,))
+        yield Many(self._add_member, [(room_id, member) for member in members])
+        return (yield from self.get(room_id))
+
+    def _counted(self, user_id: str, max_rooms: int | None) -> Steps[bool]:
+        """Count a room the user creates in this transaction; False past ``max_rooms``."""
+        return bool((yield (self._count_created, (user_id, creation_limit(max_rooms)))))
+
+    def listing(
+        self,
+        user_id: str | None,
+        after: int,
+        limit: int,
+        name_contains: str | None,
+        members_limit: int,
+    ) -> Steps[list[Room]]:
+        named = name_contains is not None
+        args: list[Any] = [user_id, after, limit]
+        if name_contains is not None:
+            args.append(name_key(name_contains))
+        if self._dialect.arrays:
+            return _with_arrays((yield (self._listing[named], (*args, members_limit))))
+        rows = yield (self._listing[named], args)
+        private = [row[0] for row in rows if row[2]]
+        members: Sequence[Row] = ()
+        if private:
+            members = yield (
+                _first_members(self._dialect, len(private)),
+                (members_limit, *self._dialect.list_args(private)),
+            )
+        return rooms(rows, members)
+
+
+@functools.lru_cache(maxsize=256)
+def _first_members(dialect: Dialect, count: int) -> str:
+    """The first ($1) members of ``count`` rooms, by room and user id."""
+    order = f"user_id{dialect.code_point_order}"
+    return dialect.sql(
+        "SELECT room_id, user_id FROM (SELECT room_id, user_id, ROW_NUMBER() "
+        f"OVER (PARTITION BY room_id ORDER BY {order}) AS n FROM room_members "
+        f"WHERE {dialect.in_list('room_id', 2, count, 'bigint')}) AS m "
+        f"WHERE n <= $1 ORDER BY room_id, {order}"
+    )
+
+
+def _with_arrays(rows: Sequence[Row]) -> list[Room]:
+    """Rooms from rows whose last column is the array of their members."""
+    return rooms(rows, [(row[0], user) for row in rows for user in row[7]])
+
+
+def rooms(room_rows: Iterable[Row], member_rows: Iterable[Row]) -> list[Room]:
+    """Rooms from rows of a room query, with the members of the private ones.
+
+    ``member_rows`` are ``(room_id, user_id)`` in that order; members of a
+    public room are not part of it (the room admits everyone).
+    """
+    members: dict[int, list[str]] = {}
+    for row in member_rows:
+        members.setdefault(row[0], []).append(row[1])
+    return [
+        Room(
+            id=row[0],
+            name=row[1],
+            private=bool(row[2]),
+            created_by=row[3],
+            created_at=row[4],
+            members=tuple(members.get(row[0], ())) if row[2] else (),
+            last_seq=row[5],
+            member_count=row[6] if row[2] else 0,
+        )
+        for row in room_rows
+    ]

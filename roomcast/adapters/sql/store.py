@@ -1,0 +1,162 @@
+"""The store's operations, written once over the feature modules' SQL.
+
+An engine (:mod:`~roomcast.adapters.sqlite_store`,
+:mod:`~roomcast.adapters.postgres_store`) subclasses :class:`SQLStore` and
+supplies only how :data:`~roomcast.adapters.sql.steps.Steps` reach its
+database (:meth:`SQLStore._read`, :meth:`SQLStore._write`), how a
+group-committed batch numbers its rooms and inserts its messages, and its
+lifecycle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+from roomcast.adapters.sql.calls import CallSQL
+from roomcast.adapters.sql.dialect import Dialect
+from roomcast.adapters.sql.health import HealthSQL
+from roomcast.adapters.sql.messages import MessageSQL
+from roomcast.adapters.sql.rooms import RoomSQL
+from roomcast.adapters.sql.rules import InsertPlan, InsertRun, creation_limit, runs
+from roomcast.adapters.sql.steps import Steps
+from roomcast.core.calls import CallRecord
+from roomcast.ports.group_commit import Done, GroupCommitter
+from roomcast.ports.store import (
+    CallsAfter,
+    InsertMessage,
+    Operation,
+    ProbeWrite,
+    Result,
+    Room,
+    RoomLimitReached,
+    SequencedMessage,
+)
+from roomcast.protocol import HistoryMessage
+
+T = TypeVar("T")
+
+
+class SQLStore(ABC):
+    def __init__(
+        self,
+        dialect: Dialect,
+        max_batch: int,
+        on_commit: Callable[[int, float, bool], None] | None,
+        linger: float,
+    ) -> None:
+        self._messages = MessageSQL(dialect)
+        self._rooms = RoomSQL(dialect)
+        self._calls = CallSQL(dialect)
+        self._health = HealthSQL(dialect)
+        self._committer: GroupCommitter[Operation, Result] = GroupCommitter(
+            self._execute_batch, max_batch, on_commit, linger
+        )
+
+    # -- what an engine supplies ------------------------------------------------------
+
+    @abstractmethod
+    async def _read(self, steps: Callable[[], Steps[T]]) -> T:
+        """Run the steps ``steps()`` makes (again, if the engine retries) as a read."""
+
+    @abstractmethod
+    async def _write(self, steps: Callable[[], Steps[T]]) -> T:
+        """Run the steps ``steps()`` makes in one committed transaction."""
+
+    @abstractmethod
+    async def _execute_batch(self, ops: Sequence[Operation]) -> list[Result]:
+        """One group commit: read the client ids, number the rooms, then :meth:`_batch`."""
+
+    @abstractmethod
+    def _insert_run(self, run: InsertRun) -> Steps[list[Result]]:
+        """Insert the rows of a run of consecutive new messages."""
+
+    def _batch(self, plan: InsertPlan, ops: Sequence[Operation]) -> Steps[list[Result]]:
+        """A batch's operations in order, once its rooms are numbered (``plan.begin``)."""
+        results: list[Result] = []
+        for item in runs(ops):
+            if isinstance(item, list):
+                results += yield from self._insert_run(plan.run(item))
+            elif isinstance(item, CallRecord):
+                results.append((yield from self._calls.record(item)))
+            elif isinstance(item, ProbeWrite):
+                results.append((yield from self._health.probe(item)))
+            elif isinstance(item, InsertMessage):  # pragma: no cover - inserts come in runs
+                raise TypeError("inserts are applied by _insert_run")
+            else:
+                results.append((yield from self._messages.change(plan, item)))
+        plan.finish()
+        return results
+
+    # -- the store ----------------------------------------------------------------------
+
+    def submit(self, op: Operation, done: Done[Result]) -> None:
+        self._committer.submit(op, done)
+
+    def run(self, op: Operation) -> asyncio.Future[Result]:
+        return self._committer.run(op)
+
+    async def ping(self) -> None:
+        await self._read(self._health.ping)
+
+    async def get_room(self, room_id: int) -> Room | None:
+        return await self._read(lambda: self._rooms.get(room_id))
+
+    async def ensure_room(
+        self, room_id: int, created_by: str, now: int, max_rooms: int | None = None
+    ) -> Room:
+        room = await self._write(lambda: self._rooms.ensure(room_id, created_by, now, max_rooms))
+        if room is None:
+            raise RoomLimitReached(created_by, creation_limit(max_rooms))
+        return room
+
+    async def create_room(
+        self,
+        name: str,
+        private: bool,
+        members: tuple[str, ...],
+        created_by: str | None,
+        now: int,
+        max_rooms: int | None = None,
+    ) -> Room:
+        room = await self._write(
+            lambda: self._rooms.create(name, private, members, created_by, now, max_rooms)
+        )
+        if room is None:
+            assert created_by is not None
+            raise RoomLimitReached(created_by, creation_limit(max_rooms))
+        return room
+
+    async def list_rooms(
+        self,
+        user_id: str | None,
+        after: int = 0,
+        limit: int = 100,
+        name_contains: str | None = None,
+        members_limit: int = 20,
+    ) -> list[Room]:
+        return await self._read(
+            lambda: self._rooms.listing(user_id, after, limit, name_contains, members_limit)
+        )
+
+    async def list_calls(
+        self, user_id: str, limit: int, after: CallsAfter | None = None
+    ) -> list[CallRecord]:
+        return await self._read(lambda: self._calls.listing(user_id, limit, after))
+
+    async def history(self, room_id: int, before: int | None, limit: int) -> list[HistoryMessage]:
+        return await self._read(lambda: self._messages.history(room_id, before, limit))
+
+    async def messages_in_seq_range(
+        self, room_id: int, after_seq: int, through_seq: int
+    ) -> list[SequencedMessage]:
+        return await self._read(
+            lambda: self._messages.in_seq_range(room_id, after_seq, through_seq)
+        )
+
+    async def messages_since(
+        self, room_id: int, since_id: int, through_seq: int | None, limit: int
+    ) -> tuple[list[SequencedMessage], bool]:
+        return await self._read(lambda: self._messages.since(room_id, since_id, through_seq, limit))
