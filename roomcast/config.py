@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
 from roomcast.core.limits import parse_rates
 
@@ -156,9 +157,25 @@ def sqlite_path(url: str) -> str:
     return path
 
 
+def is_postgres(url: str) -> bool:
+    return url.startswith(("postgresql://", "postgres://"))
+
+
+def describe(url: str) -> str:
+    """A database or broker for logs and messages: the SQLite path, or the URL without
+    its password."""
+    if "://" not in url or url.startswith("sqlite://"):
+        return sqlite_path(url)
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
+
+
 def check_database_url(url: str) -> None:
     """Refuse a database URL that names neither a SQLite file nor PostgreSQL."""
-    if url.startswith(("postgresql://", "postgres://")):
+    if is_postgres(url):
         return
     if "://" in url and not url.startswith("sqlite://"):
         raise ValueError(

@@ -20,9 +20,9 @@ from aiohttp import web
 
 from roomcast.adapters.local_broker import LocalBroker
 from roomcast.adapters.redis_broker import RedisBroker
-from roomcast.adapters.stores import describe, open_store
+from roomcast.adapters.stores import open_store
 from roomcast.auth import Authenticator
-from roomcast.config import Settings
+from roomcast.config import Settings, describe
 from roomcast.features import default_features
 from roomcast.metrics import Metrics
 from roomcast.node.node import Node

@@ -40,7 +40,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeout
 
 from roomcast.adapters.redis_records import LogApplier
-from roomcast.adapters.stores import describe
+from roomcast.config import describe
 from roomcast.ports.broker import (
     MAX_RECORD_ENTRIES,
     RECORD_FORMAT,

@@ -12,38 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import time
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
 from roomcast.adapters import migrations
 from roomcast.adapters.postgres_store import PostgresStore, prepare_schema
 from roomcast.adapters.sqlite_store import SQLiteStore
-from roomcast.config import Settings, sqlite_path
+from roomcast.clock import wall_ms as _wall_ms
+from roomcast.config import Settings, describe, is_postgres, sqlite_path
 from roomcast.metrics import Metrics
 from roomcast.ports.store import Store, StoreUnavailable
-
-
-def _wall_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-def is_postgres(url: str) -> bool:
-    return url.startswith(("postgresql://", "postgres://"))
-
-
-def describe(url: str) -> str:
-    """A database or broker for logs and messages: the SQLite path, or the URL without
-    its password."""
-    if "://" not in url or url.startswith("sqlite://"):
-        return sqlite_path(url)
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
 def open_store(url: str, settings: Settings, metrics: Metrics | None) -> Store:

@@ -28,8 +28,8 @@ import pytest
 from roomcast.adapters import migrations
 from roomcast.adapters.postgres_store import PostgresStore
 from roomcast.adapters.sqlite_store import SQLiteStore, sqlite_path
-from roomcast.adapters.stores import describe, migrate, open_store
-from roomcast.config import Settings
+from roomcast.adapters.stores import migrate, open_store
+from roomcast.config import Settings, describe
 from roomcast.core.calls import CallRecord
 from roomcast.ports.store import (
     DeleteMessage,
