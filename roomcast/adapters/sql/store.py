@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from roomcast.adapters.sql.calls import CallSQL
 from roomcast.adapters.sql.dialect import Dialect
@@ -26,13 +26,15 @@ from roomcast.core.calls import CallRecord
 from roomcast.ports.group_commit import Done, GroupCommitter
 from roomcast.ports.store import (
     CallsAfter,
-    InsertMessage,
+    DeleteMessage,
+    EditMessage,
     Operation,
     ProbeWrite,
     Result,
     Room,
     RoomLimitReached,
     SequencedMessage,
+    ToggleReaction,
 )
 from roomcast.protocol import HistoryMessage
 
@@ -51,6 +53,15 @@ class SQLStore(ABC):
         self._rooms = RoomSQL(dialect)
         self._calls = CallSQL(dialect)
         self._health = HealthSQL(dialect)
+        # The SQL of each kind of write but new messages (which come in runs):
+        # a new operation is one entry here, not a branch in _batch.
+        self._writes: dict[type[Operation], Callable[[InsertPlan, Any], Steps[Result]]] = {
+            EditMessage: self._messages.change,
+            DeleteMessage: self._messages.change,
+            ToggleReaction: self._messages.change,
+            CallRecord: lambda plan, op: self._calls.record(op),
+            ProbeWrite: lambda plan, op: self._health.probe(op),
+        }
         self._committer: GroupCommitter[Operation, Result] = GroupCommitter(
             self._execute_batch, max_batch, on_commit, linger
         )
@@ -79,14 +90,8 @@ class SQLStore(ABC):
         for item in runs(ops):
             if isinstance(item, list):
                 results += yield from self._insert_run(plan.run(item))
-            elif isinstance(item, CallRecord):
-                results.append((yield from self._calls.record(item)))
-            elif isinstance(item, ProbeWrite):
-                results.append((yield from self._health.probe(item)))
-            elif isinstance(item, InsertMessage):  # pragma: no cover - inserts come in runs
-                raise TypeError("inserts are applied by _insert_run")
             else:
-                results.append((yield from self._messages.change(plan, item)))
+                results.append((yield from self._writes[type(item)](plan, item)))
         plan.finish()
         return results
 
