@@ -51,7 +51,9 @@ class CallSignalled(LogEntry, tag="call_signal", frozen=True, gc=False):
         return user_scope(self.user)
 
 
-class CallHungUp(LogEntry, tag="call_end", frozen=True, gc=False):
+class _CallEnding(LogEntry, frozen=True, gc=False):
+    """A party ends call ``call``: how is the subclass (hang up or decline)."""
+
     conn: str
     user: str
     call: str
@@ -61,14 +63,12 @@ class CallHungUp(LogEntry, tag="call_end", frozen=True, gc=False):
         return user_scope(self.user)
 
 
-class CallRejected(LogEntry, tag="call_reject", frozen=True, gc=False):
-    conn: str
-    user: str
-    call: str
-    wall: int
+class CallHungUp(_CallEnding, tag="call_end", frozen=True, gc=False):
+    pass
 
-    def scope(self) -> Scope:
-        return user_scope(self.user)
+
+class CallRejected(_CallEnding, tag="call_reject", frozen=True, gc=False):
+    pass
 
 
 class CallSnapshot(msgspec.Struct, frozen=True, gc=False):
@@ -201,7 +201,7 @@ class Calls(Feature):
 
     def _ending(
         self,
-        entry: CallHungUp | CallRejected,
+        entry: _CallEnding,
         end: Callable[[str, str, Call, int], list[CallEffect]],
         request_type: str,
         appended_here: bool,
