@@ -248,11 +248,16 @@ async def test_records_of_another_format_or_a_false_count_are_refused_clearly(
         origin = "writer-" + uuid.uuid4().hex[:6]
         fields = {"v": RECORD_FORMAT, "o": origin, "n": 1, "c": 10**9, "e": b"[]\n[]"}
         await log.xadd(f"{cluster.name}:log", fields)  # type: ignore[arg-type]
-        await append_record(
-            log, cluster.name, origin, 1, [CODEC.encode(Opened("next", node_a, "next"))]
-        )
-        await append_record(log, cluster.name, origin, 2, [CODEC.encode(Joined("next", ROOM))])
-        assert (await watcher.recv_until("user_joined", timeout=10))["payload"] == joined("next")
+        # Each connection is opened and joined in one record: the resynchronisation the
+        # bad records start brings node A's snapshot, which drops connections it does
+        # not hold, and it must not land between the two.
+        for n, user in ((1, "next1"), (3, "next2")):
+            opened = CODEC.encode(Opened(user, node_a, user))
+            await append_record(
+                log, cluster.name, origin, n, [opened, CODEC.encode(Joined(user, ROOM))]
+            )
+        for user in ("next1", "next2"):
+            assert (await watcher.recv_until("user_joined", timeout=10))["payload"] == joined(user)
         for node in (a, b):
             await eventually_equal(lambda node=node: _unreadable(node), 3.0)
             said = node.log().count("node old-node writes log records in format 1")
