@@ -120,6 +120,6 @@ export function showRoom(v) {
   input.disabled = false;
   $("send-button").disabled = false;
   $("emoji-button").disabled = false;
-  input.placeholder = `Message #${document.getElementById("room-name").textContent}  (Shift+Enter for a new line)`;
+  input.placeholder = `Message #${document.getElementById("room-name").textContent}`;
   input.focus();
 }

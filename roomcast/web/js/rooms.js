@@ -160,7 +160,7 @@ export async function createRoom(name, isPrivate) {
   // The newest room is on the last page: show it whatever is loaded.
   mergeRooms([created]);
   renderRooms();
-  await openRoom(created.id);
+  openRoom(created.id);
   return created;
 }
 
