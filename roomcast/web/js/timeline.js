@@ -202,7 +202,12 @@ export function render(mode) {
     push(`p${item.clientMsgId}`, `${item.status}:${item.error}`, () => pendingRow(item));
   }
   for (const key of [...cache.keys()]) if (!keep.has(key)) cache.delete(key);
-  box.replaceChildren(...nodes);
+  // The common case, a message arriving at the end, only appends.
+  const shown = box.children;
+  let prefix = shown.length <= nodes.length;
+  for (let i = 0; prefix && i < shown.length; i += 1) prefix = shown[i] === nodes[i];
+  if (prefix) box.append(...nodes.slice(shown.length));
+  else box.replaceChildren(...nodes);
   if (mode === "bottom" || (wasAtBottom && mode !== "restore")) box.scrollTop = box.scrollHeight;
   else if (mode === "restore") box.scrollTop = v.scrollTop === null ? box.scrollHeight : v.scrollTop;
   else if (anchor && anchor.node.isConnected) box.scrollTop = anchor.node.offsetTop - anchor.offset;
