@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterator
 
 import pytest
-from playwright.sync_api import Browser, Page, expect
+from playwright.sync_api import Browser, Page, WebSocketRoute, expect
 
 from tests.e2e.browser_support import (
     create_room,
@@ -187,3 +187,37 @@ def test_a_new_room_appears_for_others_without_a_reload(
     expect(bob.locator(".room-item", has_text="alice-only")).to_have_count(0)
     alice.context.close()
     bob.context.close()
+
+
+def test_a_message_typed_while_the_link_is_down_is_sent_after_a_reload(
+    browser: Browser, web_server: ServerProcess
+) -> None:
+    """The outbox lives in the tab's sessionStorage: what waited is sent by the
+    next page, once, in order."""
+    alice = login(browser, web_server, "alice-outage")
+    create_room(alice, "outage")
+    room_id = int(alice.locator(".room-item.active").get_attribute("data-room-id") or 0)
+    send_message(alice, "before the outage")
+    expect(message(alice, "before the outage")).not_to_have_class(re.compile("pending"))
+    link = {"up": False}
+
+    def route(ws: WebSocketRoute) -> None:
+        if link["up"]:
+            ws.connect_to_server()  # else: a socket that opens and never answers
+
+    alice.route_web_socket(re.compile(r"/ws\?"), route)
+    alice.reload()
+    switch_room(alice, "outage")
+    send_message(alice, "typed with no link")
+    send_message(alice, "and a second one")
+    expect(alice.locator(".message.pending")).to_have_count(2)
+    expect(alice.locator("#conn-state")).not_to_have_attribute("data-state", "connected")
+    link["up"] = True
+    alice.reload()
+    expect(alice.locator("#conn-state")).to_have_attribute("data-state", "connected")
+    switch_room(alice, "outage")
+    expect(message(alice, "and a second one")).not_to_have_class(re.compile("pending"))
+    expect(alice.locator(".message.pending")).to_have_count(0)
+    expected = ["before the outage", "typed with no link", "and a second one"]
+    assert stored_contents(web_server, room_id) == expected
+    alice.context.close()

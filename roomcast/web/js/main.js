@@ -93,6 +93,7 @@ function start(identity) {
   $("app").hidden = false;
   if (state.me) renderMe();
   connect();
+  if (state.me) refreshRooms(); // over HTTP: the list shows even before the link is up
 }
 
 function logout() {
