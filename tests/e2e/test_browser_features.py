@@ -132,7 +132,8 @@ def test_times_dates_and_edits_show_when_they_happened(
             const timeline = await import('/static/js/timeline.js');
             const v = view(state.current);
             const day = 86400000;
-            for (const [id, ago] of [[1, 3 * day], [2, 3 * day - 60000], [3, day]]) {
+            // Ids below any stored one (0.1 .. 0.3): older, and never one that exists.
+            for (const [id, ago] of [[0.1, 3 * day], [0.2, 3 * day - 60000], [0.3, day]]) {
                 timeline.addMessage(v, { id, room_id: v.id, user_id: 'old', content: `old ${id}`,
                                          type: 'text', created_at: Date.now() - ago });
             }
@@ -142,6 +143,27 @@ def test_times_dates_and_edits_show_when_they_happened(
     labels = alice.locator(".day-separator").all_inner_texts()
     assert labels[-2:] == ["Yesterday", "Today"], labels
     assert len(labels) == 3, labels
+    # A notice between two messages of one day does not start the day again.
+    alice.evaluate(
+        """async () => {
+            const { state, view } = await import('/static/js/state.js');
+            const timeline = await import('/static/js/timeline.js');
+            timeline.addNotice(view(state.current), 'a notice between messages');
+            timeline.addMessage(view(state.current), { id: 10 ** 9, room_id: state.current,
+                user_id: 'old', content: 'after the notice', type: 'text', created_at: Date.now() });
+            timeline.render();
+        }"""
+    )
+    expect(message(alice, "after the notice")).to_be_visible()
+    assert alice.locator(".day-separator").all_inner_texts() == labels
+    # ... and "Today" stays above the first message of today.
+    above = alice.locator("#messages").evaluate(
+        """box => { const kids = [...box.children];
+            const today = kids.findIndex((k) => k.textContent === 'Today');
+            const first = kids.findIndex((k) => k.textContent.includes('from today'));
+            return today !== -1 && today < first; }"""
+    )
+    assert above
     alice.context.close()
 
 

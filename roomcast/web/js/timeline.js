@@ -175,7 +175,8 @@ export function render(mode) {
   };
   if (v.nextBefore === null) push("start", "", () => el("div", "notice", "This is the beginning of the room."));
   const notices = [...v.notices];
-  let previous = null;
+  let previous = null; // the message above, for grouping by author (a notice ends a group)
+  let day = null; // the day of the message above: one separator per day
   const pushNotice = (notice) => {
     push(`n${notice.key}`, "", () => el("div", `notice ${notice.className}`, notice.text));
     previous = null;
@@ -183,8 +184,8 @@ export function render(mode) {
   for (const id of v.order) {
     while (notices.length && notices[0].after < id) pushNotice(notices.shift());
     const message = v.messages.get(id);
-    const day = dayKey(message.created_at);
-    if (!previous || dayKey(previous.created_at) !== day) {
+    if (dayKey(message.created_at) !== day) {
+      day = dayKey(message.created_at);
       push(`d${day}`, dayLabel(message.created_at), () => daySeparator(message.created_at));
       previous = null;
     }
