@@ -63,6 +63,8 @@ class RoomAnnounced(LogEntry, tag="room_new", frozen=True, gc=False):
     joins it knows its id.)"""
 
     info: RoomInfo
+    # The key the HTTP call that created the room waits on, on its node.
+    waiter: str = ""
 
     def scope(self) -> Scope:
         return CLUSTER
@@ -271,7 +273,12 @@ class Rooms(Feature):
             raise ProtocolError(
                 ErrorCode.FORBIDDEN, f"you have created {exc.limit} rooms, the most a user may"
             ) from None
-        parts.append(RoomAnnounced(room_info(room)))
+        # Answered once announced here: a client that connects after the answer
+        # is not told of a room that was created before it came.
+        waiter = parts.waits.key()
+        waiting = parts.waits.expect(waiter)
+        parts.append(RoomAnnounced(room_info(room), waiter))
+        await parts.waits.wait(waiting)
         return room
 
     def _room_announced(self, entry: RoomAnnounced, appended_here: bool) -> None:
@@ -283,6 +290,8 @@ class Rooms(Feature):
             conn_ids = [c.id for c in registry.own() if c.user_id is not None]
         if conn_ids:
             self.parts.outbox.deliver((ToConnections(tuple(conn_ids), RoomCreated(info)),))
+        if appended_here and entry.waiter:
+            self.parts.waits.settle(entry.waiter)
 
     def _creation_wait(self, user_id: str, address: str) -> float:
         """Seconds until the user may create a room from ``address`` (0: now)."""
