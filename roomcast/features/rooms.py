@@ -14,10 +14,11 @@ from typing import Any, NoReturn
 
 import msgspec
 
+from roomcast.core.deliveries import ToConnections
 from roomcast.core.limits import CreationLimiter, MessageClass
 from roomcast.node.connections import LocalConnection
 from roomcast.node.feature import Applier, Feature, NodeParts, Route
-from roomcast.ports.broker import LogEntry, Scope, Snapshot, room_scope, user_scope
+from roomcast.ports.broker import CLUSTER, LogEntry, Scope, Snapshot, room_scope, user_scope
 from roomcast.ports.store import Room, RoomLimitReached, StoreUnavailable
 from roomcast.protocol import (
     CreateRoom,
@@ -26,6 +27,8 @@ from roomcast.protocol import (
     JoinRoomRequest,
     LeaveRoomRequest,
     ProtocolError,
+    RoomCreated,
+    RoomInfo,
 )
 
 
@@ -53,6 +56,20 @@ class Left(LogEntry, tag="leave", frozen=True, gc=False):
         return user_scope(self.user) if self.room is None else room_scope(self.room)
 
 
+class RoomAnnounced(LogEntry, tag="room_new", frozen=True, gc=False):
+    """A room was created with ``POST /api/rooms``: every node tells its
+    connections that may see it. (A room open mode makes for a ``join_room`` of
+    an unknown id is not announced: it has no name of its own, and whoever
+    joins it knows its id.)"""
+
+    info: RoomInfo
+    # The key the HTTP call that created the room waits on, on its node.
+    waiter: str = ""
+
+    def scope(self) -> Scope:
+        return CLUSTER
+
+
 class RoomsPart(msgspec.Struct, frozen=True, gc=False):
     """A node's share of a snapshot: the rooms each of its connections is in."""
 
@@ -77,7 +94,7 @@ class Rooms(Feature):
         )
 
     def appliers(self) -> Mapping[type[LogEntry], Applier]:
-        return {Joined: self._joined, Left: self._left}
+        return {Joined: self._joined, Left: self._left, RoomAnnounced: self._room_announced}
 
     # -- joining --------------------------------------------------------------------------
 
@@ -244,7 +261,7 @@ class Rooms(Feature):
             self.creation_limiter.take(user_id, address, parts.clock.now())
         members = tuple(dict.fromkeys([user_id, *body.members])) if body.private else ()
         try:
-            return await parts.store.create_room(
+            room = await parts.store.create_room(
                 body.name,
                 body.private,
                 members,
@@ -256,6 +273,25 @@ class Rooms(Feature):
             raise ProtocolError(
                 ErrorCode.FORBIDDEN, f"you have created {exc.limit} rooms, the most a user may"
             ) from None
+        # Answered once announced here: a client that connects after the answer
+        # is not told of a room that was created before it came.
+        waiter = parts.waits.key()
+        waiting = parts.waits.expect(waiter)
+        parts.append(RoomAnnounced(room_info(room), waiter))
+        await parts.waits.wait(waiting)
+        return room
+
+    def _room_announced(self, entry: RoomAnnounced, appended_here: bool) -> None:
+        """``room_created`` to this node's connections whose users the room admits."""
+        info, registry = entry.info, self.parts.registry
+        if info.private:
+            conn_ids = [c for user in info.members for c in registry.own_of_user(user)]
+        else:
+            conn_ids = [c.id for c in registry.own() if c.user_id is not None]
+        if conn_ids:
+            self.parts.outbox.deliver((ToConnections(tuple(conn_ids), RoomCreated(info)),))
+        if appended_here and entry.waiter:
+            self.parts.waits.settle(entry.waiter)
 
     def _creation_wait(self, user_id: str, address: str) -> float:
         """Seconds until the user may create a room from ``address`` (0: now)."""
@@ -271,3 +307,16 @@ class Rooms(Feature):
             request_type,
             retry_after_ms=math.ceil(wait * 1000),
         )
+
+
+def room_info(room: Room) -> RoomInfo:
+    """A room for someone it admits (a room list holds only those)."""
+    return RoomInfo(
+        room.id,
+        room.name,
+        room.private,
+        room.created_by,
+        room.created_at,
+        list(room.members),
+        room.member_count,
+    )

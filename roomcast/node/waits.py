@@ -7,6 +7,7 @@ so that the connection's next request sees the room joined or left.
 from __future__ import annotations
 
 import asyncio
+import itertools
 
 from roomcast.ports.store import StoreUnavailable
 
@@ -15,6 +16,11 @@ class AppliedWaits:
     def __init__(self, timeout: float) -> None:
         self._timeout = timeout
         self._waiting: dict[str, asyncio.Future[None]] = {}
+        self._keys = itertools.count(1)
+
+    def key(self) -> str:
+        """A key of its own for a wait that is not a connection's (an HTTP call's)."""
+        return f"call:{next(self._keys)}"
 
     def expect(self, conn_id: str) -> asyncio.Future[None]:
         """A future settled when this connection's next awaited entry is applied."""

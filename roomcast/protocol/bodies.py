@@ -6,7 +6,7 @@ from typing import Annotated
 
 import msgspec
 
-from roomcast.protocol.events import RoomUser
+from roomcast.protocol.events import RoomInfo, RoomUser
 from roomcast.protocol.fields import MessageKind
 from roomcast.protocol.names import (
     ROOM_NAME_MAX_CHARS,
@@ -35,21 +35,6 @@ class CreateRoom(msgspec.Struct, forbid_unknown_fields=True):
                 self.members[index] = visible_name(member, USER_ID_MAX_CHARS)
             except ValueError as exc:
                 raise _field_error(exc, f"members[{index}]") from None
-
-
-class RoomInfo(msgspec.Struct):
-    """A room. ``members`` (private rooms only) is complete when a room is
-    created; in a room list it holds the first few by user id, and
-    ``member_count`` says how many there are (page them with
-    ``GET /api/rooms/{id}/members``)."""
-
-    id: int
-    name: str
-    private: bool
-    created_by: str | None
-    created_at: int
-    members: list[str]
-    member_count: int
 
 
 class RoomPage(msgspec.Struct):

@@ -58,6 +58,29 @@ class RoomUsers(Event):
     users: list[RoomUser]
 
 
+class RoomInfo(msgspec.Struct):
+    """A room. ``members`` (private rooms only) is complete when a room is
+    created; in a room list it holds the first few by user id, and
+    ``member_count`` says how many there are (page them with
+    ``GET /api/rooms/{id}/members``)."""
+
+    id: int
+    name: str
+    private: bool
+    created_by: str | None
+    created_at: int
+    members: list[str]
+    member_count: int
+
+
+class RoomCreated(Event):
+    """A room the user may see was created: public rooms are announced to every
+    connected user, private ones to their members, so room lists stay live."""
+
+    TYPE = "room_created"
+    room: RoomInfo
+
+
 class ChatMessage(Event, omit_defaults=True):
     """A stored chat message; ``client_msg_id`` only when the sender gave one."""
 
@@ -177,6 +200,7 @@ SERVER_TYPES: Final[dict[str, type[Event]]] = {
         UserJoined,
         UserLeft,
         RoomUsers,
+        RoomCreated,
         ChatMessage,
         HistoryGap,
         MessageEdited,

@@ -21,7 +21,7 @@ from roomcast import __version__
 from roomcast.asyncapi import asyncapi_document
 from roomcast.auth import Authenticator, AuthError
 from roomcast.config import Settings, url_list
-from roomcast.features.rooms import Rooms
+from roomcast.features.rooms import Rooms, room_info
 from roomcast.ice import ice_servers
 from roomcast.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from roomcast.node.node import Node
@@ -35,7 +35,6 @@ from roomcast.protocol import (
     ErrorCode,
     HistoryPage,
     ProtocolError,
-    RoomInfo,
     RoomMembersPage,
     RoomPage,
     RoomUsersPage,
@@ -96,19 +95,6 @@ async def protocol_errors(request: web.Request, handler: Handler) -> web.StreamR
 ROOM_LIST_MEMBERS = 20
 #: The ``limit`` of a list when none is asked for.
 DEFAULT_PAGE = 50
-
-
-def room_info(room: Room) -> RoomInfo:
-    """A room for someone it admits (a room list holds only those)."""
-    return RoomInfo(
-        room.id,
-        room.name,
-        room.private,
-        room.created_by,
-        room.created_at,
-        list(room.members),
-        room.member_count,
-    )
 
 
 class HttpApi:
@@ -204,12 +190,22 @@ class HttpApi:
         return web.FileResponse(WEB_ROOT / "index.html")
 
     async def info(self, request: web.Request) -> web.Response:
-        """What a client needs before it can log in."""
+        """What a client needs before it can log in, and the rates it should keep to
+        (each connection's, by message class; ``null`` when limits are off), so a
+        client can pace itself instead of learning them from refusals."""
+        limiter = self.node.parts.limiter
+        rates = None
+        if limiter is not None:
+            rates = {
+                cls.value: {"per_second": rate.per_second, "burst": rate.burst}
+                for cls, rate in limiter.rates.items()
+            }
         return json_response(
             {
                 "name": "roomcast",
                 "version": __version__,
                 "auth": "open" if self.auth.open_mode else "token",
+                "rate_limits": rates,
             }
         )
 

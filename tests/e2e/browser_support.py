@@ -8,8 +8,10 @@ folder's ``conftest.py``.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import urllib.request
 from pathlib import Path
 
 from playwright.sync_api import Browser, Locator, Page, expect
@@ -72,6 +74,27 @@ def open_room(page: Page, name: str) -> None:
     page.fill("#room-filter", name)  # the list shows one page; the filter finds any room
     page.locator(".room-item", has_text=name).click()
     expect(page.locator("#room-name")).to_have_text(name)
+
+
+def switch_room(page: Page, name: str) -> None:
+    """Click a room in the list, as a person does (no reload)."""
+    if page.locator("#open-sidebar").is_visible():
+        page.click("#open-sidebar")
+    page.locator(".room-item", has=page.locator(".room-label", has_text=name)).first.click()
+
+
+def stored_contents(server: ServerProcess, room_id: int) -> list[str]:
+    """The room's stored messages, oldest first, as the HTTP API gives them."""
+    contents: list[str] = []
+    before = ""
+    while True:
+        url = f"{server.http}/api/rooms/{room_id}/messages?limit=100&user_id=check{before}"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            page = json.loads(response.read())
+        contents[:0] = [m["content"] for m in page["messages"]]
+        if page["next_before"] is None:
+            return contents
+        before = f"&before={page['next_before']}"
 
 
 def send_message(page: Page, text: str) -> None:

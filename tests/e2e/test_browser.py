@@ -101,8 +101,8 @@ def test_two_people_chat_and_video_call(browser: Browser, web_server: ServerProc
 
     # Hanging up ends it on both sides.
     alice.click("#hang-up")
-    expect(alice.locator("#call-overlay")).to_be_hidden()
-    expect(bob.locator("#call-overlay")).to_be_hidden()
+    expect(alice.locator("#call-panel")).to_be_hidden()
+    expect(bob.locator("#call-panel")).to_be_hidden()
     expect(bob.locator("#toast")).to_have_text("alice hung up.")
     alice.context.close()
     bob.context.close()
@@ -118,7 +118,7 @@ def test_rejected_call_is_shown_to_the_caller(browser: Browser, web_server: Serv
     expect(dan.locator("#call-title")).to_have_text("carol is calling")
     dan.click("#reject-call")
     expect(carol.locator("#toast")).to_have_text("dan declined the call.")
-    expect(carol.locator("#call-overlay")).to_be_hidden()
+    expect(carol.locator("#call-panel")).to_be_hidden()
     carol.context.close()
     dan.context.close()
 

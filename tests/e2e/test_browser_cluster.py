@@ -97,8 +97,8 @@ def test_chat_and_video_call_across_two_nodes(
 
     # Hanging up ends it on both sides.
     alice.click("#hang-up")
-    expect(alice.locator("#call-overlay")).to_be_hidden()
-    expect(bob.locator("#call-overlay")).to_be_hidden()
+    expect(alice.locator("#call-panel")).to_be_hidden()
+    expect(bob.locator("#call-panel")).to_be_hidden()
     expect(bob.locator("#toast")).to_have_text("alice hung up.")
     alice.context.close()
     bob.context.close()

@@ -206,6 +206,7 @@ async def test_payload_naming_another_user_is_forbidden_in_token_mode(
 ) -> None:
     alice: Client = await connect_token(user("alice"))
     room = await create_room(token_server, user("alice"), "spoof", False, [])
+    assert (await alice.recv("room_created"))["payload"]["room"] == room
     await alice.join(room["id"])
     await alice.send("chat", {"room_id": room["id"], "content": "x", "user_id": user("bob")})
     error = await alice.expect_error("forbidden", "chat")

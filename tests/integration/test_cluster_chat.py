@@ -20,9 +20,24 @@ from tests.harness.cluster import (
     send_chat,
 )
 from tests.harness.database import stored_ids
-from tests.harness.http import history, stored
+from tests.harness.http import history, http_json, stored
 
 # -- 1. chat ---------------------------------------------------------------------------
+
+
+async def test_a_room_created_on_one_node_is_announced_on_the_others(cluster: Cluster) -> None:
+    a, b = await cluster.start(2)
+    alice = await cluster.connect(a, "alice")
+    bob = await cluster.connect(b, "bob")
+    carol = await cluster.connect(b, "carol")
+    url = f"{b.http}/api/rooms?user_id={uid(alice)}"
+    status, room = await http_json(
+        "POST", url, {"name": "new", "private": True, "members": [uid(bob)]}
+    )
+    assert status == 201, room
+    for member in (alice, bob):  # the creator's connection is on the other node
+        assert (await member.recv("room_created"))["payload"] == {"room": room}
+    await barrier(carol, room["id"] + 1)  # not a member: told nothing
 
 
 async def test_chat_edits_deletes_and_reactions_cross_nodes(cluster: Cluster) -> None:

@@ -48,9 +48,13 @@ async def test_rooms_created_after_the_largest_id_still_get_ids_a_browser_can_ho
     alice = await Client.connect(fresh.ws_url, "alice")
     try:
         first = await create_room(fresh, "first")
+        assert (await alice.recv("room_created"))["payload"]["room"] == first
         assert (await alice.join(MAX_ID))["room_id"] == MAX_ID
         created = [await create_room(fresh, f"after {i}") for i in range(3)]
         ids = [room["id"] for room in created]
+        # Announced with the ids the room list gives, within a browser's range too.
+        announced = [(await alice.recv("room_created"))["payload"]["room"] for _ in ids]
+        assert announced == created
         assert all(1 <= room_id <= MAX_ID for room_id in ids), ids
         assert len({first["id"], MAX_ID, *ids}) == 5  # every one new
         listed = [room["id"] for room in await all_rooms(fresh)]

@@ -196,6 +196,8 @@ async def test_user_ids_are_one_user_however_they_are_written(open_server: Serve
         )
         assert status == 201, room
         assert room["members"] == sorted(["caller-nfc", NFC_NAME])
+        for client in (zoe, caller):  # she is told of it, however she was named
+            assert (await client.recv("room_created"))["payload"]["room"] == room
         # The payload may name her either way: it is her own name.
         await zoe.send("join_room", {"room_id": room["id"], "user_id": NFC_NAME})
         await zoe.recv("room_users")

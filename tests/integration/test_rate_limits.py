@@ -18,7 +18,7 @@ from tests.harness.chat import (
     assert_rate_limited,
     send_chat,
 )
-from tests.harness.http import history, stored
+from tests.harness.http import history, http_json, stored
 from tests.harness.pool import Pool, members
 from tests.harness.server import ServerProcess
 
@@ -140,3 +140,15 @@ def test_a_rate_of_zero_is_refused_at_start() -> None:
     )
     assert result.returncode == 2
     assert "rate must be > 0" in result.stderr
+
+
+async def test_api_info_publishes_the_rates_a_client_should_keep_to(
+    limited: ServerProcess, server: ServerProcess
+) -> None:
+    """The browser client paces its outbox by these instead of meeting refusals."""
+    status, info = await http_json("GET", f"{limited.http}/api/info")
+    assert status == 200, info
+    assert info["rate_limits"]["chat"] == {"per_second": 5.0, "burst": 30.0}
+    assert info["rate_limits"]["typing"] == {"per_second": 5.0, "burst": 20.0}
+    status, info = await http_json("GET", f"{server.http}/api/info")  # --rate-limits off
+    assert (status, info["rate_limits"]) == (200, None)

@@ -145,10 +145,12 @@ async def test_room_creation_is_rate_limited_per_user_over_http_and_websocket(
     assert [len(page) for page in await room_pages(server, limit=500)] == [20]
     assert (await alice.join(first["id"]))["room_id"] == first["id"]
     # Another user has a bucket of their own.
-    await create_room(server, "bob", "bob's")
+    bobs = await create_room(server, "bob", "bob's")
+    assert (await alice.recv("room_created"))["payload"]["room"] == bobs  # told of it
 
     await asyncio.sleep(refused["retry_after_ms"] / 1000 + 0.05)
-    await create_room(server, "alice", "in time")
+    in_time = await create_room(server, "alice", "in time")
+    assert (await alice.recv("room_created"))["payload"]["room"] == in_time
     await alice.sync()
 
 
@@ -206,6 +208,7 @@ async def test_rooms_per_user_are_capped_over_http_and_websocket_and_across_rest
     assert not await room_exists(server, joined_id + 1)
     # Others are not affected, and alice still joins rooms that exist.
     bobs = await create_room(server, "bob", "bob's")
+    assert (await alice.recv("room_created"))["payload"]["room"] == bobs
     assert (await alice.join(bobs["id"]))["room_id"] == bobs["id"]
     listed = [room["id"] for page in await room_pages(server) for room in page]
     assert listed == sorted([*(room["id"] for room in created), joined_id, bobs["id"]])

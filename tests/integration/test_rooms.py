@@ -181,3 +181,23 @@ async def test_open_mode_join_of_unknown_room_creates_a_public_room(
     }
     status, body = await http_json("GET", f"{server.http}/api/rooms/{room_id}/messages")
     assert (status, body) == (200, {"messages": [], "next_before": None})
+
+
+async def test_a_created_room_is_announced_to_those_who_may_see_it(
+    server: ServerProcess, connect: Connect, user: Callable[[str], str]
+) -> None:
+    """``room_created`` keeps room lists live: a public room goes to every
+    connected user (its creator's other tabs too), a private one to its members."""
+    alice, bob, carol = [await connect(user(name)) for name in ("alice", "bob", "carol")]
+    url = f"{server.http}/api/rooms?user_id={user('alice')}"
+    status, public = await http_json("POST", url, {"name": "announced", "private": False})
+    assert status == 201, public
+    for client in (alice, bob, carol):
+        assert (await client.recv("room_created"))["payload"] == {"room": public}
+    body = {"name": "secret plans", "private": True, "members": [user("bob")]}
+    status, private = await http_json("POST", url, body)
+    assert status == 201, private
+    assert sorted(private["members"]) == sorted([user("alice"), user("bob")])
+    for client in (alice, bob):
+        assert (await client.recv("room_created"))["payload"] == {"room": private}
+    await carol.sync()  # told nothing: it is not a member

@@ -13,7 +13,7 @@ from roomcast.features.calls import CallHungUp, CallRejected, CallSignalled
 from roomcast.features.messages import MessageChanged, MessageStored
 from roomcast.features.ping import Pinged
 from roomcast.features.presence import StatusSet
-from roomcast.features.rooms import Joined, Left
+from roomcast.features.rooms import Joined, Left, RoomAnnounced
 from roomcast.features.typing import TypingSet
 from roomcast.ports.broker import (
     RECORD_FORMAT,
@@ -31,7 +31,7 @@ from roomcast.ports.broker import (
     Unreadable,
     encode_batch,
 )
-from roomcast.protocol import ChatMessage
+from roomcast.protocol import ChatMessage, RoomInfo
 
 #: Raw JSON as clients send it: whitespace, newlines, and the framing's own ":" and ",".
 RAW = msgspec.Raw(b'{"sdp": "v=0\\r\\n",\n "n": [1, 2]  , "x:": ",3:"}')
@@ -61,6 +61,7 @@ EVERY_KIND: list[LogEntry] = [
     Pinged("c1", None),
     CallHungUp("c1", "alice", "call-1", 2200),
     CallRejected("c3", "bob", "call-2", 2300),
+    RoomAnnounced(RoomInfo(8, "plans", True, "alice", 2400, ["alice", "bob"], 2)),
 ]
 
 CODEC = LogCodec(dict.fromkeys(type(entry) for entry in EVERY_KIND))

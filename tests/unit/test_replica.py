@@ -19,10 +19,12 @@ from roomcast.config import Settings
 from roomcast.features import default_features
 from roomcast.features.calls import Calls
 from roomcast.features.ping import Ping
+from roomcast.features.rooms import Rooms
 from roomcast.node.connections import LocalConnection
 from roomcast.node.feature import NodeParts
 from roomcast.node.node import Node
 from roomcast.ports.broker import BrokerState, LogEntry, Replica
+from roomcast.protocol import CreateRoom
 from roomcast.transport.fanout import FanOut
 
 ROOM = 5
@@ -194,3 +196,24 @@ def test_a_node_without_a_handler_for_a_protocol_type_refuses_to_start(tmp_path:
     store = SQLiteStore(settings.database, wall_ms)  # never started
     with pytest.raises(ValueError, match=r"no handler for \['ping'\]"):
         Node(store, InProcessLog().member("a"), FanOut(1 << 20), settings, without_ping)
+
+
+async def test_a_created_room_is_announced_on_every_node_to_those_it_admits(
+    store: SQLiteStore,
+) -> None:
+    log = InProcessLog()
+    a, b = node(store, log, "a"), node(store, log, "b")
+    sockets = {name: Socket() for name in ("alice", "bob", "carol", "anonymous")}
+    a.open("127.0.0.1", no_close, sockets["alice"], "alice")
+    b.open("127.0.0.1", no_close, sockets["bob"], "bob")
+    b.open("127.0.0.1", no_close, sockets["carol"], "carol")
+    b.open("127.0.0.1", no_close, sockets["anonymous"], None)  # not identified yet
+    rooms: Rooms = a.feature(Rooms)
+    await rooms.create_room("alice", "127.0.0.1", CreateRoom("plans", True, ["bob"]))
+    await asyncio.sleep(0.01)  # the fan-out writes on the next loop turn
+    told = {name: b'"room_created"' in s.written for name, s in sockets.items()}
+    assert told == {"alice": True, "bob": True, "carol": False, "anonymous": False}
+    await rooms.create_room("bob", "127.0.0.1", CreateRoom("lobby", False, []))
+    await asyncio.sleep(0.01)
+    told = {name: s.written.count(b'"room_created"') for name, s in sockets.items()}
+    assert told == {"alice": 2, "bob": 2, "carol": 1, "anonymous": 0}
