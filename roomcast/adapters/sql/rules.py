@@ -283,3 +283,10 @@ def runs(ops: Iterable[Operation]) -> Iterator[list[InsertMessage] | Operation]:
         yield op
     if group:
         yield group
+
+
+def direct_key(first: str, second: str) -> str:
+    """The key of the direct room of two users, the same whichever asks. The
+    separator, the unit separator control character, cannot be part of a user
+    id (PostgreSQL's text cannot hold NUL)."""
+    return "\x1f".join(sorted((first, second)))
