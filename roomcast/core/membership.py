@@ -14,11 +14,9 @@ from __future__ import annotations
 import enum
 from typing import Final
 
+from roomcast.protocol.fields import Role
 
-class Role(enum.StrEnum):
-    OWNER = "owner"
-    MODERATOR = "moderator"
-    MEMBER = "member"
+__all__ = ["LEAST_ROLE", "RANK", "Action", "Role", "last_owner_refusal", "refusal"]
 
 
 class Action(enum.StrEnum):

@@ -146,6 +146,7 @@ class Outcome(enum.Enum):
     NOT_FOUND = "not_found"
     FORBIDDEN = "forbidden"
     CONFLICT = "conflict"  # a client_msg_id already used for a message elsewhere
+    ARCHIVED = "archived"  # the message's room takes no changes
 
 
 class Result(msgspec.Struct, frozen=True, gc=False):
@@ -230,10 +231,12 @@ class Store(Protocol):
         limit: int = 100,
         name_contains: str | None = None,
         members_limit: int = 20,
+        mine: bool = False,
     ) -> list[Room]:
         """Up to ``limit`` rooms with ids above ``after``, in id order: public
-        rooms and the private rooms ``user_id`` belongs to, whose name contains
-        ``name_contains`` (ASCII letters in either case) when it is given.
+        rooms and the private rooms ``user_id`` belongs to (with ``mine``: only
+        the rooms, public or private, ``user_id`` is a member of), whose name
+        contains ``name_contains`` (ASCII letters in either case) when it is given.
 
         Each private room lists its first ``members_limit`` members by user id.
         """

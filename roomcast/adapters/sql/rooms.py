@@ -38,19 +38,24 @@ class RoomSQL:
         self._members = sql(
             f"SELECT room_id, user_id FROM room_members WHERE room_id = $1 ORDER BY {order}"
         )
-        visible = (
-            f"SELECT {columns}{{}} FROM rooms WHERE (private = 0 OR id IN "
-            "(SELECT room_id FROM room_members WHERE user_id = $1)) AND id > $2 "
-        )
+        belongs = "id IN (SELECT room_id FROM room_members WHERE user_id = $1)"
+        visible = {
+            False: f"SELECT {columns}{{}} FROM rooms WHERE (private = 0 OR {belongs}) AND id > $2 ",
+            True: f"SELECT {columns}{{}} FROM rooms WHERE {belongs} AND id > $2 ",
+        }
         match = f"AND {dialect.contains(dialect.ascii_lower('name'), '$4')} "
-        #: By whether a name filter ($4) is given; the members limit comes after it.
+        #: By whether a name filter ($4) is given and whether only the user's own
+        #: rooms are listed; the members limit comes after the filter.
         self._listing = {
-            named: sql(
-                visible.format(members(f" LIMIT ${5 if named else 4}") if dialect.arrays else "")
+            (named, mine): sql(
+                visible[mine].format(
+                    members(f" LIMIT ${5 if named else 4}") if dialect.arrays else ""
+                )
                 + (match if named else "")
                 + "ORDER BY id LIMIT $3"
             )
             for named in (False, True)
+            for mine in (False, True)
         }
         self._insert = sql(
             "INSERT INTO rooms (id, name, private, created_by, created_at) "
@@ -210,14 +215,16 @@ class RoomSQL:
         limit: int,
         name_contains: str | None,
         members_limit: int,
+        mine: bool = False,
     ) -> Steps[list[Room]]:
         named = name_contains is not None
+        key = (named, mine and user_id is not None)
         args: list[Any] = [user_id, after, limit]
         if name_contains is not None:
             args.append(name_key(name_contains))
         if self._dialect.arrays:
-            return _with_arrays((yield (self._listing[named], (*args, members_limit))))
-        rows = yield (self._listing[named], args)
+            return _with_arrays((yield (self._listing[key], (*args, members_limit))))
+        rows = yield (self._listing[key], args)
         private = [row[0] for row in rows if row[2]]
         members: Sequence[Row] = ()
         if private:

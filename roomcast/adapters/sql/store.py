@@ -146,9 +146,10 @@ class SQLStore(ABC):
         limit: int = 100,
         name_contains: str | None = None,
         members_limit: int = 20,
+        mine: bool = False,
     ) -> list[Room]:
         return await self._read(
-            lambda: self._rooms.listing(user_id, after, limit, name_contains, members_limit)
+            lambda: self._rooms.listing(user_id, after, limit, name_contains, members_limit, mine)
         )
 
     async def list_calls(
