@@ -1,4 +1,4 @@
-"""The role rules as a table: every role × action × target, allowed or not."""
+"""The role rules as a table: every role, action and target, allowed or not."""
 
 from __future__ import annotations
 
@@ -6,19 +6,19 @@ import pytest
 
 from roomcast.core.membership import Action, Role, last_owner_refusal, refusal
 
-O, M, U = Role.OWNER, Role.MODERATOR, Role.MEMBER
-ALL = (O, M, U)
+OWN, MOD, MEM = Role.OWNER, Role.MODERATOR, Role.MEMBER
+ALL = (OWN, MOD, MEM)
 
 # action -> the (actor, target) pairs that are allowed; every other pair is refused.
 ALLOWED: dict[Action, set[tuple[Role, Role | None]]] = {
-    Action.ADD_MEMBER: {(O, None), (M, None)},
-    Action.REMOVE_MEMBER: {(O, O), (O, M), (O, U), (M, U)},
-    Action.BAN: {(O, O), (O, M), (O, U), (M, U)},
-    Action.UNBAN: {(O, None), (M, None)},
-    Action.DELETE_ANY_MESSAGE: {(O, O), (O, M), (O, U), (M, M), (M, U)},
-    Action.EDIT_ROOM: {(O, None), (M, None)},
-    Action.CHANGE_ROLE: {(O, O), (O, M), (O, U)},
-    Action.ARCHIVE_ROOM: {(O, None)},
+    Action.ADD_MEMBER: {(OWN, None), (MOD, None)},
+    Action.REMOVE_MEMBER: {(OWN, OWN), (OWN, MOD), (OWN, MEM), (MOD, MEM)},
+    Action.BAN: {(OWN, OWN), (OWN, MOD), (OWN, MEM), (MOD, MEM)},
+    Action.UNBAN: {(OWN, None), (MOD, None)},
+    Action.DELETE_ANY_MESSAGE: {(OWN, OWN), (OWN, MOD), (OWN, MEM), (MOD, MOD), (MOD, MEM)},
+    Action.EDIT_ROOM: {(OWN, None), (MOD, None)},
+    Action.CHANGE_ROLE: {(OWN, OWN), (OWN, MOD), (OWN, MEM)},
+    Action.ARCHIVE_ROOM: {(OWN, None)},
 }
 TARGETED = {
     Action.REMOVE_MEMBER,
