@@ -14,7 +14,6 @@ module looks up the roles, asks them, writes, and announces.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Mapping
 from typing import Literal
 
@@ -22,8 +21,8 @@ import msgspec
 
 from roomcast.core.deliveries import ToConnections
 from roomcast.core.membership import Action, Role, last_owner_refusal, refusal
-from roomcast.features.rooms import room_info
-from roomcast.node.feature import Applier, Feature, NodeParts
+from roomcast.features.rooms import RoomAnnounced, room_info
+from roomcast.node.feature import Applier, Feature
 from roomcast.ports.broker import CLUSTER, LogEntry, Scope
 from roomcast.ports.store import Member, Room
 from roomcast.protocol import (
@@ -77,10 +76,6 @@ class RoomChanged(LogEntry, tag="room_changed", frozen=True, gc=False):
 
 class Membership(Feature):
     name = "membership"
-
-    def __init__(self, parts: NodeParts) -> None:
-        super().__init__(parts)
-        self._waiters = itertools.count(1)
 
     def appliers(self) -> Mapping[type[LogEntry], Applier]:
         return {MembershipChanged: self._membership_changed, RoomChanged: self._room_changed}
@@ -184,7 +179,11 @@ class Membership(Feature):
     async def direct(self, user_id: str, other: str) -> Room:
         if other == user_id:
             raise ProtocolError(ErrorCode.INVALID_MESSAGE, "body.user_id: a direct room needs two")
-        return await self.parts.store.direct_room(user_id, other, self.parts.clock.wall_ms())
+        now = self.parts.clock.wall_ms()
+        room = await self.parts.store.direct_room(user_id, other, now)
+        if (room.created_by, room.created_at) == (user_id, now):  # made just now: tell both
+            await self._announce(RoomAnnounced(room_info(room)))
+        return room
 
     @staticmethod
     def _refuse_archived(room: Room) -> None:
@@ -193,10 +192,10 @@ class Membership(Feature):
 
     # -- through the log ---------------------------------------------------------------
 
-    async def _announce(self, entry: MembershipChanged | RoomChanged) -> None:
+    async def _announce(self, entry: MembershipChanged | RoomChanged | RoomAnnounced) -> None:
         """Append the entry and return once this node applied it: every node
         applies what comes after it in the log after it."""
-        waiter = f"membership:{next(self._waiters)}"
+        waiter = self.parts.waits.key()
         waiting = self.parts.waits.expect(waiter)
         self.parts.append(msgspec.structs.replace(entry, waiter=waiter))
         await self.parts.waits.wait(waiting)

@@ -123,6 +123,7 @@ class HttpApi:
             web.get("/api/rooms", self.list_rooms),
             web.post("/api/rooms", self.create_room),
             web.get("/api/rooms/{room_id}/users", self.room_users),
+            web.get("/api/rooms/{room_id}", self.get_room),
             web.patch("/api/rooms/{room_id}", self.update_room),
             web.delete("/api/rooms/{room_id}", self.archive_room),
             web.get("/api/rooms/{room_id}/members", self.room_members),
@@ -317,6 +318,15 @@ class HttpApi:
             self._room_id(request), actor, self._member_id(request), body.role
         )
         return json_response(RoomMember(member.user_id, Role(member.role), member.joined_at))
+
+    async def get_room(self, request: web.Request) -> web.Response:
+        """One room, for whom it admits, with the viewer's role when they are a member."""
+        room, viewer = await self._visible_room(request)
+        role = None
+        if viewer is not None:
+            member = (await self.store.member_state(room.id, viewer)).member
+            role = None if member is None else member.role
+        return json_response(room_info(room, viewer, role))
 
     async def update_room(self, request: web.Request) -> web.Response:
         actor = self._user(request)

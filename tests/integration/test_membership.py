@@ -58,6 +58,10 @@ async def test_an_added_member_is_told_and_listed_with_a_role(
     assert (await invitee.recv("member_added"))["payload"] == event
     assert (await owner.recv("member_added"))["payload"] == event
     assert await members(server, room_id, bob) == {alice: "owner", bob: "member"}
+    status, seen = await call(server, "GET", f"/api/rooms/{room_id}", bob)  # what bob is shown
+    assert (status, seen["id"], seen["role"], seen["private"]) == (200, room_id, "member", True)
+    refused(await call(server, "GET", f"/api/rooms/{room_id}", carol), 403, "forbidden")
+    refused(await call(server, "GET", "/api/rooms/987653", carol), 404, "not_found")
     assert (await invitee.join(room_id))["room_id"] == room_id  # the room admits bob now
     # A member may not add anyone; a stranger may not even look.
     answer = await call(server, "POST", f"/api/rooms/{room_id}/members", bob, {"user_id": carol})

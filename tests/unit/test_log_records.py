@@ -63,7 +63,7 @@ EVERY_KIND: list[LogEntry] = [
     CallHungUp("c1", "alice", "call-1", 2200),
     CallRejected("c3", "bob", "call-2", 2300),
     RoomAnnounced(RoomInfo(8, "plans", True, "alice", 2400, ["alice", "bob"], 2)),
-    MembershipChanged(8, "bob", "removed", "alice", reason="banned", waiter="membership:1"),
+    MembershipChanged(8, "bob", "removed", "alice", reason="banned", waiter="call:1"),
     MembershipChanged(8, "carol", "role", "alice", Role.MODERATOR),
     RoomChanged(RoomInfo(8, "plans", True, "alice", 2400, [], 2, topic="t", archived_at=2500)),
 ]
