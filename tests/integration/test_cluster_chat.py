@@ -106,6 +106,7 @@ async def test_chat_edits_deletes_and_reactions_cross_nodes(cluster: Cluster) ->
         assert (await member.recv("message_delete"))["payload"] == {
             "message_id": two["id"],
             "room_id": ROOM,
+            "by": uid(bob),
         }
     # Another node's author cannot edit: the store decides, wherever the request lands.
     await carol.send("message_edit", {"message_id": one["id"], "content": "mine now"})
