@@ -170,6 +170,12 @@ class ChatEngine:
             raise ProtocolError(
                 ErrorCode.FORBIDDEN, f"not a member of room {room_id}", request_type
             )
+        if self.rooms.is_archived(room_id):
+            raise ProtocolError(
+                ErrorCode.FORBIDDEN,
+                f"room {room_id} is archived: nothing new can be posted",
+                request_type,
+            )
         return self._known_user(conn_id)
 
     def message_stored(self, message: ChatMessage) -> list[Delivery]:

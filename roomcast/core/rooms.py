@@ -24,6 +24,8 @@ class RoomRegistry:
         self._connections: dict[int, set[str]] = {}
         self._rooms_of: dict[str, set[int]] = {}
         self._user_counts: dict[int, dict[str, int]] = {}
+        # Rooms closed to new posts (their history stays readable).
+        self._archived: set[int] = set()
 
     def join(self, conn_id: str, user_id: str, room_id: int) -> Membership:
         members = self._connections.setdefault(room_id, set())
@@ -53,6 +55,12 @@ class RoomRegistry:
             del self._connections[room_id]
             del self._user_counts[room_id]
         return Membership(changed=True, user_changed=last)
+
+    def archive(self, room_id: int) -> None:
+        self._archived.add(room_id)
+
+    def is_archived(self, room_id: int) -> bool:
+        return room_id in self._archived
 
     def rooms_of(self, conn_id: str) -> Set[int]:
         return self._rooms_of.get(conn_id, frozenset())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from roomcast.features.calls import Calls
+from roomcast.features.membership import Membership
 from roomcast.features.messages import Messages
 from roomcast.features.ping import Ping
 from roomcast.features.presence import PresenceStatus
@@ -17,6 +18,7 @@ def default_features(parts: NodeParts) -> list[Feature]:
     return [
         Messages(parts),
         Rooms(parts),
+        Membership(parts),
         TypingIndicators(parts),
         PresenceStatus(parts),
         Calls(parts),

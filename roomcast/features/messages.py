@@ -71,6 +71,7 @@ _CONTROL_CHARACTERS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _REFUSALS = {
     Outcome.NOT_FOUND: (ErrorCode.NOT_FOUND, "message {id} not found"),
     Outcome.FORBIDDEN: (ErrorCode.FORBIDDEN, "message {id} belongs to another user"),
+    Outcome.ARCHIVED: (ErrorCode.FORBIDDEN, "message {id} is in an archived room"),
     Outcome.CONFLICT: (
         ErrorCode.INVALID_MESSAGE,
         "payload.client_msg_id: already used for message {id} in another room",
@@ -197,7 +198,7 @@ class Messages(Feature):
                 message_id=message_id, room_id=room_id, content=op.content, edited_at=op.edited_at
             )
         elif isinstance(op, DeleteMessage):
-            event = MessageDeleted(message_id=message_id, room_id=room_id)
+            event = MessageDeleted(message_id=message_id, room_id=room_id, by=op.user_id)
         elif isinstance(op, ToggleReaction):
             event = MessageReaction(
                 message_id=message_id,

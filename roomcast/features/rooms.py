@@ -27,6 +27,7 @@ from roomcast.protocol import (
     JoinRoomRequest,
     LeaveRoomRequest,
     ProtocolError,
+    Role,
     RoomCreated,
     RoomInfo,
 )
@@ -109,13 +110,32 @@ class Rooms(Feature):
                 ErrorCode.FORBIDDEN, f"a connection can be in at most {most} rooms", request.TYPE
             )
         room = await self._room_for(request.room_id, user_id, conn.remote)
-        if not room.admits(user_id):
-            raise ProtocolError(ErrorCode.FORBIDDEN, f"room {room.id} is private", request.TYPE)
+        await self._admit(room, user_id)
         if conn.ended:  # it went away while the room was looked up
             return
         waiting = parts.waits.expect(conn.id)
         parts.append(Joined(conn.id, room.id, room.last_seq, request.since))
         await parts.waits.wait(waiting)
+
+    async def _admit(self, room: Room, user_id: str) -> None:
+        """Let ``user_id`` in, or refuse: a private room admits its members; a
+        public one anyone not banned, who becomes a member (once); an archived
+        room only its members (to read it)."""
+        parts = self.parts
+        if not room.admits(user_id):
+            raise ProtocolError(ErrorCode.FORBIDDEN, f"room {room.id} is private", "join_room")
+        if room.archived_at is not None:
+            parts.engine.rooms.archive(room.id)  # closed to posts on this node too
+            if room.private or (await parts.store.member_state(room.id, user_id)).member:
+                return
+            raise ProtocolError(ErrorCode.FORBIDDEN, f"room {room.id} is archived", "join_room")
+        if room.private:
+            return
+        state = await parts.store.join_public(room.id, user_id, parts.clock.wall_ms())
+        if state.banned:
+            raise ProtocolError(
+                ErrorCode.FORBIDDEN, f"you are banned from room {room.id}", "join_room"
+            )
 
     def _joined(self, entry: Joined, appended_here: bool) -> None:
         parts = self.parts
@@ -309,14 +329,23 @@ class Rooms(Feature):
         )
 
 
-def room_info(room: Room) -> RoomInfo:
-    """A room for someone it admits (a room list holds only those)."""
+def room_info(room: Room, viewer: str | None = None, role: str | None = None) -> RoomInfo:
+    """A room for someone it admits (a room list holds only those). A direct
+    room is named for ``viewer`` by the other person in it."""
+    name = room.name
+    if room.direct and viewer is not None:
+        others = [m for m in room.members if m != viewer]
+        name = others[0] if others else viewer
     return RoomInfo(
         room.id,
-        room.name,
+        name,
         room.private,
         room.created_by,
         room.created_at,
         list(room.members),
         room.member_count,
+        topic=room.topic,
+        kind="direct" if room.direct else "room",
+        archived_at=room.archived_at,
+        role=None if role is None else Role(role),
     )

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -44,9 +45,42 @@ class Room:
     # The sequence number of the room's newest message (0: none yet).
     last_seq: int = 0
     member_count: int = 0
+    topic: str = ""
+    kind: str = "room"  # or "direct": two members, nothing to run
+    archived_at: int | None = None  # archived: readable by members, closed to posts
 
     def admits(self, user_id: str | None) -> bool:
         return not self.private or (user_id is not None and user_id in self.members)
+
+    @property
+    def direct(self) -> bool:
+        return self.kind == "direct"
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    user_id: str
+    role: str
+    joined_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class MemberState:
+    """A user's standing in a room: their membership (None: not a member) and ban."""
+
+    member: Member | None
+    banned: bool
+
+
+@dataclass(frozen=True, slots=True)
+class MemberChange:
+    """What a membership write did: ``changed`` when it changed anything;
+    ``member`` is the membership as it now is (or was, for a removal);
+    ``last_owner`` when it was refused to keep the room an owner."""
+
+    changed: bool
+    member: Member | None
+    last_owner: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +146,7 @@ class Outcome(enum.Enum):
     NOT_FOUND = "not_found"
     FORBIDDEN = "forbidden"
     CONFLICT = "conflict"  # a client_msg_id already used for a message elsewhere
+    ARCHIVED = "archived"  # the message's room takes no changes
 
 
 class Result(msgspec.Struct, frozen=True, gc=False):
@@ -196,13 +231,49 @@ class Store(Protocol):
         limit: int = 100,
         name_contains: str | None = None,
         members_limit: int = 20,
+        mine: bool = False,
     ) -> list[Room]:
         """Up to ``limit`` rooms with ids above ``after``, in id order: public
-        rooms and the private rooms ``user_id`` belongs to, whose name contains
-        ``name_contains`` (ASCII letters in either case) when it is given.
+        rooms and the private rooms ``user_id`` belongs to (with ``mine``: only
+        the rooms, public or private, ``user_id`` is a member of), whose name
+        contains ``name_contains`` (ASCII letters in either case) when it is given.
 
         Each private room lists its first ``members_limit`` members by user id.
         """
+
+    # -- membership (see adapters/sql/members.py) ---------------------------------
+
+    async def member_state(self, room_id: int, user_id: str) -> MemberState: ...
+
+    async def members_page(self, room_id: int, after: str | None, limit: int) -> list[Member]:
+        """Members by user id (code point order), those after ``after``."""
+
+    async def join_public(self, room_id: int, user_id: str, now: int) -> MemberState:
+        """Record a public room's joiner as a member, once; a banned user is not."""
+
+    async def add_member(self, room_id: int, user_id: str, role: str, now: int) -> MemberChange: ...
+
+    async def remove_member(
+        self, room_id: int, user_id: str, ban_by: str | None, now: int
+    ) -> MemberChange:
+        """Remove (and, with ``ban_by``, ban); never the room's last owner."""
+
+    async def unban(self, room_id: int, user_id: str) -> bool: ...
+
+    async def set_role(self, room_id: int, user_id: str, role: str) -> MemberChange:
+        """Never leaves the room without an owner."""
+
+    async def update_room(
+        self, room_id: int, name: str | None, topic: str | None, private: bool | None
+    ) -> Room | None:
+        """Change what is given (None: keep it); None when the room is archived or gone."""
+
+    async def archive_room(self, room_id: int, now: int) -> Room | None: ...
+
+    async def direct_room(self, first: str, second: str, now: int) -> Room:
+        """The one direct room of the two users, created on first use."""
+
+    async def roles(self, user_id: str, room_ids: Sequence[int]) -> dict[int, str]: ...
 
     async def list_calls(
         self, user_id: str, limit: int, after: CallsAfter | None = None

@@ -7,13 +7,15 @@ from typing import Annotated
 import msgspec
 
 from roomcast.protocol.events import RoomInfo, RoomUser
-from roomcast.protocol.fields import MessageKind
+from roomcast.protocol.fields import MessageKind, Role
 from roomcast.protocol.names import (
     ROOM_NAME_MAX_CHARS,
+    TOPIC_MAX_CHARS,
     USER_ID_MAX_CHARS,
     RoomName,
     UserId,
     _field_error,
+    topic_text,
     visible_name,
 )
 
@@ -45,12 +47,69 @@ class RoomPage(msgspec.Struct):
     next: int | None
 
 
+class RoomMember(msgspec.Struct):
+    user_id: str
+    role: Role
+    joined_at: int
+
+
 class RoomMembersPage(msgspec.Struct):
-    """``GET /api/rooms/{id}/members``: a private room's members by user id."""
+    """``GET /api/rooms/{id}/members``: a room's members by user id, with their roles."""
 
     room_id: int
-    members: list[str]
+    members: list[RoomMember]
     next: str | None
+
+
+class AddMember(msgspec.Struct, forbid_unknown_fields=True):
+    """``POST /api/rooms/{id}/members`` body."""
+
+    user_id: UserId
+    role: Role = Role.MEMBER
+
+    def __post_init__(self) -> None:
+        try:
+            self.user_id = visible_name(self.user_id, USER_ID_MAX_CHARS)
+        except ValueError as exc:
+            raise _field_error(exc, "user_id") from None
+
+
+class SetRole(msgspec.Struct, forbid_unknown_fields=True):
+    """``PUT /api/rooms/{id}/members/{user_id}/role`` body."""
+
+    role: Role
+
+
+class UpdateRoom(msgspec.Struct, forbid_unknown_fields=True):
+    """``PATCH /api/rooms/{id}`` body: what is given changes."""
+
+    name: RoomName | None = None
+    topic: Annotated[str, msgspec.Meta(max_length=TOPIC_MAX_CHARS)] | None = None
+    private: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.name is not None:
+            try:
+                self.name = visible_name(self.name, ROOM_NAME_MAX_CHARS)
+            except ValueError as exc:
+                raise _field_error(exc, "name") from None
+        if self.topic is not None:
+            try:
+                self.topic = topic_text(self.topic)
+            except ValueError as exc:
+                raise _field_error(exc, "topic") from None
+
+
+class DirectRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """``POST /api/direct`` body: the other person."""
+
+    user_id: UserId
+
+    def __post_init__(self) -> None:
+        try:
+            self.user_id = visible_name(self.user_id, USER_ID_MAX_CHARS)
+        except ValueError as exc:
+            raise _field_error(exc, "user_id") from None
 
 
 class RoomUsersPage(msgspec.Struct, omit_defaults=True):

@@ -7,7 +7,7 @@ from typing import ClassVar, Final, Literal
 import msgspec
 
 from roomcast.protocol.errors import ErrorCode, ProtocolError
-from roomcast.protocol.fields import CallEndReason, MessageKind, SignalKind, Status
+from roomcast.protocol.fields import CallEndReason, MessageKind, Role, SignalKind, Status
 
 
 class Event(msgspec.Struct, omit_defaults=False):
@@ -71,6 +71,11 @@ class RoomInfo(msgspec.Struct):
     created_at: int
     members: list[str]
     member_count: int
+    topic: str = ""
+    kind: Literal["room", "direct"] = "room"
+    archived_at: int | None = None
+    # The viewer's role in the room, in lists of the viewer's own rooms (``mine``).
+    role: str | None = None
 
 
 class RoomCreated(Event):
@@ -79,6 +84,41 @@ class RoomCreated(Event):
 
     TYPE = "room_created"
     room: RoomInfo
+
+
+class RoomUpdated(Event):
+    """The room's settings changed (name, topic, private, archived)."""
+
+    TYPE = "room_updated"
+    room: RoomInfo
+
+
+class MemberAdded(Event):
+    """To the room and to the added user: ``user_id`` is a member now (``by`` added them)."""
+
+    TYPE = "member_added"
+    room_id: int
+    user_id: str
+    role: Role
+    by: str
+
+
+class MemberRemoved(Event):
+    """To the room and to the user: ``user_id`` is no longer a member."""
+
+    TYPE = "member_removed"
+    room_id: int
+    user_id: str
+    by: str
+    reason: Literal["left", "removed", "banned"]
+
+
+class RoleChanged(Event):
+    TYPE = "role_changed"
+    room_id: int
+    user_id: str
+    role: Role
+    by: str
 
 
 class ChatMessage(Event, omit_defaults=True):
@@ -116,9 +156,12 @@ class MessageEdited(Event):
 
 
 class MessageDeleted(Event):
+    """``by`` is who deleted it: its author, or one of the room's owners or moderators."""
+
     TYPE = "message_delete"
     message_id: int
     room_id: int
+    by: str
 
 
 class MessageReaction(Event):
@@ -201,6 +244,10 @@ SERVER_TYPES: Final[dict[str, type[Event]]] = {
         UserLeft,
         RoomUsers,
         RoomCreated,
+        RoomUpdated,
+        MemberAdded,
+        MemberRemoved,
+        RoleChanged,
         ChatMessage,
         HistoryGap,
         MessageEdited,

@@ -6,6 +6,7 @@ wherever it appears, and the JSON schema says the same everywhere.
 
 from __future__ import annotations
 
+import enum
 from typing import Annotated, Final, Literal
 
 import msgspec
@@ -34,3 +35,11 @@ CallEndReason = Literal[
     "answered_elsewhere",
 ]
 MessageKind = Literal["text"]
+
+
+class Role(enum.StrEnum):
+    """A member's role in a room (the rules: :mod:`roomcast.core.membership`)."""
+
+    OWNER = "owner"
+    MODERATOR = "moderator"
+    MEMBER = "member"

@@ -107,3 +107,18 @@ def _field_error(why: ValueError, path: str) -> ValueError:
     """A ``__post_init__`` refusal in msgspec's own words, so :func:`_describe`
     names the field as it does for msgspec's checks (``payload.to_user_id: ...``)."""
     return ValueError(f"{why} - at `$.{path}`")
+
+
+#: A room topic's length, in characters.
+TOPIC_MAX_CHARS = 250
+
+
+def topic_text(text: str) -> str:
+    """A room topic in NFC: any text on one or more lines, but no control,
+    invisible or bidi control characters (as for names); may be empty."""
+    text = unicodedata.normalize("NFC", text)
+    for ch in text:
+        # Newlines are the topic's own; a zero-width joiner only joins emoji.
+        if ch not in "\n\u200d" and unicodedata.category(ch) in ("Cc", "Cf"):
+            raise ValueError(f"contains the character U+{ord(ch):04X}, which shows as nothing")
+    return text

@@ -7,7 +7,6 @@ WebSocket error codes in ``{"error": {"code", "message"}}`` bodies.
 
 from __future__ import annotations
 
-import heapq
 import math
 import time
 import unicodedata
@@ -21,6 +20,7 @@ from roomcast import __version__
 from roomcast.asyncapi import asyncapi_document
 from roomcast.auth import Authenticator, AuthError
 from roomcast.config import Settings, url_list
+from roomcast.features.membership import Membership
 from roomcast.features.rooms import Rooms, room_info
 from roomcast.ice import ice_servers
 from roomcast.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -31,13 +31,19 @@ from roomcast.protocol import (
     MAX_ID,
     ROOM_NAME_MAX_CHARS,
     USER_ID_MAX_CHARS,
+    AddMember,
     CreateRoom,
+    DirectRequest,
     ErrorCode,
     HistoryPage,
     ProtocolError,
+    Role,
+    RoomMember,
     RoomMembersPage,
     RoomPage,
     RoomUsersPage,
+    SetRole,
+    UpdateRoom,
     decode_body,
     encode_json,
     visible_name,
@@ -101,6 +107,7 @@ class HttpApi:
     def __init__(self, node: Node, store: Store, auth: Authenticator, settings: Settings) -> None:
         self.node = node
         self.rooms: Rooms = node.feature(Rooms)
+        self.membership: Membership = node.feature(Membership)
         self.store = store
         self.auth = auth
         self.settings = settings
@@ -116,7 +123,15 @@ class HttpApi:
             web.get("/api/rooms", self.list_rooms),
             web.post("/api/rooms", self.create_room),
             web.get("/api/rooms/{room_id}/users", self.room_users),
+            web.get("/api/rooms/{room_id}", self.get_room),
+            web.patch("/api/rooms/{room_id}", self.update_room),
+            web.delete("/api/rooms/{room_id}", self.archive_room),
             web.get("/api/rooms/{room_id}/members", self.room_members),
+            web.post("/api/rooms/{room_id}/members", self.add_member),
+            web.delete("/api/rooms/{room_id}/members/{user_id}", self.remove_member),
+            web.put("/api/rooms/{room_id}/members/{user_id}/role", self.set_role),
+            web.delete("/api/rooms/{room_id}/bans/{user_id}", self.unban),
+            web.post("/api/direct", self.direct_room),
             web.get("/api/rooms/{room_id}/messages", self.room_messages),
             web.get("/api/calls", self.list_calls),
             web.get("/api/ice-servers", self.ice_servers),
@@ -146,7 +161,16 @@ class HttpApi:
             raise ProtocolError(ErrorCode.NOT_FOUND, f"room {room_id} does not exist")
         if not room.admits(viewer):
             raise ProtocolError(ErrorCode.FORBIDDEN, f"room {room_id} is private")
+        banned = not room.private and viewer is not None
+        if banned and (await self.store.member_state(room.id, str(viewer))).banned:
+            raise ProtocolError(ErrorCode.FORBIDDEN, f"you are banned from room {room_id}")
         return room, viewer
+
+    def _room_id(self, request: web.Request) -> int:
+        return _int_param(request.match_info["room_id"], "room_id", minimum=1)
+
+    def _member_id(self, request: web.Request) -> str:
+        return _user_param(request.match_info["user_id"], "user_id")
 
     def _limit(self, request: web.Request) -> int:
         """A list's page size: ``?limit=``, at most ``--list-page-max``."""
@@ -230,12 +254,19 @@ class HttpApi:
                     ErrorCode.INVALID_MESSAGE, f"q: longer than {ROOM_NAME_MAX_CHARS} characters"
                 )
             name = unicodedata.normalize("NFC", name)  # as room names are stored
+        mine = _flag_param(request.query.get("mine", "false"), "mine")
+        if mine and viewer is None:
+            raise ProtocolError(ErrorCode.UNAUTHENTICATED, "name a user with ?user_id=")
         # One more than asked: a full page is the last one unless something follows.
-        rooms = await self.store.list_rooms(viewer, after, limit + 1, name, ROOM_LIST_MEMBERS)
+        rooms = await self.store.list_rooms(
+            viewer, after, limit + 1, name, ROOM_LIST_MEMBERS, mine=mine
+        )
         more = len(rooms) > limit
         rooms = rooms[:limit]
+        roles = await self.store.roles(viewer, [r.id for r in rooms]) if mine and viewer else {}
         page = RoomPage(
-            rooms=[room_info(room) for room in rooms], next=rooms[-1].id if more else None
+            rooms=[room_info(room, viewer, roles.get(room.id)) for room in rooms],
+            next=rooms[-1].id if more else None,
         )
         return json_response(page)
 
@@ -243,7 +274,7 @@ class HttpApi:
         user = self._user(request)
         body: CreateRoom = decode_body(await request.read(), CreateRoom)
         room = await self.rooms.create_room(user, request.remote or "?", body)
-        return json_response(room_info(room), 201)
+        return json_response(room_info(room, user), 201)
 
     async def room_users(self, request: web.Request) -> web.Response:
         """Who is in the room now, by user id, one page at a time."""
@@ -254,14 +285,65 @@ class HttpApi:
         return json_response(RoomUsersPage(room.id, page, page[-1].user_id if more else None))
 
     async def room_members(self, request: web.Request) -> web.Response:
-        """A private room's members, by user id, one page at a time (public rooms: none)."""
+        """A room's members with their roles, by user id, one page at a time."""
         room, _ = await self._visible_room(request)
         limit = self._limit(request)
         after = _user_cursor(request.query.get("after"))
-        candidates = room.members if after is None else [m for m in room.members if m > after]
-        chosen = heapq.nsmallest(limit + 1, candidates)  # only the page is sorted
-        page, more = chosen[:limit], len(chosen) > limit
-        return json_response(RoomMembersPage(room.id, page, page[-1] if more else None))
+        found = await self.store.members_page(room.id, after, limit + 1)
+        page = [RoomMember(m.user_id, Role(m.role), m.joined_at) for m in found[:limit]]
+        more = len(found) > limit
+        return json_response(RoomMembersPage(room.id, page, page[-1].user_id if more else None))
+
+    async def add_member(self, request: web.Request) -> web.Response:
+        actor = self._user(request)
+        body: AddMember = decode_body(await request.read(), AddMember)
+        member = await self.membership.add(self._room_id(request), actor, body)
+        return json_response(RoomMember(member.user_id, Role(member.role), member.joined_at), 201)
+
+    async def remove_member(self, request: web.Request) -> web.Response:
+        actor = self._user(request)
+        ban = _flag_param(request.query.get("ban", "false"), "ban")
+        await self.membership.remove(self._room_id(request), actor, self._member_id(request), ban)
+        return web.Response(status=204)
+
+    async def unban(self, request: web.Request) -> web.Response:
+        actor = self._user(request)
+        await self.membership.unban(self._room_id(request), actor, self._member_id(request))
+        return web.Response(status=204)
+
+    async def set_role(self, request: web.Request) -> web.Response:
+        actor = self._user(request)
+        body: SetRole = decode_body(await request.read(), SetRole)
+        member = await self.membership.set_role(
+            self._room_id(request), actor, self._member_id(request), body.role
+        )
+        return json_response(RoomMember(member.user_id, Role(member.role), member.joined_at))
+
+    async def get_room(self, request: web.Request) -> web.Response:
+        """One room, for whom it admits, with the viewer's role when they are a member."""
+        room, viewer = await self._visible_room(request)
+        role = None
+        if viewer is not None:
+            member = (await self.store.member_state(room.id, viewer)).member
+            role = None if member is None else member.role
+        return json_response(room_info(room, viewer, role))
+
+    async def update_room(self, request: web.Request) -> web.Response:
+        actor = self._user(request)
+        body: UpdateRoom = decode_body(await request.read(), UpdateRoom)
+        room = await self.membership.update(self._room_id(request), actor, body)
+        return json_response(room_info(room, actor))
+
+    async def archive_room(self, request: web.Request) -> web.Response:
+        actor = self._user(request)
+        room = await self.membership.archive(self._room_id(request), actor)
+        return json_response(room_info(room, actor))
+
+    async def direct_room(self, request: web.Request) -> web.Response:
+        user = self._user(request)
+        body: DirectRequest = decode_body(await request.read(), DirectRequest)
+        room = await self.membership.direct(user, body.user_id)
+        return json_response(room_info(room, user))
 
     async def room_messages(self, request: web.Request) -> web.Response:
         room, _ = await self._visible_room(request)
@@ -335,6 +417,12 @@ def _calls_cursor(text: str | None) -> CallsAfter | None:
     raise ProtocolError(
         ErrorCode.INVALID_MESSAGE, "after: expected the next cursor of a previous page"
     )
+
+
+def _flag_param(text: str, name: str) -> bool:
+    if text not in ("true", "false"):
+        raise ProtocolError(ErrorCode.INVALID_MESSAGE, f"{name}: expected true or false")
+    return text == "true"
 
 
 def _int_param(text: str, name: str, minimum: int, maximum: int = MAX_ID) -> int:

@@ -17,6 +17,8 @@ async def http_json(
         aiohttp.ClientSession() as session,
         session.request(method, url, json=body, headers=headers) as response,
     ):
+        if response.status == 204:  # No Content
+            return 204, None
         return response.status, await response.json()
 
 

@@ -308,6 +308,10 @@ async def test_private_room_admits_only_its_members(
         "created_at": room["created_at"],
         "members": sorted([alice_id, bob_id]),
         "member_count": 2,
+        "topic": "",
+        "kind": "room",
+        "archived_at": None,
+        "role": None,
     }
     room_id = room["id"]
     alice: Client = await connect_token(alice_id)

@@ -627,7 +627,7 @@ async def test_deleted_message_is_not_found_afterwards(
     message = await alice.chat(room_id, "short-lived")
     await bob.recv("chat")
     await alice.send("message_delete", {"message_id": message["id"]})
-    deleted = {"message_id": message["id"], "room_id": room_id}
+    deleted = {"message_id": message["id"], "room_id": room_id, "by": user("alice")}
     assert (await alice.recv("message_delete"))["payload"] == deleted
     assert (await bob.recv("message_delete"))["payload"] == deleted
     for type, extra in [

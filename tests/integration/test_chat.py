@@ -287,7 +287,7 @@ async def test_delete_by_the_author_removes_the_message_from_history(
     await bob.recv("chat")
     await bob.recv("chat")
     await alice.send("message_delete", {"message_id": doomed["id"]})
-    deleted = {"message_id": doomed["id"], "room_id": room_id}
+    deleted = {"message_id": doomed["id"], "room_id": room_id, "by": user("alice")}
     assert (await alice.recv("message_delete"))["payload"] == deleted
     assert (await bob.recv("message_delete"))["payload"] == deleted
     assert await history(server, room_id) == [stored(kept)]

@@ -106,6 +106,7 @@ async def test_chat_edits_deletes_and_reactions_cross_nodes(cluster: Cluster) ->
         assert (await member.recv("message_delete"))["payload"] == {
             "message_id": two["id"],
             "room_id": ROOM,
+            "by": uid(bob),
         }
     # Another node's author cannot edit: the store decides, wherever the request lands.
     await carol.send("message_edit", {"message_id": one["id"], "content": "mine now"})
@@ -174,3 +175,28 @@ async def test_concurrent_senders_on_three_nodes_every_client_sees_one_order(
     expected = [stored(m) for m in reference]
     for node in nodes:
         assert await history(node, ROOM) == expected
+
+
+async def test_a_member_removed_on_one_node_is_cut_off_on_the_others(cluster: Cluster) -> None:
+    """The removal is applied everywhere before the remover's next message: the
+    HTTP call returns once the log has it, and the log has one order."""
+    a, b = await cluster.start(2)
+    alice = await cluster.connect(a, "alice")
+    bob = await cluster.connect(b, "bob")
+    status, room = await http_json(
+        "POST",
+        f"{a.http}/api/rooms?user_id={uid(alice)}",
+        {"name": "crew", "private": True, "members": [uid(bob)]},
+    )
+    assert status == 201, room
+    await alice.recv("room_created")
+    await bob.recv("room_created")
+    await alice.join(room["id"])
+    await bob.join(room["id"])
+    await alice.recv("user_joined")
+    path = f"/api/rooms/{room['id']}/members/{uid(bob)}?user_id={uid(alice)}"
+    assert (await http_json("DELETE", a.http + path))[0] == 204
+    await alice.send("chat", {"room_id": room["id"], "content": "after bob", "type": "text"})
+    assert (await bob.recv("member_removed"))["payload"]["reason"] == "removed"
+    await barrier(bob, room["id"] + 1)  # nothing of the room follows
+    assert (await alice.recv_until("chat"))["payload"]["content"] == "after bob"

@@ -20,7 +20,19 @@ from tests.harness.http import all_rooms, http_request
 from tests.harness.server import ServerProcess
 
 UserName = Callable[[str], str]
-ROOM_FIELDS = {"id", "name", "private", "created_by", "created_at", "members", "member_count"}
+ROOM_FIELDS = {
+    "id",
+    "name",
+    "private",
+    "created_by",
+    "created_at",
+    "members",
+    "member_count",
+    "topic",
+    "kind",
+    "archived_at",
+    "role",
+}
 HISTORY_FIELDS = {
     "id",
     "room_id",
@@ -112,6 +124,10 @@ async def test_created_rooms_are_listed(api_server: ServerProcess, user: UserNam
         "created_at": public["created_at"],
         "members": [],
         "member_count": 0,
+        "topic": "",
+        "kind": "room",
+        "archived_at": None,
+        "role": None,
     }
     assert before_ms - 1000 <= public["created_at"] <= int(time.time() * 1000) + 1000
     private = await create_room(

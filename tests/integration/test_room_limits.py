@@ -374,7 +374,9 @@ async def test_private_room_members_are_listed_in_part_and_paged_in_full(
         )
         assert status == 200, body
         assert len(body["members"]) <= 7
-        seen += body["members"]
+        seen += [member["user_id"] for member in body["members"]]
+        assert all(m["role"] == ("owner" if m["user_id"] == "alice" else "member")
+                   for m in body["members"])  # fmt: skip
         after = body["next"]
         if after is None:
             break

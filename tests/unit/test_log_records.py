@@ -10,6 +10,7 @@ import pytest
 
 from roomcast.adapters.redis_broker import RedisBroker
 from roomcast.features.calls import CallHungUp, CallRejected, CallSignalled
+from roomcast.features.membership import MembershipChanged, RoomChanged
 from roomcast.features.messages import MessageChanged, MessageStored
 from roomcast.features.ping import Pinged
 from roomcast.features.presence import StatusSet
@@ -31,7 +32,7 @@ from roomcast.ports.broker import (
     Unreadable,
     encode_batch,
 )
-from roomcast.protocol import ChatMessage, RoomInfo
+from roomcast.protocol import ChatMessage, Role, RoomInfo
 
 #: Raw JSON as clients send it: whitespace, newlines, and the framing's own ":" and ",".
 RAW = msgspec.Raw(b'{"sdp": "v=0\\r\\n",\n "n": [1, 2]  , "x:": ",3:"}')
@@ -62,6 +63,9 @@ EVERY_KIND: list[LogEntry] = [
     CallHungUp("c1", "alice", "call-1", 2200),
     CallRejected("c3", "bob", "call-2", 2300),
     RoomAnnounced(RoomInfo(8, "plans", True, "alice", 2400, ["alice", "bob"], 2)),
+    MembershipChanged(8, "bob", "removed", "alice", reason="banned", waiter="call:1"),
+    MembershipChanged(8, "carol", "role", "alice", Role.MODERATOR),
+    RoomChanged(RoomInfo(8, "plans", True, "alice", 2400, [], 2, topic="t", archived_at=2500)),
 ]
 
 CODEC = LogCodec(dict.fromkeys(type(entry) for entry in EVERY_KIND))

@@ -48,8 +48,16 @@ class MessageSQL:
         )
         # Locked where other processes may change it too, so that an edit
         # cannot bring back the text of a message deleted at the same moment.
+        # With the changer's and the author's roles in the room and whether the
+        # room is archived: what the rules need to allow a change.
+        role = (
+            "(SELECT role FROM room_members WHERE room_members.room_id = messages.room_id "
+            "AND room_members.user_id = {})"
+        )
         self._find_live = sql(
-            f"SELECT room_id, user_id FROM messages WHERE id = $1 AND {live}{dialect.row_lock}"
+            f"SELECT room_id, user_id, {role.format('$2')}, {role.format('messages.user_id')}, "
+            "(SELECT archived_at FROM rooms WHERE rooms.id = messages.room_id) "
+            f"FROM messages WHERE id = $1 AND {live}{dialect.row_lock}"
         )
         self._unreact = sql(
             "DELETE FROM reactions WHERE message_id = $1 AND user_id = $2 AND emoji = $3 "
@@ -95,7 +103,7 @@ class MessageSQL:
 
     def change(self, plan: InsertPlan, op: MessageChange) -> Steps[Result]:
         """Edit, delete or react to a stored message, as the rules allow."""
-        found = yield (self._find_live, (op.message_id,))
+        found = yield (self._find_live, (op.message_id, op.user_id))
         if (refused := refuse_change(op, found[0] if found else None)) is not None:
             return refused
         room_id = found[0][0]

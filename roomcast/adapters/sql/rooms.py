@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from roomcast.adapters.sql.dialect import Dialect
-from roomcast.adapters.sql.rules import creation_limit, name_key, room_number
+from roomcast.adapters.sql.rules import creation_limit, direct_key, name_key, room_number
 from roomcast.adapters.sql.steps import Many, Row, Steps
 from roomcast.ports.store import Room
 
@@ -23,7 +23,8 @@ class RoomSQL:
         #: The last column counts a room's members (an index range of room_members).
         columns = (
             f"id, name, private, created_by, created_at, {dialect.room_last_seq}, "
-            "(SELECT COUNT(*) FROM room_members WHERE room_members.room_id = rooms.id)"
+            "(SELECT COUNT(*) FROM room_members WHERE room_members.room_id = rooms.id), "
+            "topic, kind, archived_at"
         )
 
         def members(limit: str) -> str:
@@ -37,19 +38,24 @@ class RoomSQL:
         self._members = sql(
             f"SELECT room_id, user_id FROM room_members WHERE room_id = $1 ORDER BY {order}"
         )
-        visible = (
-            f"SELECT {columns}{{}} FROM rooms WHERE (private = 0 OR id IN "
-            "(SELECT room_id FROM room_members WHERE user_id = $1)) AND id > $2 "
-        )
+        belongs = "id IN (SELECT room_id FROM room_members WHERE user_id = $1)"
+        visible = {
+            False: f"SELECT {columns}{{}} FROM rooms WHERE (private = 0 OR {belongs}) AND id > $2 ",
+            True: f"SELECT {columns}{{}} FROM rooms WHERE {belongs} AND id > $2 ",
+        }
         match = f"AND {dialect.contains(dialect.ascii_lower('name'), '$4')} "
-        #: By whether a name filter ($4) is given; the members limit comes after it.
+        #: By whether a name filter ($4) is given and whether only the user's own
+        #: rooms are listed; the members limit comes after the filter.
         self._listing = {
-            named: sql(
-                visible.format(members(f" LIMIT ${5 if named else 4}") if dialect.arrays else "")
+            (named, mine): sql(
+                visible[mine].format(
+                    members(f" LIMIT ${5 if named else 4}") if dialect.arrays else ""
+                )
                 + (match if named else "")
                 + "ORDER BY id LIMIT $3"
             )
             for named in (False, True)
+            for mine in (False, True)
         }
         self._insert = sql(
             "INSERT INTO rooms (id, name, private, created_by, created_at) "
@@ -57,8 +63,23 @@ class RoomSQL:
         )
         self._delete = sql("DELETE FROM rooms WHERE id = $1")
         self._add_member = sql(
-            "INSERT INTO room_members (room_id, user_id) VALUES ($1, $2) ON CONFLICT DO NOTHING"
+            "INSERT INTO room_members (room_id, user_id, role, joined_at) "
+            "VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING"
         )
+        self._update = sql(
+            "UPDATE rooms SET name = COALESCE($2, name), topic = COALESCE($3, topic), "
+            "private = COALESCE($4, private) WHERE id = $1 AND archived_at IS NULL "
+            "RETURNING id"
+        )
+        self._archive = sql(
+            "UPDATE rooms SET archived_at = $2 WHERE id = $1 AND archived_at IS NULL RETURNING id"
+        )
+        self._direct = sql("SELECT id FROM rooms WHERE direct_key = $1")
+        self._insert_direct = sql(
+            "INSERT INTO rooms (id, name, private, created_by, created_at, kind, direct_key) "
+            "VALUES ($1, $2, 1, $3, $4, 'direct', $5) ON CONFLICT DO NOTHING RETURNING id"
+        )
+
         # Counts one more room for a user (parameters: the user, the most they
         # may create) and returns the new count, or no row when they have
         # created that many already. In the transaction that creates the room,
@@ -103,6 +124,8 @@ class RoomSQL:
             # Not committed yet, so nobody saw it: the transaction ends as it began.
             yield (self._delete, (room_id,))
             return None
+        if created:
+            yield (self._add_member, (room_id, created_by, "owner", now))
         return (yield from self.get(room_id))
 
     def create(
@@ -126,8 +149,60 @@ class RoomSQL:
             # another node): step over the run of them.
             room_id = room_number((yield (self._free_id_from, (room_id,)))[0][0])
             yield (self._set_number, (room_id + 1,))
-        yield Many(self._add_member, [(room_id, member) for member in members])
+        owners = () if created_by is None else (created_by,)
+        joining = [
+            (room_id, member, "owner" if member in owners else "member", now)
+            for member in dict.fromkeys([*owners, *members])
+        ]
+        yield Many(self._add_member, joining)
         return (yield from self.get(room_id))
+
+    def update(
+        self, room_id: int, name: str | None, topic: str | None, private: bool | None
+    ) -> Steps[Room | None]:
+        """Change what is given of a room that is not archived; None if there is none."""
+        flag = None if private is None else int(private)
+        if not (yield (self._update, (room_id, name, topic, flag))):
+            return None
+        return (yield from self.get(room_id))
+
+    def archive(self, room_id: int, now: int) -> Steps[Room | None]:
+        """Close a room to new posts (history stays); None if it was archived already."""
+        if not (yield (self._archive, (room_id, now))):
+            return None
+        return (yield from self.get(room_id))
+
+    def direct(self, first: str, second: str, now: int) -> Steps[Room]:
+        """The one direct room of two users, made on first use (both its members)."""
+        key = direct_key(first, second)
+        rows = yield (self._direct, (key,))
+        if not rows:
+            room_id = room_number((yield (self._take_number, ()))[0][0])
+            while not (yield (self._insert_direct, (room_id, "direct", first, now, key))):
+                rows = yield (self._direct, (key,))
+                if rows:  # made at the same moment by another node
+                    break
+                room_id = room_number((yield (self._free_id_from, (room_id,)))[0][0])
+                yield (self._set_number, (room_id + 1,))
+            else:
+                rows = [(room_id,)]
+        room_id = rows[0][0]
+        # Both are members again, whoever left it meanwhile.
+        yield Many(self._add_member, [(room_id, user, "member", now) for user in (first, second)])
+        room = yield from self.get(room_id)
+        assert room is not None
+        return room
+
+    def roles(self, user_id: str, room_ids: Sequence[int]) -> Steps[dict[int, str]]:
+        """The user's role in each of the rooms they belong to."""
+        if not room_ids:
+            return {}
+        sql = self._dialect.sql(
+            "SELECT room_id, role FROM room_members WHERE user_id = $1 AND "
+            + self._dialect.in_list("room_id", 2, len(room_ids), "bigint")
+        )
+        rows = yield (sql, (user_id, *self._dialect.list_args(list(room_ids))))
+        return {row[0]: row[1] for row in rows}
 
     def _counted(self, user_id: str, max_rooms: int | None) -> Steps[bool]:
         """Count a room the user creates in this transaction; False past ``max_rooms``."""
@@ -140,14 +215,16 @@ class RoomSQL:
         limit: int,
         name_contains: str | None,
         members_limit: int,
+        mine: bool = False,
     ) -> Steps[list[Room]]:
         named = name_contains is not None
+        key = (named, mine and user_id is not None)
         args: list[Any] = [user_id, after, limit]
         if name_contains is not None:
             args.append(name_key(name_contains))
         if self._dialect.arrays:
-            return _with_arrays((yield (self._listing[named], (*args, members_limit))))
-        rows = yield (self._listing[named], args)
+            return _with_arrays((yield (self._listing[key], (*args, members_limit))))
+        rows = yield (self._listing[key], args)
         private = [row[0] for row in rows if row[2]]
         members: Sequence[Row] = ()
         if private:
@@ -172,7 +249,7 @@ def _first_members(dialect: Dialect, count: int) -> str:
 
 def _with_arrays(rows: Sequence[Row]) -> list[Room]:
     """Rooms from rows whose last column is the array of their members."""
-    return rooms(rows, [(row[0], user) for row in rows for user in row[7]])
+    return rooms(rows, [(row[0], user) for row in rows for user in row[10]])
 
 
 def rooms(room_rows: Iterable[Row], member_rows: Iterable[Row]) -> list[Room]:
@@ -194,6 +271,9 @@ def rooms(room_rows: Iterable[Row], member_rows: Iterable[Row]) -> list[Room]:
             members=tuple(members.get(row[0], ())) if row[2] else (),
             last_seq=row[5],
             member_count=row[6] if row[2] else 0,
+            topic=row[7],
+            kind=row[8],
+            archived_at=row[9],
         )
         for row in room_rows
     ]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from roomcast.adapters.sql.steps import Row
+from roomcast.core.membership import Action, Role, refusal
 from roomcast.ports.store import (
     DeleteMessage,
     EditMessage,
@@ -76,14 +77,23 @@ def refuse_change(op: MessageChange, found: Row | None) -> Result | None:
     """
     if found is None:
         return Result(Outcome.NOT_FOUND, message_id=op.message_id)
-    room_id, author = found[0], found[1]
+    room_id, author, changer_role, author_role = found[0], found[1], found[2], found[3]
+    archived_at = found[4]
     if room_id not in op.rooms:
         # Outside the caller's rooms a message is as good as unknown to them:
         # answering "forbidden" would reveal that it exists.
         return Result(Outcome.NOT_FOUND, message_id=op.message_id)
-    if not isinstance(op, ToggleReaction) and author != op.user_id:
-        return Result(Outcome.FORBIDDEN, room_id=room_id, message_id=op.message_id)
-    return None
+    if archived_at is not None:
+        return Result(Outcome.ARCHIVED, room_id=room_id, message_id=op.message_id)
+    if isinstance(op, ToggleReaction) or author == op.user_id:
+        return None
+    if isinstance(op, DeleteMessage) and changer_role is not None:
+        # The room's owners and moderators delete anyone's message (of a role not above theirs).
+        actor = Role(changer_role)
+        target = Role(author_role) if author_role is not None else Role.MEMBER
+        if refusal(actor, Action.DELETE_ANY_MESSAGE, target) is None:
+            return None
+    return Result(Outcome.FORBIDDEN, room_id=room_id, message_id=op.message_id)
 
 
 # -- inserts and room sequence numbers --------------------------------------------------
@@ -283,3 +293,10 @@ def runs(ops: Iterable[Operation]) -> Iterator[list[InsertMessage] | Operation]:
         yield op
     if group:
         yield group
+
+
+def direct_key(first: str, second: str) -> str:
+    """The key of the direct room of two users, the same whichever asks. The
+    separator, the unit separator control character, cannot be part of a user
+    id (PostgreSQL's text cannot hold NUL)."""
+    return "\x1f".join(sorted((first, second)))

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from roomcast.adapters.sql.calls import CallSQL
 from roomcast.adapters.sql.dialect import Dialect
 from roomcast.adapters.sql.health import HealthSQL
+from roomcast.adapters.sql.members import MemberSQL
 from roomcast.adapters.sql.messages import MessageSQL
 from roomcast.adapters.sql.rooms import RoomSQL
 from roomcast.adapters.sql.rules import InsertPlan, InsertRun, creation_limit, runs
@@ -28,6 +29,9 @@ from roomcast.ports.store import (
     CallsAfter,
     DeleteMessage,
     EditMessage,
+    Member,
+    MemberChange,
+    MemberState,
     Operation,
     ProbeWrite,
     Result,
@@ -51,6 +55,7 @@ class SQLStore(ABC):
     ) -> None:
         self._messages = MessageSQL(dialect)
         self._rooms = RoomSQL(dialect)
+        self._members = MemberSQL(dialect)
         self._calls = CallSQL(dialect)
         self._health = HealthSQL(dialect)
         # The SQL of each kind of write but new messages (which come in runs):
@@ -141,9 +146,10 @@ class SQLStore(ABC):
         limit: int = 100,
         name_contains: str | None = None,
         members_limit: int = 20,
+        mine: bool = False,
     ) -> list[Room]:
         return await self._read(
-            lambda: self._rooms.listing(user_id, after, limit, name_contains, members_limit)
+            lambda: self._rooms.listing(user_id, after, limit, name_contains, members_limit, mine)
         )
 
     async def list_calls(
@@ -165,3 +171,46 @@ class SQLStore(ABC):
         self, room_id: int, since_id: int, through_seq: int | None, limit: int
     ) -> tuple[list[SequencedMessage], bool]:
         return await self._read(lambda: self._messages.since(room_id, since_id, through_seq, limit))
+
+    # -- membership ---------------------------------------------------------------------
+
+    async def member_state(self, room_id: int, user_id: str) -> MemberState:
+        return await self._read(lambda: self._members.state(room_id, user_id))
+
+    async def members_page(self, room_id: int, after: str | None, limit: int) -> list[Member]:
+        return await self._read(lambda: self._members.page(room_id, after, limit))
+
+    async def join_public(self, room_id: int, user_id: str, now: int) -> MemberState:
+        # Read first: a member's (re-)join, the common case, writes nothing.
+        state = await self.member_state(room_id, user_id)
+        if state.member is not None or state.banned:
+            return state
+        return await self._write(lambda: self._members.join(room_id, user_id, now))
+
+    async def add_member(self, room_id: int, user_id: str, role: str, now: int) -> MemberChange:
+        return await self._write(lambda: self._members.add(room_id, user_id, role, now))
+
+    async def remove_member(
+        self, room_id: int, user_id: str, ban_by: str | None, now: int
+    ) -> MemberChange:
+        return await self._write(lambda: self._members.remove(room_id, user_id, ban_by, now))
+
+    async def unban(self, room_id: int, user_id: str) -> bool:
+        return await self._write(lambda: self._members.unban(room_id, user_id))
+
+    async def set_role(self, room_id: int, user_id: str, role: str) -> MemberChange:
+        return await self._write(lambda: self._members.set_role(room_id, user_id, role))
+
+    async def update_room(
+        self, room_id: int, name: str | None, topic: str | None, private: bool | None
+    ) -> Room | None:
+        return await self._write(lambda: self._rooms.update(room_id, name, topic, private))
+
+    async def archive_room(self, room_id: int, now: int) -> Room | None:
+        return await self._write(lambda: self._rooms.archive(room_id, now))
+
+    async def direct_room(self, first: str, second: str, now: int) -> Room:
+        return await self._write(lambda: self._rooms.direct(first, second, now))
+
+    async def roles(self, user_id: str, room_ids: Sequence[int]) -> dict[int, str]:
+        return await self._read(lambda: self._rooms.roles(user_id, room_ids))

@@ -5,15 +5,26 @@
 // modules it imports. One module per concern: connection (the link and the
 // HTTP API), outbox (sending in order, paced), rooms (the list and switching),
 // timeline (messages), format (message text to elements, never HTML),
-// composer, members (people, status, typing), calls, theme. This file logs
-// in and wires them together.
+// composer, members (people, status, typing), membership (roles, invites,
+// settings, direct messages), calls, theme. This file logs in and wires them
+// together.
 
 import { connect, disconnect, on, send } from "./connection.js";
 import { $, colorFor, initials, toast } from "./dom.js";
 import * as outbox from "./outbox.js";
 import { state, view } from "./state.js";
-import { onCallRequest, renderMembers, renderTyping, useTypingPace } from "./members.js";
-import { createRoom, loadMoreRooms, openRoom, refreshRooms, rejoinAll, renderRooms, stepRoom } from "./rooms.js";
+import { onCallRequest, onMembersRendered, renderMembers, renderTyping, useTypingPace } from "./members.js";
+import { loadMembers, renderRoomTools, setupMembership } from "./membership.js";
+import {
+  createRoom,
+  loadMoreRooms,
+  onRoomOpened,
+  openRoom,
+  refreshRooms,
+  rejoinAll,
+  renderRooms,
+  stepRoom,
+} from "./rooms.js";
 import { jumpToNewest, leaveRoom, onScroll, onUnreadChange } from "./timeline.js";
 import { setupComposer } from "./composer.js";
 import { setupCalls, startCall } from "./calls.js";
@@ -162,6 +173,12 @@ function wire() {
   });
   onUnreadChange(renderRooms);
   onCallRequest(startCall);
+  onMembersRendered(renderRoomTools);
+  onRoomOpened((id) => {
+    renderRoomTools();
+    loadMembers(id);
+  });
+  setupMembership();
   setupComposer();
   setupCalls();
   setupTheme();

@@ -10,6 +10,18 @@ const TYPING_IDLE_MS = 2500;
 const TYPING_REFRESH_MS = 2000;
 
 let callHandler = () => {};
+let memberActions = () => {};
+let rendered = () => {};
+
+/** ``fn(item, user)`` adds role badges and actions to a person of the list. */
+export function onMemberActions(fn) {
+  memberActions = fn;
+}
+
+/** ``fn()`` runs after the member list is drawn (the header shows the count). */
+export function onMembersRendered(fn) {
+  rendered = fn;
+}
 
 /** ``fn(user)`` starts a call (calls.js); the member list shows a Call button. */
 export function onCallRequest(fn) {
@@ -72,30 +84,35 @@ export function renderMembers() {
   const list = $("member-list");
   list.replaceChildren();
   if (state.current === null) {
-    $("room-sub").textContent = "";
+    rendered();
     return;
   }
   const v = view(state.current);
-  const names = [...v.members.keys()].sort();
-  $("room-sub").textContent = `${names.length} online`;
+  // Who is here now, then the members who are not, each once.
+  const names = [...new Set([...v.members.keys(), ...v.roles.keys()])].sort((a, b) => {
+    const here = Number(v.members.has(b)) - Number(v.members.has(a));
+    return here || (a < b ? -1 : a > b ? 1 : 0);
+  });
   for (const name of names) {
-    const status = v.members.get(name);
-    const item = el("li", "member");
+    const status = v.members.get(name) || "offline";
+    const item = el("li", `member${v.members.has(name) ? "" : " away-from-room"}`);
     item.dataset.user = name;
     const dot = el("span", `dot ${status}`);
     dot.title = status;
     const label = el("span", "member-name", name === state.me ? `${name} (you)` : name);
     const statusText = el("span", "member-status muted small", status);
     item.append(avatar(name), dot, label, statusText);
-    if (name !== state.me) {
+    if (name !== state.me && v.members.has(name)) {
       const call = el("button", "call-button", "📞 Call");
       call.title = `Video call ${name}`;
       call.setAttribute("aria-label", `Video call ${name}`);
       call.onclick = () => callHandler(name);
       item.append(call);
     }
+    memberActions(item, name);
     list.append(item);
   }
+  rendered();
 }
 
 export function renderTyping() {

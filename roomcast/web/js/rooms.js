@@ -65,8 +65,10 @@ function matchesFilter(info) {
 }
 
 on("room_created", (p) => {
-  if (!matchesFilter(p.room)) return;
-  mergeRooms([p.room]);
+  const room = { ...p.room };
+  if (room.kind === "direct") room.name = room.members.find((m) => m !== state.me) || state.me;
+  if (!matchesFilter(room)) return;
+  mergeRooms([room]);
   renderRooms();
 });
 
@@ -74,11 +76,21 @@ on("connected", () => {
   refreshRooms();
 });
 
+let opened = () => {};
+
+/** ``fn(id)`` runs when a room comes on screen (membership.js loads its roles). */
+export function onRoomOpened(fn) {
+  opened = fn;
+}
+
 export function renderRooms() {
   const list = $("room-list");
+  const directs = $("dm-list");
   list.replaceChildren();
+  directs.replaceChildren();
   $("more-rooms").hidden = state.roomsNext === null;
-  if (!state.rooms.length) {
+  const rooms = state.rooms.filter((info) => info.kind !== "direct");
+  if (!rooms.length) {
     list.append(el("li", "muted small", state.roomFilter ? "No room has that name." : "No rooms yet."));
   }
   for (const info of state.rooms) {
@@ -88,7 +100,9 @@ export function renderRooms() {
     const button = el("button", `room-item${active ? " active" : ""}${unread ? " unread" : ""}`);
     button.dataset.roomId = String(info.id);
     if (active) button.setAttribute("aria-current", "page");
-    button.append(el("span", "hash", info.private ? "🔒" : "#"), el("span", "room-label", info.name));
+    const mark = info.kind === "direct" ? "@" : info.private ? "🔒" : "#";
+    button.append(el("span", "hash", mark), el("span", "room-label", info.name));
+    if (info.archived_at) button.classList.add("archived");
     if (unread && !active) {
       const badge = el("span", "badge", unread > 99 ? "99+" : String(unread));
       badge.setAttribute("aria-label", `${unread} unread`);
@@ -96,7 +110,7 @@ export function renderRooms() {
     }
     button.onclick = () => openRoom(info.id);
     item.append(button);
-    list.append(item);
+    (info.kind === "direct" ? directs : list).append(item);
   }
 }
 
@@ -126,6 +140,7 @@ export async function openRoom(id) {
   renderMembers();
   renderTyping();
   showComposerRoom(v);
+  opened(id);
   render("restore");
   if (v.nextBefore === undefined) {
     await loadOlder(v, true);

@@ -20,7 +20,8 @@ export const state = {
 export class RoomView {
   constructor(id) {
     this.id = id;
-    this.members = new Map(); // user -> status
+    this.members = new Map(); // user -> status, of those in the room now
+    this.roles = new Map(); // user -> role, of the room's members (membership.js)
     this.messages = new Map(); // id -> message (reactions: Map emoji -> Set of users)
     this.order = []; // message ids ascending
     this.notices = []; // {after: message id, text, at}
