@@ -16,7 +16,7 @@ from typing import Final
 
 from roomcast.protocol.fields import Role
 
-__all__ = ["LEAST_ROLE", "RANK", "Action", "Role", "last_owner_refusal", "refusal"]
+__all__ = ["LAST_OWNER", "LEAST_ROLE", "RANK", "Action", "Role", "last_owner_refusal", "refusal"]
 
 
 class Action(enum.StrEnum):
@@ -84,9 +84,11 @@ def refusal(
     return None
 
 
+#: Why the last owner may not leave, be removed or step down.
+LAST_OWNER = "a room keeps at least one owner: make another member an owner first"
+
+
 def last_owner_refusal(owners: int, losing: bool) -> str | None:
     """A room keeps at least one owner: the last one cannot leave, be removed or
     step down while it is the only one."""
-    if losing and owners <= 1:
-        return "a room keeps at least one owner: make another member an owner first"
-    return None
+    return LAST_OWNER if losing and owners <= 1 else None

@@ -20,7 +20,7 @@ from typing import Literal
 import msgspec
 
 from roomcast.core.deliveries import ToConnections
-from roomcast.core.membership import Action, Role, last_owner_refusal, refusal
+from roomcast.core.membership import LAST_OWNER, Action, Role, refusal
 from roomcast.features.rooms import RoomAnnounced, room_info
 from roomcast.node.feature import Applier, Feature
 from roomcast.ports.broker import CLUSTER, LogEntry, Scope
@@ -53,6 +53,8 @@ class MembershipChanged(LogEntry, tag="member", frozen=True, gc=False):
     role: Role = Role.MEMBER
     reason: RemovalReason = "removed"
     waiter: str = ""
+    # Log time of the change, so every replica leaves the room at the same time.
+    at: float = 0.0
 
     def scope(self) -> Scope:
         # The user's connections are told even where they are not in the room.
@@ -131,8 +133,7 @@ class Membership(Feature):
             room.id, user_id, actor if ban else None, self.parts.clock.wall_ms()
         )
         if change.last_owner:
-            why = last_owner_refusal(owners=1, losing=True)
-            raise ProtocolError(ErrorCode.FORBIDDEN, why or "the last owner stays")
+            raise ProtocolError(ErrorCode.FORBIDDEN, LAST_OWNER)
         if not change.changed:
             raise ProtocolError(ErrorCode.NOT_FOUND, f"{user_id!r} is not a member of the room")
         reason: RemovalReason = "banned" if ban else "left" if actor == user_id else "removed"
@@ -149,8 +150,7 @@ class Membership(Feature):
         await self._check(room, actor, Action.CHANGE_ROLE, user_id)
         change = await self.parts.store.set_role(room.id, user_id, role)
         if change.last_owner:
-            why = last_owner_refusal(owners=1, losing=True)
-            raise ProtocolError(ErrorCode.FORBIDDEN, why or "the last owner stays")
+            raise ProtocolError(ErrorCode.FORBIDDEN, LAST_OWNER)
         if change.member is None:
             raise ProtocolError(ErrorCode.NOT_FOUND, f"{user_id!r} is not a member of the room")
         if change.changed:
@@ -197,7 +197,8 @@ class Membership(Feature):
         applies what comes after it in the log after it."""
         waiter = self.parts.waits.key()
         waiting = self.parts.waits.expect(waiter)
-        self.parts.append(msgspec.structs.replace(entry, waiter=waiter))
+        stamped = {"at": self.parts.clock.now()} if isinstance(entry, MembershipChanged) else {}
+        self.parts.append(msgspec.structs.replace(entry, waiter=waiter, **stamped))
         await self.parts.waits.wait(waiting)
 
     async def _room_announced(self, room: Room) -> None:
@@ -211,9 +212,10 @@ class Membership(Feature):
             # Every connection of the user leaves the room here, on every node.
             leaving = [c for c in engine.connections_of(entry.user)
                        if engine.rooms.has_connection(entry.room, c)]  # fmt: skip
-            for conn_id in leaving:
+            if leaving:
                 parts.outbox.membership_changed((entry.room,))
-                parts.outbox.deliver(engine.leave(conn_id, entry.room, parts.clock.now()))
+            for conn_id in leaving:
+                parts.outbox.deliver(engine.leave(conn_id, entry.room, entry.at))
         if appended_here and entry.waiter:
             parts.waits.settle(entry.waiter)
 

@@ -15,8 +15,8 @@ from roomcast.protocol.names import (
     RoomName,
     UserId,
     _field_error,
+    checked_name,
     topic_text,
-    visible_name,
 )
 
 
@@ -28,15 +28,9 @@ class CreateRoom(msgspec.Struct, forbid_unknown_fields=True):
     members: Annotated[list[UserId], msgspec.Meta(max_length=1000)] = []
 
     def __post_init__(self) -> None:
-        try:
-            self.name = visible_name(self.name, ROOM_NAME_MAX_CHARS)
-        except ValueError as exc:
-            raise _field_error(exc, "name") from None
+        self.name = checked_name(self.name, ROOM_NAME_MAX_CHARS, "name")
         for index, member in enumerate(self.members):
-            try:
-                self.members[index] = visible_name(member, USER_ID_MAX_CHARS)
-            except ValueError as exc:
-                raise _field_error(exc, f"members[{index}]") from None
+            self.members[index] = checked_name(member, USER_ID_MAX_CHARS, f"members[{index}]")
 
 
 class RoomPage(msgspec.Struct):
@@ -68,10 +62,7 @@ class AddMember(msgspec.Struct, forbid_unknown_fields=True):
     role: Role = Role.MEMBER
 
     def __post_init__(self) -> None:
-        try:
-            self.user_id = visible_name(self.user_id, USER_ID_MAX_CHARS)
-        except ValueError as exc:
-            raise _field_error(exc, "user_id") from None
+        self.user_id = checked_name(self.user_id, USER_ID_MAX_CHARS, "user_id")
 
 
 class SetRole(msgspec.Struct, forbid_unknown_fields=True):
@@ -89,10 +80,7 @@ class UpdateRoom(msgspec.Struct, forbid_unknown_fields=True):
 
     def __post_init__(self) -> None:
         if self.name is not None:
-            try:
-                self.name = visible_name(self.name, ROOM_NAME_MAX_CHARS)
-            except ValueError as exc:
-                raise _field_error(exc, "name") from None
+            self.name = checked_name(self.name, ROOM_NAME_MAX_CHARS, "name")
         if self.topic is not None:
             try:
                 self.topic = topic_text(self.topic)
@@ -106,10 +94,7 @@ class DirectRequest(msgspec.Struct, forbid_unknown_fields=True):
     user_id: UserId
 
     def __post_init__(self) -> None:
-        try:
-            self.user_id = visible_name(self.user_id, USER_ID_MAX_CHARS)
-        except ValueError as exc:
-            raise _field_error(exc, "user_id") from None
+        self.user_id = checked_name(self.user_id, USER_ID_MAX_CHARS, "user_id")
 
 
 class RoomUsersPage(msgspec.Struct, omit_defaults=True):

@@ -109,6 +109,14 @@ def _field_error(why: ValueError, path: str) -> ValueError:
     return ValueError(f"{why} - at `$.{path}`")
 
 
+def checked_name(text: str, max_chars: int, path: str) -> str:
+    """:func:`visible_name` for a struct's field: a refusal names the field."""
+    try:
+        return visible_name(text, max_chars)
+    except ValueError as exc:
+        raise _field_error(exc, path) from None
+
+
 #: A room topic's length, in characters.
 TOPIC_MAX_CHARS = 250
 

@@ -8,7 +8,7 @@ import msgspec
 
 from roomcast.protocol.errors import ErrorCode, ProtocolError
 from roomcast.protocol.fields import MAX_ID, NULL, CallId, Id, MessageKind, SignalKind, Status
-from roomcast.protocol.names import USER_ID_MAX_CHARS, UserId, _field_error, visible_name
+from roomcast.protocol.names import USER_ID_MAX_CHARS, UserId, checked_name, visible_name
 
 
 class Request(msgspec.Struct, kw_only=True):
@@ -128,10 +128,7 @@ class WebRTCRequest(ClaimsUser):
     media: msgspec.Raw = msgspec.field(default_factory=lambda: NULL)
 
     def __post_init__(self) -> None:
-        try:
-            self.to_user_id = visible_name(self.to_user_id, USER_ID_MAX_CHARS)
-        except ValueError as exc:
-            raise _field_error(exc, "to_user_id") from None
+        self.to_user_id = checked_name(self.to_user_id, USER_ID_MAX_CHARS, "to_user_id")
 
 
 class CallEndRequest(ClaimsUser):

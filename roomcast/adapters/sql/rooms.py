@@ -197,10 +197,7 @@ class RoomSQL:
         """The user's role in each of the rooms they belong to."""
         if not room_ids:
             return {}
-        sql = self._dialect.sql(
-            "SELECT room_id, role FROM room_members WHERE user_id = $1 AND "
-            + self._dialect.in_list("room_id", 2, len(room_ids), "bigint")
-        )
+        sql = _roles(self._dialect, len(room_ids))
         rows = yield (sql, (user_id, *self._dialect.list_args(list(room_ids))))
         return {row[0]: row[1] for row in rows}
 
@@ -244,6 +241,15 @@ def _first_members(dialect: Dialect, count: int) -> str:
         f"OVER (PARTITION BY room_id ORDER BY {order}) AS n FROM room_members "
         f"WHERE {dialect.in_list('room_id', 2, count, 'bigint')}) AS m "
         f"WHERE n <= $1 ORDER BY room_id, {order}"
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _roles(dialect: Dialect, count: int) -> str:
+    """A user's ($1) roles in ``count`` rooms."""
+    return dialect.sql(
+        "SELECT room_id, role FROM room_members WHERE user_id = $1 AND "
+        + dialect.in_list("room_id", 2, count, "bigint")
     )
 
 

@@ -208,7 +208,7 @@ on("role_changed", (p) => {
 });
 
 on("room_updated", (p) => {
-  mergeRooms([{ ...p.room, name: (roomInfo(p.room.id) || p.room).kind === "direct" ? roomInfo(p.room.id).name : p.room.name }]);
+  mergeRooms([p.room]); // never a direct room: those have no settings to change
   renderRooms();
   if (p.room.id === state.current) {
     $("room-name").textContent = roomInfo(p.room.id).name;
