@@ -126,9 +126,9 @@ _STORED = (
 #: A run of new messages in one statement, ids drawn in row (and so seq) order.
 _INSERT = (
     f"INSERT INTO messages ({INSERT_COLUMNS}) "
-    "SELECT r, u, c, t, a, m, s FROM unnest($1::bigint[], $2::text[], $3::text[], "
-    "$4::text[], $5::bigint[], $6::text[], $7::bigint[]) "
-    "WITH ORDINALITY AS v (r, u, c, t, a, m, s, n) ORDER BY n "
+    "SELECT r, u, c, t, a, m, s, h, x FROM unnest($1::bigint[], $2::text[], $3::text[], "
+    "$4::text[], $5::bigint[], $6::text[], $7::bigint[], $8::bigint[], $9::text[]) "
+    "WITH ORDINALITY AS v (r, u, c, t, a, m, s, h, x, n) ORDER BY n "
     "RETURNING id, room_id, seq"
 )
 

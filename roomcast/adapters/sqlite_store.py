@@ -259,7 +259,7 @@ class SQLiteStore(SQLStore):
         return run.results(range(last - len(rows) + 1, last + 1))
 
 
-#: Most rows in one INSERT statement (7 values each, far below SQLite's
+#: Most rows in one INSERT statement (9 values each, far below SQLite's
 #: limit of 32,766 bound values).
 _MAX_INSERT_ROWS = 64
 
@@ -271,5 +271,5 @@ def _chunk_size(remaining: int) -> int:
 
 @functools.cache
 def _multi_insert(rows: int) -> str:
-    values = ", ".join(["(?, ?, ?, ?, ?, ?, ?)"] * rows)
+    values = ", ".join(["(?, ?, ?, ?, ?, ?, ?, ?, ?)"] * rows)
     return f"INSERT INTO messages ({INSERT_COLUMNS}) VALUES {values}"

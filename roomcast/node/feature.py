@@ -9,6 +9,9 @@ tables from those declarations:
 * :meth:`Feature.appliers`: the log entry types it applies (the node's log
   codec is built from these, so declaring an entry is all it takes for the
   log to carry it);
+* :meth:`Feature.observers`: entry types of other features it follows, called
+  after their own applier (so a feature learns what another one did without
+  either calling the other);
 * its deadlines, what it does when time passes or a connection leaves the
   replica, and its part of a node's snapshot.
 
@@ -101,6 +104,12 @@ class Feature:
 
     def appliers(self) -> Mapping[type[LogEntry], Applier]:
         return {}
+
+    def observers(self) -> Mapping[type[LogEntry], Applier]:
+        return {}
+
+    def user_connected(self, conn: LocalConnection) -> None:
+        """One of this node's connections is now known to be ``conn.user_id``'s."""
 
     def next_deadline(self) -> float | None:
         return None

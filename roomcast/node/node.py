@@ -77,7 +77,7 @@ class Node:
         )
         self.features = list(features(parts))
         self.timer = DeadlineTimer([f.next_deadline for f in self.features], broker.append, clock)
-        self.session = Session(parts, [r for f in self.features for r in f.routes()])
+        self.session = Session(parts, [r for f in self.features for r in f.routes()], self.features)
         self.replica = Replica(parts, self.features)
         self.replica.user_gone = self._user_gone
         self._write_probe: asyncio.Future[bool] | None = None

@@ -56,6 +56,12 @@ class Replica:
                     raise ValueError(f"two appliers for {entry_type.__name__}")
                 self._appliers[entry_type] = applier
         self.codec = LogCodec(self._appliers)
+        self._observers: dict[type[LogEntry], list[Applier]] = {}
+        for feature in features:
+            for entry_type, observer in feature.observers().items():
+                if entry_type not in self._appliers:
+                    raise ValueError(f"nothing applies {entry_type.__name__}")
+                self._observers.setdefault(entry_type, []).append(observer)
         self._announce_due = False  # a snapshot waits for this node's entries in flight
         # Nodes whose snapshot this node waits for before it is ready (None: not asked yet).
         self._awaiting_snapshots: set[str] | None = None
@@ -68,6 +74,10 @@ class Replica:
         here = origin == self.node_id
         try:
             self._appliers[type(entry)](entry, here)
+            observers = self._observers.get(type(entry))
+            if observers is not None:
+                for observer in observers:
+                    observer(entry, here)
         finally:
             if here and self._announce_due:
                 self._announce()

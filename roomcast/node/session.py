@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any
 
 from roomcast.core.limits import MessageClass
 from roomcast.node.connections import LocalConnection
-from roomcast.node.feature import NodeParts, Route
+from roomcast.node.feature import Feature, NodeParts, Route
 from roomcast.ports.broker import Closed, Identified, Opened
 from roomcast.ports.outlet import Writable
 from roomcast.ports.store import StoreUnavailable
@@ -38,8 +38,11 @@ CLOSE_POLICY_VIOLATION = 1008
 
 
 class Session:
-    def __init__(self, parts: NodeParts, routes: Iterable[Route]) -> None:
+    def __init__(
+        self, parts: NodeParts, routes: Iterable[Route], features: Sequence[Feature] = ()
+    ) -> None:
         self.parts = parts
+        self.features = features
         self._routes: dict[type[Request], Route] = {}
         for route in routes:
             if route.request in self._routes:
@@ -73,7 +76,13 @@ class Session:
         parts.append(Opened(conn.id, parts.broker.node_id, user_id))
         log.info("connect conn=%s user=%s remote=%s", conn.id, user_id, remote)
         parts.outbox.send(conn, Connected(connection_id=conn.id, user_id=user_id))
+        if user_id is not None:
+            self._user_connected(conn)
         return conn
+
+    def _user_connected(self, conn: LocalConnection) -> None:
+        for feature in self.features:
+            feature.user_connected(conn)
 
     def closed(self, conn: LocalConnection, reason: str) -> None:
         """The connection is gone: its rooms, typing and presence follow through the log."""
@@ -249,6 +258,7 @@ class Session:
                 self.parts.registry.own_user(conn)
                 self.parts.append(Identified(conn.id, claimed[0]))
                 log.info("identify conn=%s user=%s", conn.id, claimed[0])
+                self._user_connected(conn)
             elif claimed and settings.open_mode:
                 raise ProtocolError(
                     ErrorCode.FORBIDDEN,

@@ -122,7 +122,11 @@ class RoleChanged(Event):
 
 
 class ChatMessage(Event, omit_defaults=True):
-    """A stored chat message; ``client_msg_id`` only when the sender gave one."""
+    """A stored chat message; ``client_msg_id`` only when the sender gave one.
+
+    ``thread_id`` is the root of the thread it replies in (null: the room's
+    timeline); ``mentions`` the users it notifies, as the server kept them.
+    """
 
     TYPE = "chat"
     id: int
@@ -131,6 +135,8 @@ class ChatMessage(Event, omit_defaults=True):
     content: str
     type: MessageKind
     created_at: int
+    thread_id: int | None
+    mentions: list[str]
     client_msg_id: str | None = None
 
 
@@ -153,6 +159,8 @@ class MessageEdited(Event):
     room_id: int
     content: str
     edited_at: int
+    thread_id: int | None = None
+    mentions: list[str] = []
 
 
 class MessageDeleted(Event):
@@ -171,6 +179,87 @@ class MessageReaction(Event):
     user_id: str
     emoji: str
     action: Literal["added", "removed"]
+
+
+class ThreadUpdated(Event):
+    """A thread's summary after one of its replies was stored, edited or deleted.
+    ``reply_count`` 0: its replies are all deleted, and it is no longer listed."""
+
+    TYPE = "thread_updated"
+    room_id: int
+    thread_id: int
+    reply_count: int
+    last_reply_at: int | None
+    participants: list[str]
+
+
+NotificationKind = Literal["mention", "reply"]
+
+
+class Notification(Event):
+    """To every connection of the notified user: they were mentioned, or someone
+    replied in a thread they took part in. ``quiet``: the user is busy or in
+    do-not-disturb, so clients show it without a sound."""
+
+    TYPE = "notification"
+    id: int
+    kind: NotificationKind
+    room_id: int
+    message_id: int
+    thread_id: int | None
+    from_user_id: str
+    excerpt: str
+    created_at: int
+    quiet: bool = False
+
+
+class NotificationRetracted(Event):
+    """The notification is void (its message was deleted, or an edit removed the mention)."""
+
+    TYPE = "notification_retracted"
+    id: int
+
+
+class NotificationsRead(Event):
+    """To every connection of the user: these notifications are read now."""
+
+    TYPE = "notification_read"
+    ids: list[int]
+
+
+class ReadReceipt(Event):
+    """A member's read marker moved (at most one per user and room per second)."""
+
+    TYPE = "read_receipt"
+    room_id: int
+    user_id: str
+    message_id: int
+    thread_id: int | None
+
+
+class RoomUnread(msgspec.Struct):
+    """A room's counts for one user: ``unread`` timeline messages after their
+    marker (not their own, not deleted; counting stops at
+    :data:`UNREAD_COUNT_LIMIT`), ``mentions`` unread mentions of them (in the
+    timeline and in threads)."""
+
+    room_id: int
+    unread: int
+    mentions: int
+    last_read_id: int
+    last_message_id: int
+
+
+#: Where counting unread messages stops (clients show "999+"), so that a
+#: count costs the same after years of history.
+UNREAD_COUNT_LIMIT: Final = 1000
+
+
+class Unread(Event):
+    """After ``connected``: every room of the user; later: the rooms whose counts changed."""
+
+    TYPE = "unread"
+    rooms: list[RoomUnread]
 
 
 class Typing(Event):
@@ -253,6 +342,12 @@ SERVER_TYPES: Final[dict[str, type[Event]]] = {
         MessageEdited,
         MessageDeleted,
         MessageReaction,
+        ThreadUpdated,
+        Notification,
+        NotificationRetracted,
+        NotificationsRead,
+        ReadReceipt,
+        Unread,
         Typing,
         Presence,
         IncomingCall,

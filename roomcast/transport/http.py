@@ -21,6 +21,7 @@ from roomcast.asyncapi import asyncapi_document
 from roomcast.auth import Authenticator, AuthError
 from roomcast.config import Settings, url_list
 from roomcast.features.membership import Membership
+from roomcast.features.notifications import Notifications
 from roomcast.features.rooms import Rooms, room_info
 from roomcast.ice import ice_servers
 from roomcast.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -36,6 +37,7 @@ from roomcast.protocol import (
     DirectRequest,
     ErrorCode,
     HistoryPage,
+    NotificationPage,
     ProtocolError,
     Role,
     RoomMember,
@@ -43,6 +45,7 @@ from roomcast.protocol import (
     RoomPage,
     RoomUsersPage,
     SetRole,
+    ThreadPage,
     UpdateRoom,
     decode_body,
     encode_json,
@@ -108,6 +111,7 @@ class HttpApi:
         self.node = node
         self.rooms: Rooms = node.feature(Rooms)
         self.membership: Membership = node.feature(Membership)
+        self.notifications: Notifications = node.feature(Notifications)
         self.store = store
         self.auth = auth
         self.settings = settings
@@ -133,6 +137,8 @@ class HttpApi:
             web.delete("/api/rooms/{room_id}/bans/{user_id}", self.unban),
             web.post("/api/direct", self.direct_room),
             web.get("/api/rooms/{room_id}/messages", self.room_messages),
+            web.get("/api/rooms/{room_id}/threads", self.room_threads),
+            web.get("/api/notifications", self.list_notifications),
             web.get("/api/calls", self.list_calls),
             web.get("/api/ice-servers", self.ice_servers),
         ]
@@ -352,12 +358,38 @@ class HttpApi:
         )
         before_text = request.query.get("before")
         before = None if before_text is None else _int_param(before_text, "before", minimum=1)
+        thread_text = request.query.get("thread_id")
+        thread = None if thread_text is None else _int_param(thread_text, "thread_id", minimum=1)
         # One more than asked: a full page is the last one unless something is older.
-        items = await self.store.history(room.id, before, limit + 1)
+        items = await self.store.history(room.id, before, limit + 1, thread)
         older = len(items) > limit
         items = items[-limit:]
         page = HistoryPage(messages=items, next_before=items[0].id if older else None)
         return json_response(page)
+
+    async def room_threads(self, request: web.Request) -> web.Response:
+        """The room's threads by last activity; ``before`` is the previous page's ``next``."""
+        room, _ = await self._visible_room(request)
+        limit = self._limit(request)
+        before = _pair_cursor(request.query.get("before"))
+        threads = await self.store.threads(room.id, before, limit + 1)
+        more = len(threads) > limit
+        threads = threads[:limit]
+        last = threads[-1] if more else None
+        cursor = None if last is None else f"{last.thread.last_reply_at}.{last.root.id}"
+        return json_response(ThreadPage(threads, cursor))
+
+    async def list_notifications(self, request: web.Request) -> web.Response:
+        """The caller's notifications, newest first (``?unread=true``: unread ones)."""
+        user = self._user(request)
+        unread = _flag_param(request.query.get("unread", "false"), "unread")
+        limit = self._limit(request)
+        before_text = request.query.get("before")
+        before = None if before_text is None else _int_param(before_text, "before", minimum=1)
+        found = await self.notifications.listing(user, unread, before, limit + 1)
+        more = len(found) > limit
+        found = found[:limit]
+        return json_response(NotificationPage(found, found[-1].id if more else None))
 
     async def list_calls(self, request: web.Request) -> web.Response:
         user = self._user(request)
@@ -399,6 +431,18 @@ def _user_param(text: str, name: str) -> str:
 def _user_cursor(text: str | None) -> str | None:
     """``?after=`` of a list by user id: the last user id of the previous page."""
     return None if text is None else _user_param(text, "after")
+
+
+def _pair_cursor(text: str | None) -> tuple[int, int] | None:
+    """``?before=`` of the thread list: ``<last_reply_at>.<root id>`` of a previous page's last."""
+    if text is None:
+        return None
+    first, dot, second = text.partition(".")
+    if dot and all(p.isascii() and p.isdigit() and len(p) <= 16 for p in (first, second)):
+        return int(first), int(second)
+    raise ProtocolError(
+        ErrorCode.INVALID_MESSAGE, "before: expected the next cursor of a previous page"
+    )
 
 
 def _calls_cursor(text: str | None) -> CallsAfter | None:

@@ -306,8 +306,15 @@ CLIENT_SAMPLES: dict[str, list[dict[str, Any]]] = {
     "chat": [
         {"room_id": 1, "content": "hello"},
         {"room_id": 1, "content": "hi", "type": "text", "user_id": "ünïcode 🙂"},
+        {"room_id": 1, "content": "@bob see", "thread_id": 9, "mentions": ["bob", "carol"]},
     ],
-    "message_edit": [{"message_id": 3, "content": "fixed"}],
+    "message_edit": [
+        {"message_id": 3, "content": "fixed"},
+        {"message_id": 3, "content": "fixed @bob", "mentions": ["bob"]},
+        {"message_id": 3, "content": "nobody", "mentions": []},
+    ],
+    "read": [{"room_id": 1, "message_id": 4}, {"room_id": 1, "message_id": 9, "thread_id": 4}],
+    "notification_read": [{"ids": [1, 2, 3]}],
     "message_delete": [{"message_id": 3}],
     "message_reaction": [{"message_id": 3, "emoji": "👍"}],
     "typing": [{"room_id": 1, "is_typing": True}, {"room_id": 1, "is_typing": False}],
@@ -335,6 +342,17 @@ CLIENT_REJECTS: list[tuple[str, dict[str, Any]]] = [
     ("chat", {"room_id": 1}),
     ("chat", {"room_id": 1, "content": 5}),
     ("chat", {"room_id": 1, "content": "x", "type": "image"}),
+    ("chat", {"room_id": 1, "content": "x", "thread_id": 0}),
+    ("chat", {"room_id": 1, "content": "x", "mentions": "bob"}),
+    ("chat", {"room_id": 1, "content": "x", "mentions": [""]}),
+    ("chat", {"room_id": 1, "content": "x", "mentions": ["u"] * 101}),
+    ("message_edit", {"message_id": 1, "content": "x", "mentions": [5]}),
+    ("read", {"room_id": 1}),
+    ("read", {"room_id": 1, "message_id": 0}),
+    ("read", {"room_id": 1, "message_id": 1, "thread_id": "2"}),
+    ("notification_read", {"ids": []}),
+    ("notification_read", {"ids": [0]}),
+    ("notification_read", {"ids": list(range(1, 102))}),
     ("typing", {"room_id": 1, "is_typing": "yes"}),
     ("presence", {"status": "gone"}),
     ("message_reaction", {"message_id": 1, "emoji": ""}),
@@ -470,6 +488,12 @@ async def test_frames_from_a_real_session_match_the_document(
         await alice.send("chat", {"room_id": room_id, "content": "hello"})
         frames += await frames_until(alice, "chat")
         message_id = frames[-1]["payload"]["id"]
+        reply = {"room_id": room_id, "content": "@bob?", "thread_id": message_id}
+        await alice.send("chat", {**reply, "mentions": [f"asyncapi-bob-{room_id}"]})
+        frames += await frames_until(alice, "thread_updated")
+        frames += await frames_until(bob, "notification")
+        await bob.send("read", {"room_id": room_id, "message_id": message_id})
+        frames += await frames_until(alice, "read_receipt")
         requests = [
             ("typing", {"room_id": room_id, "is_typing": True}),
             ("message_edit", {"message_id": message_id, "content": "edited"}),
@@ -496,6 +520,10 @@ async def test_frames_from_a_real_session_match_the_document(
     seen = {frame["type"] for frame in frames}
     assert seen == {
         "connected",
+        "unread",
+        "thread_updated",
+        "notification",
+        "read_receipt",
         "room_users",
         "user_joined",
         "user_left",

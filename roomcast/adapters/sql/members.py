@@ -8,6 +8,7 @@ nodes demoting the last two owners at once cannot both succeed.
 
 from __future__ import annotations
 
+from roomcast.adapters.sql.conversations import START_READ
 from roomcast.adapters.sql.dialect import Dialect
 from roomcast.adapters.sql.steps import Steps
 from roomcast.ports.store import Member, MemberChange, MemberState
@@ -31,8 +32,8 @@ class MemberSQL:
             f"WHERE room_id = $1 ORDER BY {order} LIMIT $2"
         )
         self._insert = sql(
-            "INSERT INTO room_members (room_id, user_id, role, joined_at) "
-            "VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING user_id"
+            "INSERT INTO room_members (room_id, user_id, role, joined_at, read_id) "
+            f"VALUES ($1, $2, $3, $4, {START_READ}) ON CONFLICT DO NOTHING RETURNING user_id"
         )
         self._delete = sql("DELETE FROM room_members WHERE room_id = $1 AND user_id = $2")
         self._set_role = sql(
