@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from roomcast.core.conversations import ReceiptKey, ReceiptPacer
 from roomcast.core.limits import MessageClass
@@ -152,9 +153,9 @@ class Reads(Feature):
 
     # -- who belongs where (this node's users) --------------------------------------------
 
-    def user_connected(self, conn: LocalConnection) -> None:
+    def user_connected(self, conn: LocalConnection) -> asyncio.Future[Any]:
         """Right after ``connected``: the counts of every room of the user."""
-        self.parts.tasks.spawn(self._first_counts(conn))
+        return self.parts.tasks.spawn(self._first_counts(conn))
 
     async def _first_counts(self, conn: LocalConnection) -> None:
         user_id = conn.user_id

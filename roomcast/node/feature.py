@@ -21,6 +21,7 @@ the I/O: the outbox sends, the log appends, the store writes.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -108,8 +109,13 @@ class Feature:
     def observers(self) -> Mapping[type[LogEntry], Applier]:
         return {}
 
-    def user_connected(self, conn: LocalConnection) -> None:
-        """One of this node's connections is now known to be ``conn.user_id``'s."""
+    def user_connected(self, conn: LocalConnection) -> asyncio.Future[Any] | None:
+        """One of this node's connections is now known to be ``conn.user_id``'s.
+
+        A future returned is what the connection is told first: its requests
+        are acted on once it is done.
+        """
+        return None
 
     def next_deadline(self) -> float | None:
         return None

@@ -81,8 +81,9 @@ class Session:
         return conn
 
     def _user_connected(self, conn: LocalConnection) -> None:
-        for feature in self.features:
-            feature.user_connected(conn)
+        greetings = [g for f in self.features if (g := f.user_connected(conn)) is not None]
+        if greetings:
+            conn.greeting = asyncio.gather(*greetings, return_exceptions=True)
 
     def closed(self, conn: LocalConnection, reason: str) -> None:
         """The connection is gone: its rooms, typing and presence follow through the log."""
@@ -144,6 +145,10 @@ class Session:
         this connection's next frame in."""
         if conn.closing:
             return None
+        if conn.greeting is not None:
+            if not conn.greeting.done():
+                return self._after_greeting(conn, data)
+            conn.greeting = None
         request_type: str | None = None
         request: Request | None = None
         try:
@@ -157,12 +162,31 @@ class Session:
             self.parts.metrics.messages_in[request_type] += 1
             self._limit(conn, route.rate, request_type)
             self._check_identity(conn, request, route.anonymous)
+            if conn.greeting is not None:  # identified by this very request
+                return self._guarded(conn, request, self._greeted(conn, route, request))
             pending = route.handle(conn, request)
             if pending is not None:
                 return self._guarded(conn, request, pending)
         except Exception as exc:
             self._fail(conn, request, request_type, exc)
         return None
+
+    async def _after_greeting(self, conn: LocalConnection, data: bytes | str) -> None:
+        """A frame that came before the connection's greeting went out: after it."""
+        assert conn.greeting is not None
+        await asyncio.shield(conn.greeting)
+        pending = self.receive_now(conn, data)
+        if pending is not None:
+            await pending
+
+    async def _greeted(self, conn: LocalConnection, route: Route, request: Request) -> None:
+        greeting = conn.greeting
+        if greeting is not None:
+            await asyncio.shield(greeting)
+            conn.greeting = None
+        pending = route.handle(conn, request)
+        if pending is not None:
+            await pending
 
     def receive_binary(self, conn: LocalConnection) -> None:
         """A binary frame: refused like any frame that is not a request."""

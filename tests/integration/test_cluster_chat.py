@@ -69,6 +69,8 @@ async def test_chat_edits_deletes_and_reactions_cross_nodes(cluster: Cluster) ->
             "user_id": uid(sender),
             "content": content,
             "type": "text",
+            "thread_id": None,
+            "mentions": [],
         }
         for member in members:
             if member is not sender:
@@ -85,6 +87,8 @@ async def test_chat_edits_deletes_and_reactions_cross_nodes(cluster: Cluster) ->
         "message_id": one["id"],
         "room_id": ROOM,
         "content": "one!",
+        "thread_id": None,
+        "mentions": [],
     }
     for member in (bob, carol):
         assert (await member.recv("message_edit"))["payload"] == edit
