@@ -346,11 +346,9 @@ class Store(Protocol):
         """The root of the thread a reply to ``message_id`` belongs to (the
         message itself, or its own root); None unless it is a live message of the room."""
 
-    async def threads(
-        self, room_id: int, before: tuple[int, int] | None, limit: int
-    ) -> list[ThreadItem]:
-        """The room's threads with live replies, by last activity, newest first;
-        ``before`` is ``(last_reply_at, root_id)`` of the previous page's last."""
+    async def threads(self, room_id: int, before: int | None, limit: int) -> list[ThreadItem]:
+        """The room's threads with live replies, by last activity (their newest
+        reply's id), newest first, those whose newest reply is before ``before``."""
 
     async def unread(self, user_id: str, room_ids: Sequence[int] | None = None) -> list[RoomUnread]:
         """The user's counts in each room they are a member of (or in ``room_ids`` of them)."""

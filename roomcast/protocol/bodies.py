@@ -110,12 +110,13 @@ class RoomUsersPage(msgspec.Struct, omit_defaults=True):
 
 
 class ThreadSummary(msgspec.Struct):
-    """A thread under its root: live replies, the newest one's time, and the
-    distinct authors of replies, newest first (at most 10)."""
+    """A thread under its root: live replies, the newest one's time and id, and
+    the distinct authors of replies, newest first (at most 10)."""
 
     reply_count: int
     last_reply_at: int
     participants: list[str]
+    last_reply_id: int
 
 
 class HistoryMessage(msgspec.Struct):
@@ -155,7 +156,7 @@ class ThreadPage(msgspec.Struct):
     ``next`` is the ``before`` of the next page."""
 
     threads: list[ThreadItem]
-    next: str | None
+    next: int | None
 
 
 class NotificationInfo(msgspec.Struct):

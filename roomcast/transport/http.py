@@ -371,13 +371,14 @@ class HttpApi:
         """The room's threads by last activity; ``before`` is the previous page's ``next``."""
         room, _ = await self._visible_room(request)
         limit = self._limit(request)
-        before = _pair_cursor(request.query.get("before"))
+        before_text = request.query.get("before")
+        before = None if before_text is None else _int_param(before_text, "before", minimum=1)
         threads = await self.store.threads(room.id, before, limit + 1)
         more = len(threads) > limit
         threads = threads[:limit]
-        last = threads[-1] if more else None
-        cursor = None if last is None else f"{last.thread.last_reply_at}.{last.root.id}"
-        return json_response(ThreadPage(threads, cursor))
+        return json_response(
+            ThreadPage(threads, threads[-1].thread.last_reply_id if more else None)
+        )
 
     async def list_notifications(self, request: web.Request) -> web.Response:
         """The caller's notifications, newest first (``?unread=true``: unread ones)."""
@@ -431,18 +432,6 @@ def _user_param(text: str, name: str) -> str:
 def _user_cursor(text: str | None) -> str | None:
     """``?after=`` of a list by user id: the last user id of the previous page."""
     return None if text is None else _user_param(text, "after")
-
-
-def _pair_cursor(text: str | None) -> tuple[int, int] | None:
-    """``?before=`` of the thread list: ``<last_reply_at>.<root id>`` of a previous page's last."""
-    if text is None:
-        return None
-    first, dot, second = text.partition(".")
-    if dot and all(p.isascii() and p.isdigit() and len(p) <= 16 for p in (first, second)):
-        return int(first), int(second)
-    raise ProtocolError(
-        ErrorCode.INVALID_MESSAGE, "before: expected the next cursor of a previous page"
-    )
 
 
 def _calls_cursor(text: str | None) -> CallsAfter | None:

@@ -110,12 +110,20 @@ class Client:
         return payload
 
     async def expect_silence(self, duration: float = 0.3) -> None:
-        """Nothing arrives for ``duration`` seconds (a ping round-trip proves the link)."""
-        try:
-            message = await asyncio.wait_for(self.ws.receive(), duration)
-        except TimeoutError:
-            return
-        raise AssertionError(f"expected nothing, got {message.data!r}")
+        """Nothing arrives for ``duration`` seconds (a ping round-trip proves the link);
+        ``unread`` counts are passed over as :meth:`next` does."""
+        deadline = time.monotonic() + duration
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                message = await asyncio.wait_for(self.ws.receive(), left)
+            except TimeoutError:
+                return
+            if self.skip_unread and message.type is aiohttp.WSMsgType.TEXT:
+                frame = json.loads(message.data)
+                if frame.get("type") == "unread":
+                    self.unreads.append(frame["payload"])
+                    continue
+            raise AssertionError(f"expected nothing, got {message.data!r}")
 
     async def sync(self) -> None:
         """Round-trip a ping: every frame the server queued before is now received."""

@@ -477,7 +477,8 @@ async def test_frames_from_a_real_session_match_the_document(
     alice = await Client.connect(server.ws_url, f"asyncapi-alice-{room_id}")
     bob = await Client.connect(server.ws_url, f"asyncapi-bob-{room_id}")
     frames: list[dict[str, Any]] = [
-        {"type": "connected", "payload": alice.connected, "timestamp": 0}
+        {"type": "connected", "payload": alice.connected, "timestamp": 0},
+        {"type": "unread", "payload": alice.unread, "timestamp": 0},
     ]
     requests: list[tuple[str, dict[str, Any]]]
     try:

@@ -13,10 +13,12 @@ CREATE TABLE threads (
     room_id INTEGER NOT NULL REFERENCES rooms (id) ON DELETE CASCADE,
     reply_count INTEGER NOT NULL,
     last_reply_at INTEGER NOT NULL,
+    -- Orders the thread list: ids grow with time in a room, and never tie.
+    last_reply_id INTEGER NOT NULL,
     participants TEXT NOT NULL,
     PRIMARY KEY (root_id)
 );
-CREATE INDEX threads_by_activity ON threads (room_id, last_reply_at, root_id);
+CREATE INDEX threads_by_activity ON threads (room_id, last_reply_id);
 
 -- One notification per user and message: a mention, or a reply in a thread
 -- the user took part in. A retracted one is deleted.

@@ -58,9 +58,13 @@ def mentions_list(stored: str | None) -> list[str]:
     return [] if stored is None else _mentions_decoder.decode(stored)
 
 
+#: The columns :func:`thread_summary` reads.
+THREAD_COLUMNS = "root_id, reply_count, last_reply_at, participants, last_reply_id"
+
+
 def thread_summary(row: Row) -> ThreadSummary:
-    """A summary from a row of ``(root_id, reply_count, last_reply_at, participants)``."""
-    return ThreadSummary(row[1], row[2], mentions_list(row[3]))
+    """A summary from a row of :data:`THREAD_COLUMNS`."""
+    return ThreadSummary(row[1], row[2], mentions_list(row[3]), row[4])
 
 
 class ConversationSQL:
@@ -92,7 +96,7 @@ class ConversationSQL:
         # change to a thread locks its root first, then counts.
         self._lock_root = sql(f"SELECT id FROM messages WHERE id = $1{dialect.row_lock}")
         self._count = sql(
-            "SELECT COUNT(*), MAX(created_at) FROM messages "
+            "SELECT COUNT(*), MAX(created_at), MAX(id) FROM messages "
             "WHERE thread_id = $1 AND deleted_at IS NULL"
         )
         self._authors = sql(
@@ -100,10 +104,11 @@ class ConversationSQL:
             f"GROUP BY user_id ORDER BY MAX(id) DESC LIMIT {THREAD_PARTICIPANTS}"
         )
         self._upsert_thread = sql(
-            "INSERT INTO threads (root_id, room_id, reply_count, last_reply_at, participants) "
-            "VALUES ($1, $2, $3, $4, $5) ON CONFLICT (root_id) DO UPDATE SET "
+            "INSERT INTO threads "
+            "(root_id, room_id, reply_count, last_reply_at, last_reply_id, participants) "
+            "VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (root_id) DO UPDATE SET "
             "reply_count = excluded.reply_count, last_reply_at = excluded.last_reply_at, "
-            "participants = excluded.participants"
+            "last_reply_id = excluded.last_reply_id, participants = excluded.participants"
         )
         self._drop_thread = sql("DELETE FROM threads WHERE root_id = $1")
         self._member_read = sql(
@@ -263,11 +268,13 @@ class ConversationSQL:
         row = (yield (self._count, (root_id,)))[0]
         count: int = row[0]
         last_at: int = row[1]
+        last_id: int = row[2]
         if not count:
             yield (self._drop_thread, (root_id,))
             return ThreadUpdated(room_id, root_id, 0, None, [])
         authors = [row[0] for row in (yield (self._authors, (root_id,)))]
-        yield (self._upsert_thread, (root_id, room_id, count, last_at, mentions_json(authors)))
+        participants = mentions_json(authors)
+        yield (self._upsert_thread, (root_id, room_id, count, last_at, last_id, participants))
         return ThreadUpdated(room_id, root_id, count, last_at, authors)
 
     def _kept(self, room_id: int, named: Sequence[str], author: str) -> Steps[tuple[str, ...]]:

@@ -10,7 +10,12 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable, Sequence
 
-from roomcast.adapters.sql.conversations import ConversationSQL, mentions_list, thread_summary
+from roomcast.adapters.sql.conversations import (
+    THREAD_COLUMNS,
+    ConversationSQL,
+    mentions_list,
+    thread_summary,
+)
 from roomcast.adapters.sql.dialect import Dialect
 from roomcast.adapters.sql.rules import NO_BOUND, InsertPlan, MessageChange, refuse_change
 from roomcast.adapters.sql.steps import Row, Steps
@@ -54,9 +59,8 @@ class MessageSQL:
             f"AND id < $2 AND {live} ORDER BY id DESC LIMIT $3"
         )
         self._threads = sql(
-            "SELECT root_id, reply_count, last_reply_at, participants FROM threads "
-            "WHERE room_id = $1 AND (last_reply_at < $2 OR last_reply_at = $2 AND root_id < $3) "
-            "ORDER BY last_reply_at DESC, root_id DESC LIMIT $4"
+            f"SELECT {THREAD_COLUMNS} FROM threads WHERE room_id = $1 AND last_reply_id < $2 "
+            "ORDER BY last_reply_id DESC LIMIT $3"
         )
         self._seq_range = sql(
             f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE room_id = $1 "
@@ -108,12 +112,11 @@ class MessageSQL:
             rows = yield (self._thread_history, (room_id, bound, limit, thread_id))
         return (yield from self._items(rows, with_threads=thread_id is None))
 
-    def threads(
-        self, room_id: int, before: tuple[int, int] | None, limit: int
-    ) -> Steps[list[ThreadItem]]:
-        """The room's threads by last activity, newest first, with their roots."""
-        at, root = before if before is not None else (NO_BOUND, NO_BOUND)
-        rows = yield (self._threads, (room_id, at, root, limit))
+    def threads(self, room_id: int, before: int | None, limit: int) -> Steps[list[ThreadItem]]:
+        """The room's threads by last activity (their newest reply's id), newest
+        first, with their roots; ``before`` is a last reply id."""
+        bound = before if before is not None else NO_BOUND
+        rows = yield (self._threads, (room_id, bound, limit))
         if not rows:
             return []
         ids = [row[0] for row in rows]
@@ -183,7 +186,7 @@ def _by_ids(dialect: Dialect, count: int) -> str:
 @functools.lru_cache(maxsize=256)
 def _summaries(dialect: Dialect, count: int) -> str:
     return dialect.sql(
-        "SELECT root_id, reply_count, last_reply_at, participants FROM threads WHERE "
+        f"SELECT {THREAD_COLUMNS} FROM threads WHERE "
         + dialect.in_list("root_id", 1, count, "bigint")
     )
 

@@ -189,9 +189,7 @@ class SQLStore(ABC):
     async def thread_root(self, room_id: int, message_id: int) -> int | None:
         return await self._read(lambda: self._conversations.thread_root(room_id, message_id))
 
-    async def threads(
-        self, room_id: int, before: tuple[int, int] | None, limit: int
-    ) -> list[ThreadItem]:
+    async def threads(self, room_id: int, before: int | None, limit: int) -> list[ThreadItem]:
         return await self._read(lambda: self._messages.threads(room_id, before, limit))
 
     async def unread(self, user_id: str, room_ids: Sequence[int] | None = None) -> list[RoomUnread]:
