@@ -53,7 +53,7 @@ class Node:
     ) -> None:
         clock = clock or Clock()
         metrics = metrics or Metrics()
-        engine = ChatEngine(settings.typing_timeout)
+        engine = ChatEngine(settings.typing_timeout, settings.away_after)
         registry = ConnectionRegistry()
         tasks = BackgroundTasks()
         outbox = Outbox(outlet, engine, registry, metrics, clock)

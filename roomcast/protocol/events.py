@@ -47,9 +47,15 @@ class UserLeft(Event):
     user_id: str
 
 
-class RoomUser(msgspec.Struct):
+class RoomUser(msgspec.Struct, omit_defaults=True):
+    """A user in a room: their status, its text when they set one, and when they
+    were last active (wall-clock ms: a message sent or a client's ``activity``;
+    left out until then)."""
+
     user_id: str
     status: Status
+    status_text: str | None = None
+    last_active_at: int | None = None
 
 
 class RoomUsers(Event):
@@ -269,10 +275,14 @@ class Typing(Event):
     is_typing: bool
 
 
-class Presence(Event):
+class Presence(Event, omit_defaults=True):
+    """A user's status changed; ``status_text`` and ``last_active_at`` as in ``room_users``."""
+
     TYPE = "presence"
     user_id: str
     status: Status
+    status_text: str | None = None
+    last_active_at: int | None = None
 
 
 class _CallAnnouncement(Event):

@@ -132,9 +132,25 @@ class TypingRequest(ClaimsUser):
     is_typing: bool
 
 
+#: A status text's length, in characters.
+STATUS_TEXT_MAX_CHARS: Final = 100
+
+
 class PresenceRequest(ClaimsUser):
+    """Choose a status (``online``: the automatic one again), with an optional
+    text and a time (wall-clock ms) at which it ends by itself."""
+
     TYPE = "presence"
     status: Status
+    status_text: Annotated[str, msgspec.Meta(max_length=STATUS_TEXT_MAX_CHARS)] | None = None
+    until: Annotated[int, msgspec.Meta(ge=0, le=MAX_ID)] | None = None
+
+
+class ActivityRequest(ClaimsUser):
+    """The person is using a client (input seen): ends automatic away. Clients
+    send it when input follows a quiet spell, at most every few seconds."""
+
+    TYPE = "activity"
 
 
 #: The largest ``media`` of a ``webrtc`` message (JSON bytes): it is announced
@@ -191,6 +207,7 @@ CLIENT_TYPES: Final[dict[str, type[Request]]] = {
         NotificationReadRequest,
         TypingRequest,
         PresenceRequest,
+        ActivityRequest,
         WebRTCRequest,
         CallEndRequest,
         CallRejectRequest,

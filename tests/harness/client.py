@@ -146,6 +146,11 @@ class Client:
         await self._session.close()
 
 
+def without_activity(users: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``room_users`` entries without ``last_active_at``, which follows the clock."""
+    return [{k: v for k, v in user.items() if k != "last_active_at"} for user in users]
+
+
 def users(room_users_payload: dict[str, Any]) -> Sequence[str]:
     return [entry["user_id"] for entry in room_users_payload["users"]]
 

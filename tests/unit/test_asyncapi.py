@@ -318,7 +318,11 @@ CLIENT_SAMPLES: dict[str, list[dict[str, Any]]] = {
     "message_delete": [{"message_id": 3}],
     "message_reaction": [{"message_id": 3, "emoji": "👍"}],
     "typing": [{"room_id": 1, "is_typing": True}, {"room_id": 1, "is_typing": False}],
-    "presence": [{"status": status} for status in ("online", "away", "busy", "offline")],
+    "presence": [
+        *({"status": status} for status in ("online", "away", "busy", "dnd", "offline")),
+        {"status": "dnd", "status_text": "focus time", "until": 1_900_000_000_000},
+    ],
+    "activity": [{}],
     "webrtc": [
         {"type": "offer", "to_user_id": "bob", "data": {"sdp": "v=0"}, "media": {"video": True}},
         {"type": "answer", "to_user_id": "bob", "data": "v=0", "call_id": "c1"},
@@ -355,6 +359,8 @@ CLIENT_REJECTS: list[tuple[str, dict[str, Any]]] = [
     ("notification_read", {"ids": list(range(1, 102))}),
     ("typing", {"room_id": 1, "is_typing": "yes"}),
     ("presence", {"status": "gone"}),
+    ("presence", {"status": "busy", "status_text": "x" * 101}),
+    ("presence", {"status": "busy", "until": -1}),
     ("message_reaction", {"message_id": 1, "emoji": ""}),
     ("message_reaction", {"message_id": 1, "emoji": "x" * 33}),
     ("webrtc", {"type": "hello", "to_user_id": "bob", "data": {}}),

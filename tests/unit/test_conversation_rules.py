@@ -1,4 +1,5 @@
-"""The rules of conversations: who a message notifies, markers, receipt pacing."""
+"""The rules of conversations: who a message notifies, markers, receipt pacing,
+and the presence book's statuses."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from roomcast.core.conversations import (
     marker_moves,
     reply_recipients,
 )
+from roomcast.core.presence import PresenceBook
 from roomcast.protocol import MAX_MENTIONS
 
 
@@ -69,3 +71,44 @@ def test_receipts_of_other_users_rooms_and_threads_do_not_wait_for_each_other() 
     assert pacer.offer((8, "bo", None), 1, now=0.1)
     assert pacer.offer((7, "bo", 3), 4, now=0.1)
     assert not pacer.offer((7, "bo", None), 2, now=0.1)
+
+
+# -- presence ------------------------------------------------------------------------
+
+
+def test_automatic_away_counts_from_the_last_activity_or_connection() -> None:
+    book = PresenceBook(away_after_ms=1000)
+    book.connect("bo")
+    assert book.active("bo", 0, shown=False) is False  # a connection, not shown
+    seen = book.view("bo")
+    assert seen is not None and seen.last_active is None
+    assert book.next_deadline() == 1000
+    assert book.time_passed(999) == [] and book.status("bo") == "online"
+    assert book.time_passed(1000) == ["bo"] and book.status("bo") == "away"
+    assert book.next_deadline() is None
+    assert book.active("bo", 1500) and book.status("bo") == "online"
+    assert book.next_deadline() == 2500
+
+
+def test_a_chosen_status_outlasts_idleness_and_ends_at_its_time() -> None:
+    book = PresenceBook(away_after_ms=1000)
+    book.connect("bo")
+    book.active("bo", 0)
+    assert book.choose("bo", "dnd", "focus", until=5000)
+    assert book.time_passed(2000) == [] and book.status("bo") == "dnd"  # idle, but chosen
+    assert book.time_passed(5000) == ["bo"]
+    seen = book.view("bo")
+    assert seen is not None and (seen.status, seen.text, seen.until) == ("away", None, None)
+    assert not book.choose("bo", "online")  # automatic already, and away: no change shown
+    assert book.active("bo", 6000) and book.status("bo") == "online"
+
+
+def test_presence_starts_afresh_with_the_next_connection() -> None:
+    book = PresenceBook()
+    book.connect("bo")
+    book.connect("bo")
+    book.choose("bo", "busy", "away from keyboard")
+    assert not book.disconnect("bo") and book.status("bo") == "busy"
+    assert book.disconnect("bo") and book.status("bo") == "offline"
+    book.connect("bo")
+    assert book.status("bo") == "online"

@@ -14,7 +14,7 @@ from roomcast.features.membership import MembershipChanged, RoomChanged
 from roomcast.features.messages import MessageChanged, MessageStored
 from roomcast.features.notifications import NotificationsMarkedRead, Notified, Retracted
 from roomcast.features.ping import Pinged
-from roomcast.features.presence import StatusSet
+from roomcast.features.presence import ActivitySeen, StatusSet
 from roomcast.features.reads import ReadMoved
 from roomcast.features.rooms import Joined, Left, RoomAnnounced
 from roomcast.features.typing import TypingSet
@@ -61,6 +61,8 @@ EVERY_KIND: list[LogEntry] = [
     Left("c1", "alice", None, 5.5),
     TypingSet("c1", 7, True, 6.0),
     StatusSet("c1", "alice", "away"),
+    StatusSet("c1", "alice", "dnd", "focus: deep work", 1_900_000_000_000),
+    ActivitySeen("alice", 2050),
     Pinged("c1", None),
     CallHungUp("c1", "alice", "call-1", 2200),
     CallRejected("c3", "bob", "call-2", 2300),
