@@ -185,6 +185,10 @@ class PostgresStore(SQLStore):
                 max_size=self._pool_size,
                 timeout=self._timeout,
                 reset=_keep_session,
+                # Short indexed statements: JIT compiling them costs far more than
+                # it saves, and the planner's estimates for a parameter grow with
+                # the table (measured: unread counts 120 ms with it, 4 ms without).
+                server_settings={"jit": "off"},
             )
         except (*_FAILURES, TimeoutError) as exc:
             raise StoreUnavailable(f"PostgreSQL: {exc}") from exc

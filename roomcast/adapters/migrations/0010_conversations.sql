@@ -7,6 +7,11 @@
 ALTER TABLE messages ADD COLUMN thread_id INTEGER;
 ALTER TABLE messages ADD COLUMN mentions TEXT;
 CREATE INDEX messages_by_thread ON messages (thread_id, id) WHERE thread_id IS NOT NULL;
+-- The timeline's live messages with their authors: unread counts and a room's
+-- newest timeline message are read from this index alone, however much of the
+-- room is replies, deleted, or the reader's own.
+CREATE INDEX messages_timeline ON messages (room_id, id, user_id)
+    WHERE thread_id IS NULL AND deleted_at IS NULL;
 
 CREATE TABLE threads (
     root_id INTEGER NOT NULL,
