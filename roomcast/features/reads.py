@@ -190,8 +190,12 @@ class Reads(Feature):
 
     def _joined(self, entry: Joined, appended_here: bool) -> None:
         user_id = self.parts.engine.user_of(entry.conn)
-        if user_id is not None and self.parts.registry.holds_user(user_id):
-            self._belongs(user_id, entry.room)  # a public room's joiner is a member
+        if user_id is None or not self.parts.registry.holds_user(user_id):
+            return
+        if entry.room not in self._rooms_of.get(user_id, ()):
+            # A public room's joiner is a member from now on: their counts start.
+            self._belongs(user_id, entry.room)
+            self._user_changed(user_id, (entry.room,))
 
     def _membership_changed(self, entry: MembershipChanged, appended_here: bool) -> None:
         if not self.parts.registry.holds_user(entry.user):
