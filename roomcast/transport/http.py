@@ -167,9 +167,13 @@ class HttpApi:
             raise ProtocolError(ErrorCode.NOT_FOUND, f"room {room_id} does not exist")
         if not room.admits(viewer):
             raise ProtocolError(ErrorCode.FORBIDDEN, f"room {room_id} is private")
-        banned = not room.private and viewer is not None
-        if banned and (await self.store.member_state(room.id, str(viewer))).banned:
-            raise ProtocolError(ErrorCode.FORBIDDEN, f"you are banned from room {room_id}")
+        if not room.private:
+            # A public room is anyone's but its banned users'; archived, its members'.
+            state = None if viewer is None else await self.store.member_state(room.id, viewer)
+            if state is not None and state.banned:
+                raise ProtocolError(ErrorCode.FORBIDDEN, f"you are banned from room {room_id}")
+            if room.archived_at is not None and (state is None or state.member is None):
+                raise ProtocolError(ErrorCode.FORBIDDEN, f"room {room_id} is archived")
         return room, viewer
 
     def _room_id(self, request: web.Request) -> int:
@@ -348,7 +352,12 @@ class HttpApi:
     async def direct_room(self, request: web.Request) -> web.Response:
         user = self._user(request)
         body: DirectRequest = decode_body(await request.read(), DirectRequest)
-        room = await self.membership.direct(user, body.user_id)
+        # A new direct room is a new room: as limited as creating one.
+        address = request.remote or "?"
+        self.rooms.check_creation(user, address)
+        room, created = await self.membership.direct(user, body.user_id)
+        if created:
+            self.rooms.charge_creation(user, address)
         return json_response(room_info(room, user))
 
     async def room_messages(self, request: web.Request) -> web.Response:

@@ -69,6 +69,7 @@ EVERY_KIND: list[LogEntry] = [
     RoomAnnounced(RoomInfo(8, "plans", True, "alice", 2400, ["alice", "bob"], 2)),
     MembershipChanged(8, "bob", "removed", "alice", reason="banned", waiter="call:1"),
     MembershipChanged(8, "carol", "role", "alice", Role.MODERATOR),
+    MembershipChanged(8, "bob", "unbanned", "alice", waiter="call:2"),
     RoomChanged(RoomInfo(8, "plans", True, "alice", 2400, [], 2, topic="t", archived_at=2500)),
     MessageStored(
         ChatMessage(9, 7, "bob", "re", "text", 2600, 1, ["alice"]),

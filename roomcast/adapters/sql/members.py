@@ -25,7 +25,9 @@ class MemberSQL:
         )
         self._page = sql(
             "SELECT user_id, role, joined_at FROM room_members "
-            f"WHERE room_id = $1 AND user_id > $2 ORDER BY {order} LIMIT $3"
+            # The cursor compares as the order sorts (PostgreSQL's default
+            # collation would not: a page after "Zed" must still hold "adam").
+            f"WHERE room_id = $1 AND {order} > $2 ORDER BY {order} LIMIT $3"
         )
         self._first_page = sql(
             "SELECT user_id, role, joined_at FROM room_members "
@@ -64,7 +66,12 @@ class MemberSQL:
         return [Member(row[0], row[1], row[2]) for row in rows]
 
     def join(self, room_id: int, user_id: str, now: int) -> Steps[MemberState]:
-        """A public room's ``join_room``: a member from the first one on, unless banned."""
+        """A public room's ``join_room``: a member from the first one on, unless banned.
+
+        Under the room's lock, as a ban is: a join and a ban at the same moment
+        cannot leave the user both a member and banned.
+        """
+        yield (self._lock, (room_id,))
         state = yield from self.state(room_id, user_id)
         if state.member is not None or state.banned:
             return state
