@@ -6,13 +6,9 @@ the migration of an existing database."""
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 
-import asyncpg
 import pytest
 
-from roomcast.adapters import migrations
-from roomcast.config import sqlite_path
 from roomcast.ports.store import (
     DeleteMessage,
     EditMessage,
@@ -23,7 +19,7 @@ from roomcast.ports.store import (
     Result,
 )
 from roomcast.protocol import UNREAD_COUNT_LIMIT
-from tests.integration.test_stores import Database, Store, db, pg, store
+from tests.integration.test_stores import Database, Store, database_before, db, pg, store
 
 __all__ = ["db", "pg", "store"]  # fixtures, used by name
 
@@ -189,8 +185,6 @@ async def test_thread_summaries_stay_exact_under_concurrent_replies(db: Database
 async def test_the_migration_leaves_nothing_unread_in_an_existing_database(
     db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    everything = migrations.load()
-    monkeypatch.setattr(migrations, "load", lambda: [m for m in everything if m.version < 10])
     rows = [
         "INSERT INTO rooms (id, name, private, created_by, created_at) VALUES (1, 'a', 1, 'al', 0)",
         "INSERT INTO room_members (room_id, user_id, role, joined_at) VALUES "
@@ -198,19 +192,7 @@ async def test_the_migration_leaves_nothing_unread_in_an_existing_database(
         "INSERT INTO messages (room_id, user_id, content, type, created_at, seq) VALUES "
         "(1, 'al', 'old', 'text', 1, 1), (1, 'al', 'older', 'text', 2, 2)",
     ]
-    if db.kind == "sqlite":
-        conn = sqlite3.connect(sqlite_path(db.url), isolation_level=None)
-        migrations.apply_sqlite(conn, 0)
-        for row in rows:
-            conn.execute(row)
-        conn.close()
-    else:
-        pg_conn = await asyncpg.connect(db.url)
-        await migrations.apply_postgres(pg_conn, 0)
-        for row in rows:
-            await pg_conn.execute(row)
-        await pg_conn.close()
-    monkeypatch.setattr(migrations, "load", lambda: everything)
+    await database_before(db, monkeypatch, 10, rows)
     upgraded = db.open()
     await upgraded.start()
     try:
