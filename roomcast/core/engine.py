@@ -182,13 +182,18 @@ class ChatEngine:
         return self._known_user(conn_id)
 
     def message_stored(self, message: ChatMessage) -> list[Delivery]:
-        """A chat message is committed: it ends its author's typing (returned here).
+        """A chat message is committed: it ends its author's typing (returned here)
+        and any automatic away.
 
         The message itself is sent by the caller, in its room's sequence order.
+        Sending is activity: an author who was away by themselves is back.
         """
-        if not self.typing.is_typing((message.room_id, message.user_id)):
-            return []  # the usual case, kept cheap
-        return self._stop_typing(message.room_id, message.user_id)
+        user_id = message.user_id
+        back = self.presence.active(user_id, message.created_at)
+        if not self.typing.is_typing((message.room_id, user_id)):
+            return self._presence_of(user_id) if back else []  # the usual case, kept cheap
+        ended = self._stop_typing(message.room_id, user_id)
+        return ended + self._presence_of(user_id) if back else ended
 
     def set_typing(self, conn_id: str, room_id: int, is_typing: bool, now: float) -> list[Delivery]:
         user_id = self.require_member(conn_id, room_id, "typing")

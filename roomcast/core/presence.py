@@ -15,6 +15,7 @@ decides the same at the same entry.
 
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
 
 from roomcast.protocol import Status
@@ -29,6 +30,7 @@ class UserPresence:
     last_active: int | None = None  # the last activity others are shown
     idle_since: int | None = None  # what automatic away counts from
     away: bool = False  # automatic away
+    scheduled: int | None = None  # the user's entry in the book's deadlines
 
     @property
     def status(self) -> Status:
@@ -36,11 +38,33 @@ class UserPresence:
             return self.chosen
         return "away" if self.away else "online"
 
+    def deadline(self, away_after_ms: int) -> int | None:
+        """When this user's status next changes by itself, if it will."""
+        times = []
+        if self.chosen is not None and self.until is not None:
+            times.append(self.until)
+        if not self.away and self.idle_since is not None:
+            times.append(self.idle_since + away_after_ms)
+        return min(times) if times else None
+
 
 class PresenceBook:
     def __init__(self, away_after_ms: int = 300_000) -> None:
         self.away_after_ms = away_after_ms
         self._users: dict[str, UserPresence] = {}
+        # (deadline, user), the nearest first. A user's entry is the one whose
+        # time is their ``scheduled``; others are stale and skipped. Activity
+        # does not push a new entry (a message would cost a heap push): when
+        # the old one comes due, the user is looked at and scheduled anew.
+        self._deadlines: list[tuple[int, str]] = []
+
+    def _schedule(self, user_id: str, user: UserPresence) -> None:
+        due = user.deadline(self.away_after_ms)
+        if user.scheduled is not None and due is not None and user.scheduled <= due:
+            return  # the entry there comes first and reschedules when due
+        user.scheduled = due
+        if due is not None:
+            heapq.heappush(self._deadlines, (due, user_id))
 
     def connect(self, user_id: str) -> bool:
         """Count a new connection; returns whether the user just came online."""
@@ -70,6 +94,7 @@ class PresenceBook:
         user.chosen = None if status == "online" else status
         user.text = text
         user.until = None if user.chosen is None else until
+        self._schedule(user_id, user)
         return (user.status, user.text) != before
 
     def set_status(self, user_id: str, status: Status) -> bool:
@@ -79,45 +104,60 @@ class PresenceBook:
     def active(self, user_id: str, wall: int, shown: bool = True) -> bool:
         """Activity on one of the user's connections; returns whether their status
         changed (automatic away ends). Connecting is not ``shown`` (a phone may
-        reconnect in a pocket) but starts the count towards away."""
+        reconnect in a pocket) but starts the count towards away.
+
+        Called for every message: a user already scheduled keeps their entry
+        (it comes due no later than the new deadline, and reschedules then).
+        """
         user = self._users.get(user_id)
         if user is None:
             return False
         if user.idle_since is None or wall > user.idle_since:
             user.idle_since = wall
-        if shown and (user.last_active is None or wall > user.last_active):
-            user.last_active = wall
-        if not shown:
-            return False
-        if user.away:
-            user.away = False
-            return user.chosen is None
+        if shown:
+            if user.last_active is None or wall > user.last_active:
+                user.last_active = wall
+            if user.away:
+                user.away = False
+                self._schedule(user_id, user)
+                return user.chosen is None
+        if user.scheduled is None:
+            self._schedule(user_id, user)
         return False
 
     def time_passed(self, wall: int) -> list[str]:
         """Users whose status changed by itself at ``wall``: a chosen status that
         ended, or the automatic one that went away."""
-        changed = []
-        for user_id, user in self._users.items():
+        changed: list[str] = []
+        heap = self._deadlines
+        while heap and heap[0][0] <= wall:
+            due, user_id = heapq.heappop(heap)
+            user = self._users.get(user_id)
+            if user is None or user.scheduled != due:
+                continue  # stale
+            user.scheduled = None
             before = (user.status, user.text)
             if user.chosen is not None and user.until is not None and user.until <= wall:
                 user.chosen, user.text, user.until = None, None, None
             idle_since = user.idle_since
             if not user.away and idle_since is not None and idle_since + self.away_after_ms <= wall:
                 user.away = True
+            self._schedule(user_id, user)
             if (user.status, user.text) != before:
                 changed.append(user_id)
         return changed
 
     def next_deadline(self) -> int | None:
-        """The wall time of the next change :meth:`time_passed` would make."""
-        times = []
-        for user in self._users.values():
-            if user.chosen is not None and user.until is not None:
-                times.append(user.until)
-            if not user.away and user.idle_since is not None:
-                times.append(user.idle_since + self.away_after_ms)
-        return min(times) if times else None
+        """The wall time of the next look at a user's status (it may find that
+        their activity put the change off)."""
+        heap = self._deadlines
+        while heap:
+            due, user_id = heap[0]
+            user = self._users.get(user_id)
+            if user is not None and user.scheduled == due:
+                return due
+            heapq.heappop(heap)  # stale
+        return None
 
     def status(self, user_id: str) -> Status:
         user = self._users.get(user_id)

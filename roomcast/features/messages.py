@@ -234,7 +234,7 @@ class Messages(Feature):
                 type="text",
                 created_at=op.created_at,
                 thread_id=op.thread_id,
-                mentions=list(result.mentions),
+                mentions=result.mentions,
                 client_msg_id=op.client_msg_id,
             )
             return MessageStored(message, result.seq, result.thread)
@@ -246,7 +246,7 @@ class Messages(Feature):
                 content=op.content,
                 edited_at=op.edited_at,
                 thread_id=result.thread_id,
-                mentions=list(result.mentions),
+                mentions=result.mentions,
             )
         elif isinstance(op, DeleteMessage):
             event = MessageDeleted(message_id=message_id, room_id=room_id, by=op.user_id)
@@ -267,10 +267,12 @@ class Messages(Feature):
 
     def _stored(self, entry: MessageStored, appended_here: bool) -> None:
         message = entry.message
-        # Typing ends in log order; the message itself goes out in room order.
-        typing_ended = self.parts.engine.message_stored(message)
-        if typing_ended:
-            self.parts.outbox.deliver(typing_ended)
+        # Typing ends (and automatic away) in log order; the message itself goes
+        # out in room order.
+        ended = self.parts.engine.message_stored(message)
+        if ended:
+            self.parts.outbox.deliver(ended)
+            self.parts.arm_timer()
         self.parts.room_order.offer(message.room_id, entry.seq, self.parts.outbox.encode(message))
         if entry.thread is not None:
             self._thread_updated(entry.thread)

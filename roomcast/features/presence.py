@@ -2,10 +2,11 @@
 invisible; with a text and an end), or automatic (online, away after a quiet
 spell); online and offline follow their connections (the core's presence book).
 
-Activity reaches the log from messages (every replica sees them) and from
-clients' ``activity`` requests, which each node passes on at most once per
-:data:`ACTIVITY_EVERY` per user unless the user is away, so typing in a
-client costs the log next to nothing.
+Activity reaches the log from messages (every replica sees them: the engine
+counts a message as its author's activity) and from clients' ``activity``
+requests, which each node passes on at most once per :data:`ACTIVITY_EVERY`
+per user unless the user is away, so typing in a client costs the log next
+to nothing.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from collections.abc import Iterable, Mapping
 import msgspec
 
 from roomcast.core.limits import MessageClass
-from roomcast.features.messages import MessageStored
 from roomcast.node.connections import LocalConnection
 from roomcast.node.feature import Applier, Feature, NodeParts, Route
 from roomcast.ports.broker import LogEntry, Scope, Snapshot, user_scope
@@ -87,9 +87,6 @@ class PresenceStatus(Feature):
     def appliers(self) -> Mapping[type[LogEntry], Applier]:
         return {StatusSet: self._status_set, ActivitySeen: self._activity_seen}
 
-    def observers(self) -> Mapping[type[LogEntry], Applier]:
-        return {MessageStored: self._message_stored}
-
     # -- requests -----------------------------------------------------------------------
 
     def _presence(self, conn: LocalConnection, request: PresenceRequest) -> None:
@@ -145,13 +142,6 @@ class PresenceStatus(Feature):
         engine = self.parts.engine
         self.parts.outbox.deliver(engine.active(entry.user, entry.wall, entry.shown))
         self.parts.arm_timer()
-
-    def _message_stored(self, entry: MessageStored, appended_here: bool) -> None:
-        message = entry.message
-        deliveries = self.parts.engine.active(message.user_id, message.created_at)
-        if deliveries:
-            self.parts.outbox.deliver(deliveries)
-            self.parts.arm_timer()
 
     def connection_leaving(self, conn_id: str, wall: int, appended_here: bool) -> None:
         user_id = self.parts.engine.user_of(conn_id)

@@ -80,7 +80,7 @@ class Reads(Feature):
 
     def observers(self) -> Mapping[type[LogEntry], Applier]:
         return {
-            MessageStored: lambda entry, here: self._room_changed(entry.message.room_id),
+            MessageStored: self._message_stored,
             MessageChanged: self._message_changed,
             Notified: self._notified,
             Retracted: lambda entry, here: self._user_changed(entry.user, (entry.room,)),
@@ -212,6 +212,14 @@ class Reads(Feature):
                 self._belongs(user_id, entry.info.id)
 
     # -- what changes counts ----------------------------------------------------------------
+
+    def _message_stored(self, entry: MessageStored, appended_here: bool) -> None:
+        # On every message: kept to a lookup unless this node has a member of the room.
+        room_id = entry.message.room_id
+        if room_id in self._members_of:
+            self._rooms_changed.add(room_id)
+            if not self._flush_due:
+                self._flush_soon()
 
     def _message_changed(self, entry: MessageChanged, appended_here: bool) -> None:
         if entry.recount:

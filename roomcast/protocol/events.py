@@ -142,7 +142,8 @@ class ChatMessage(Event, omit_defaults=True):
     type: MessageKind
     created_at: int
     thread_id: int | None
-    mentions: list[str]
+    # A tuple, not a list: most messages mention nobody, and () costs nothing.
+    mentions: tuple[str, ...]
     client_msg_id: str | None = None
 
 
@@ -166,7 +167,7 @@ class MessageEdited(Event):
     content: str
     edited_at: int
     thread_id: int | None = None
-    mentions: list[str] = []
+    mentions: tuple[str, ...] = ()
 
 
 class MessageDeleted(Event):

@@ -69,7 +69,7 @@ class LeaveRoomRequest(ClaimsUser):
 
 #: The users a message may name in ``mentions``; the server keeps at most
 #: :data:`MAX_MENTIONS` of them (members of the room, not the author).
-Mentions = Annotated[list[UserId], msgspec.Meta(max_length=100)]
+Mentions = Annotated[tuple[UserId, ...], msgspec.Meta(max_length=100)]
 MAX_MENTIONS: Final = 20
 
 
@@ -87,7 +87,7 @@ class ChatRequest(ClaimsUser):
     type: MessageKind = "text"
     client_msg_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
     thread_id: Id | None = None
-    mentions: Mentions = []
+    mentions: Mentions = ()
 
 
 class MessageEditRequest(ClaimsUser):

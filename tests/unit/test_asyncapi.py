@@ -389,7 +389,7 @@ def _sample(info: msgspec.inspect.Type, full: bool) -> Any:
         return None
     if isinstance(info, t.UnionType):
         return _sample(next(x for x in info.types if not isinstance(x, t.NoneType)), full)
-    if isinstance(info, t.ListType):
+    if isinstance(info, t.ListType | t.VarTupleType):
         return [_sample(info.item_type, full)] * max(info.min_length or 1, 1)
     if isinstance(info, t.DictType):
         return {}

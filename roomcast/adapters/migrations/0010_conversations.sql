@@ -7,11 +7,12 @@
 ALTER TABLE messages ADD COLUMN thread_id INTEGER;
 ALTER TABLE messages ADD COLUMN mentions TEXT;
 CREATE INDEX messages_by_thread ON messages (thread_id, id) WHERE thread_id IS NOT NULL;
--- The timeline's live messages with their authors: unread counts and a room's
--- newest timeline message are read from this index alone, however much of the
--- room is replies, deleted, or the reader's own.
-CREATE INDEX messages_timeline ON messages (room_id, id, user_id)
-    WHERE thread_id IS NULL AND deleted_at IS NULL;
+-- A room's messages in id order, with what unread counts look at: counting
+-- after a marker and finding a room's newest timeline message read this index
+-- alone (a second index of the room's messages would cost every insert as
+-- much again: measured 6.9 -> 10.5 us per message in batches of five).
+DROP INDEX messages_by_room;
+CREATE INDEX messages_by_room ON messages (room_id, id, thread_id, deleted_at, user_id);
 
 CREATE TABLE threads (
     root_id INTEGER NOT NULL,

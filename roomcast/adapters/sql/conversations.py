@@ -7,9 +7,10 @@ read afterwards always agrees with the messages, on either engine and after
 any restart. The rules (who is notified, what a marker may do) are
 :mod:`roomcast.core.conversations`'s.
 
-Counts stay cheap however long the history: each is an index range from the
-member's marker, which starts at the room's newest message when they join,
-and stops at :data:`~roomcast.protocol.UNREAD_COUNT_LIMIT`.
+Counts stay cheap however long the history: each is a range of the room's
+covering index (``messages_by_room``) from the member's marker, which starts at
+the room's newest message when they join, and stops at
+:data:`~roomcast.protocol.UNREAD_COUNT_LIMIT`.
 """
 
 from __future__ import annotations

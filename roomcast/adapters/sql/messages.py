@@ -34,10 +34,13 @@ MESSAGE_COLUMNS = (
 HISTORY_COLUMNS = (
     "id, room_id, user_id, content, type, created_at, edited_at, thread_id, mentions, deleted_at"
 )
-#: The columns an insert fills, in the order of ``rules.InsertRun.rows``.
+#: The columns an insert fills, in the order of ``rules.InsertRun.rows``: a run
+#: of plain messages (no thread, no mentions, the common case) fills the first
+#: seven and leaves the others NULL, binding fewer values per row.
 INSERT_COLUMNS = (
     "room_id, user_id, content, type, created_at, client_msg_id, seq, thread_id, mentions"
 )
+PLAIN_INSERT_COLUMNS = "room_id, user_id, content, type, created_at, client_msg_id, seq"
 
 
 class MessageSQL:
@@ -213,7 +216,7 @@ def chat_message(row: Row) -> ChatMessage:
         type=row[4],
         created_at=row[5],
         thread_id=row[8],
-        mentions=mentions_list(row[9]),
+        mentions=tuple(mentions_list(row[9])),
         client_msg_id=row[6],
     )
 

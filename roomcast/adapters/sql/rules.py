@@ -124,7 +124,7 @@ class _Message:
             type=cast("MessageKind", self.kind),  # stored by us, so a valid kind
             created_at=self.created_at,
             thread_id=self.thread_id,
-            mentions=list(self.mentions),
+            mentions=self.mentions,
             client_msg_id=self.client_msg_id,
         )
 
@@ -226,8 +226,12 @@ class InsertRun:
     def __init__(self, plan: InsertPlan, ops: Sequence[InsertMessage]) -> None:
         self._plan = plan
         self._ops = ops
-        #: The new messages' values, in the order of ``messages.INSERT_COLUMNS`` (and of seq).
+        #: The new messages' values, in the order of ``messages.INSERT_COLUMNS`` (and
+        #: of seq); for a :attr:`plain` run only the seven of ``PLAIN_INSERT_COLUMNS``.
         self.rows: list[tuple[Any, ...]] = []
+        #: No message of the run is a reply or mentions anyone.
+        self.plain = all(op.thread_id is None and not op.mentions for op in ops)
+        plain = self.plain
         # Per op: the index of its row if it is new, else the message it repeats.
         self._entries: list[int | _Message] = []
         # New messages with a client id, which later retries may refer to.
@@ -242,19 +246,8 @@ class InsertRun:
                     continue
             seq = seqs[op.room_id] = seqs[op.room_id] + 1
             index = len(self.rows)
-            self.rows.append(
-                (
-                    op.room_id,
-                    op.user_id,
-                    op.content,
-                    op.kind,
-                    op.created_at,
-                    client_id,
-                    seq,
-                    op.thread_id,
-                    mentions_json(op.mentions),
-                )
-            )
+            row = (op.room_id, op.user_id, op.content, op.kind, op.created_at, client_id, seq)
+            self.rows.append(row if plain else (*row, op.thread_id, mentions_json(op.mentions)))
             self._entries.append(index)
             if client_id is not None:
                 message = _Message(
