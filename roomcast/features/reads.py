@@ -63,10 +63,13 @@ class Reads(Feature):
         self._rooms_of: dict[str, set[int]] = {}
         self._members_of: dict[int, set[str]] = {}
         # Counts to send again: rooms with new or deleted messages (to members'
-        # connections not joined to them), and per user rooms whose counts
-        # changed for them (to all their connections).
+        # connections not joined to them), per user rooms whose counts changed
+        # for them (to all their connections), and per user rooms new to them
+        # (to their connections not joined to them: a joined one is told by
+        # the room itself).
         self._rooms_changed: set[int] = set()
         self._users_changed: dict[str, set[int]] = {}
+        self._users_joined: dict[str, set[int]] = {}
         self._flush_due = False
         # Per user: counts waiting to be read, per room the connections to tell.
         self._waiting: dict[str, dict[int, set[str]]] = {}
@@ -195,7 +198,8 @@ class Reads(Feature):
         if entry.room not in self._rooms_of.get(user_id, ()):
             # A public room's joiner is a member from now on: their counts start.
             self._belongs(user_id, entry.room)
-            self._user_changed(user_id, (entry.room,))
+            self._users_joined.setdefault(user_id, set()).add(entry.room)
+            self._flush_soon()
 
     def _membership_changed(self, entry: MembershipChanged, appended_here: bool) -> None:
         if not self.parts.registry.holds_user(entry.user):
@@ -249,18 +253,22 @@ class Reads(Feature):
         self._flush_due = False
         registry, rooms = self.parts.registry, self.parts.engine.rooms
         wanted: dict[str, dict[int, set[str]]] = {}
-        for room_id in self._rooms_changed:
-            for user_id in self._members_of.get(room_id, ()):
-                away = {
-                    c for c in registry.own_of_user(user_id) if not rooms.has_connection(room_id, c)
-                }
-                if away:
-                    wanted.setdefault(user_id, {}).setdefault(room_id, set()).update(away)
+        away_from = [(u, r) for r in self._rooms_changed for u in self._members_of.get(r, ())]
+        away_from += [(u, r) for u, joined in self._users_joined.items() for r in joined]
+        for user_id, room_id in away_from:
+            # The user's connections not joined to the room (a joined one gets
+            # the room's messages themselves).
+            away = {
+                c for c in registry.own_of_user(user_id) if not rooms.has_connection(room_id, c)
+            }
+            if away:
+                wanted.setdefault(user_id, {}).setdefault(room_id, set()).update(away)
         for user_id, room_ids in self._users_changed.items():
             conns = registry.own_of_user(user_id)
             for room_id in room_ids:
                 wanted.setdefault(user_id, {}).setdefault(room_id, set()).update(conns)
         self._rooms_changed.clear()
+        self._users_joined.clear()
         self._users_changed.clear()
         for user_id, per_room in wanted.items():
             waiting = self._waiting.setdefault(user_id, {})
