@@ -32,10 +32,19 @@ from roomcast.features.notifications import (
     Retracted,
     marked_read,
 )
-from roomcast.features.rooms import Joined, RoomAnnounced
+from roomcast.features.rooms import Joined, Left, RoomAnnounced
 from roomcast.node.connections import LocalConnection
 from roomcast.node.feature import Applier, Feature, NodeParts, Route
-from roomcast.ports.broker import LogEntry, Scope, room_scope
+from roomcast.ports.broker import (
+    Closed,
+    Identified,
+    LogEntry,
+    NodeGone,
+    Opened,
+    Scope,
+    Snapshot,
+    room_scope,
+)
 from roomcast.ports.store import MarkRead, Outcome, Result
 from roomcast.protocol import ErrorCode, ProtocolError, ReadReceipt, ReadRequest, RoomUnread, Unread
 
@@ -70,6 +79,11 @@ class Reads(Feature):
         self._rooms_changed: set[int] = set()
         self._users_changed: dict[str, set[int]] = {}
         self._users_joined: dict[str, set[int]] = {}
+        # Per room: its members' connections here that are not joined to it, by
+        # user. Worked out when a room has a new message and kept until any
+        # connection joins, leaves, comes or goes, so that the usual room,
+        # where everyone is joined, costs a lookup per message and no more.
+        self._away: dict[int, dict[str, set[str]]] = {}
         self._flush_due = False
         # Per user: counts waiting to be read, per room the connections to tell.
         self._waiting: dict[str, dict[int, set[str]]] = {}
@@ -91,6 +105,12 @@ class Reads(Feature):
                 entry.user, entry.rooms
             ),
             Joined: self._joined,
+            Left: self._forget_away,
+            Opened: self._forget_away,
+            Identified: self._forget_away,
+            Closed: self._forget_away,
+            NodeGone: self._forget_away,
+            Snapshot: self._forget_away,
             MembershipChanged: self._membership_changed,
             RoomAnnounced: self._room_announced,
         }
@@ -186,12 +206,33 @@ class Reads(Feature):
     def _belongs(self, user_id: str, room_id: int) -> None:
         self._rooms_of.setdefault(user_id, set()).add(room_id)
         self._members_of.setdefault(room_id, set()).add(user_id)
+        self._away.pop(room_id, None)
 
     def _no_longer(self, user_id: str, room_id: int) -> None:
         self._rooms_of.get(user_id, set()).discard(room_id)
         self._members_of.get(room_id, set()).discard(user_id)
+        self._away.pop(room_id, None)
+
+    def _forget_away(self, entry: object, appended_here: bool) -> None:
+        self._away.clear()
+
+    def _away_in(self, room_id: int) -> dict[str, set[str]]:
+        """The room's members' connections here not joined to it, by user."""
+        away = self._away.get(room_id)
+        if away is None:
+            registry, rooms = self.parts.registry, self.parts.engine.rooms
+            away = {}
+            for user_id in self._members_of.get(room_id, ()):
+                conns = {
+                    c for c in registry.own_of_user(user_id) if not rooms.has_connection(room_id, c)
+                }
+                if conns:
+                    away[user_id] = conns
+            self._away[room_id] = away
+        return away
 
     def _joined(self, entry: Joined, appended_here: bool) -> None:
+        self._away.clear()
         user_id = self.parts.engine.user_of(entry.conn)
         if user_id is None or not self.parts.registry.holds_user(user_id):
             return
@@ -220,7 +261,7 @@ class Reads(Feature):
     def _message_stored(self, entry: MessageStored, appended_here: bool) -> None:
         # On every message: kept to a lookup unless this node has a member of the room.
         room_id = entry.message.room_id
-        if room_id in self._members_of:
+        if room_id in self._members_of and self._away.get(room_id, True):
             self._rooms_changed.add(room_id)
             if not self._flush_due:
                 self._flush_soon()
@@ -251,18 +292,17 @@ class Reads(Feature):
     def _flush(self) -> None:
         """Once per loop turn: whose counts to read again, and who to tell."""
         self._flush_due = False
-        registry, rooms = self.parts.registry, self.parts.engine.rooms
+        registry = self.parts.registry
         wanted: dict[str, dict[int, set[str]]] = {}
-        away_from = [(u, r) for r in self._rooms_changed for u in self._members_of.get(r, ())]
-        away_from += [(u, r) for u, joined in self._users_joined.items() for r in joined]
-        for user_id, room_id in away_from:
-            # The user's connections not joined to the room (a joined one gets
-            # the room's messages themselves).
-            away = {
-                c for c in registry.own_of_user(user_id) if not rooms.has_connection(room_id, c)
-            }
-            if away:
+        # To connections not joined to the room: a joined one gets its messages.
+        for room_id in self._rooms_changed:
+            for user_id, away in self._away_in(room_id).items():
                 wanted.setdefault(user_id, {}).setdefault(room_id, set()).update(away)
+        for user_id, joined in self._users_joined.items():
+            for room_id in joined:
+                conns = self._away_in(room_id).get(user_id)
+                if conns:
+                    wanted.setdefault(user_id, {}).setdefault(room_id, set()).update(conns)
         for user_id, room_ids in self._users_changed.items():
             conns = registry.own_of_user(user_id)
             for room_id in room_ids:
