@@ -226,9 +226,18 @@ class Replica:
 
 
 def _followed(applier: Applier, observers: Sequence[Applier]) -> Applier:
+    if len(observers) == 1:  # the usual case, without a loop
+        (observer,) = observers
+
+        def apply_one(entry: Any, here: bool) -> None:
+            applier(entry, here)
+            observer(entry, here)
+
+        return apply_one
+
     def apply(entry: Any, here: bool) -> None:
         applier(entry, here)
-        for observer in observers:
-            observer(entry, here)
+        for each in observers:
+            each(entry, here)
 
     return apply

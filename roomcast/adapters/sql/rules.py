@@ -230,7 +230,7 @@ class InsertRun:
         #: of seq); for a :attr:`plain` run only the seven of ``PLAIN_INSERT_COLUMNS``.
         self.rows: list[tuple[Any, ...]] = []
         #: No message of the run is a reply or mentions anyone.
-        self.plain = all(op.thread_id is None and not op.mentions for op in ops)
+        self.plain = not any(op.thread_id or op.mentions for op in ops)
         plain = self.plain
         # Per op: the index of its row if it is new, else the message it repeats.
         self._entries: list[int | _Message] = []

@@ -102,9 +102,11 @@ class SQLStore(ABC):
         results: list[Result] = []
         for item in runs(ops):
             if isinstance(item, list):
-                results += yield from self._after_inserts(
-                    item, (yield from self._insert_run(plan.run(item)))
-                )
+                run = plan.run(item)
+                inserted = yield from self._insert_run(run)
+                if not run.plain:  # the common case has nothing more to write
+                    inserted = yield from self._after_inserts(item, inserted)
+                results += inserted
             else:
                 results.append((yield from self._writes[type(item)](plan, item)))
         plan.finish()
