@@ -35,6 +35,7 @@ _HELP = {
     "head_timeout": "seconds a connection has to send a complete request head",
     "body_timeout": "seconds an HTTP request has to send its body (then 408)",
     "typing_timeout": "seconds after the last is_typing:true before typing ends by itself",
+    "away_after": "seconds without activity before a user's status is away by itself",
     "max_message_bytes": "largest frame a client may send",
     "max_content_chars": "longest chat message",
     "history_page_max": "largest history page over HTTP",

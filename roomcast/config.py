@@ -31,6 +31,8 @@ class Settings:
     head_timeout: float = 10.0
     body_timeout: float = 10.0
     typing_timeout: float = 3.0
+    # Seconds without activity on any connection before a user is away by itself.
+    away_after: float = 300.0
     max_message_bytes: int = 64 * 1024
     max_content_chars: int = 4000
     history_page_max: int = 100

@@ -40,7 +40,7 @@ import asyncpg
 
 from roomcast.adapters import migrations
 from roomcast.adapters.sql.dialect import POSTGRES
-from roomcast.adapters.sql.messages import INSERT_COLUMNS, MESSAGE_COLUMNS
+from roomcast.adapters.sql.messages import INSERT_COLUMNS, MESSAGE_COLUMNS, PLAIN_INSERT_COLUMNS
 from roomcast.adapters.sql.rules import InsertPlan, InsertRun, client_ids
 from roomcast.adapters.sql.steps import Many, Steps
 from roomcast.adapters.sql.store import SQLStore
@@ -126,6 +126,14 @@ _STORED = (
 #: A run of new messages in one statement, ids drawn in row (and so seq) order.
 _INSERT = (
     f"INSERT INTO messages ({INSERT_COLUMNS}) "
+    "SELECT r, u, c, t, a, m, s, h, x FROM unnest($1::bigint[], $2::text[], $3::text[], "
+    "$4::text[], $5::bigint[], $6::text[], $7::bigint[], $8::bigint[], $9::text[]) "
+    "WITH ORDINALITY AS v (r, u, c, t, a, m, s, h, x, n) ORDER BY n "
+    "RETURNING id, room_id, seq"
+)
+#: The same for a run of plain messages (no thread, no mentions).
+_INSERT_PLAIN = (
+    f"INSERT INTO messages ({PLAIN_INSERT_COLUMNS}) "
     "SELECT r, u, c, t, a, m, s FROM unnest($1::bigint[], $2::text[], $3::text[], "
     "$4::text[], $5::bigint[], $6::text[], $7::bigint[]) "
     "WITH ORDINALITY AS v (r, u, c, t, a, m, s, n) ORDER BY n "
@@ -185,6 +193,10 @@ class PostgresStore(SQLStore):
                 max_size=self._pool_size,
                 timeout=self._timeout,
                 reset=_keep_session,
+                # Short indexed statements: JIT compiling them costs far more than
+                # it saves, and the planner's estimates for a parameter grow with
+                # the table (measured: unread counts 120 ms with it, 4 ms without).
+                server_settings={"jit": "off"},
             )
         except (*_FAILURES, TimeoutError) as exc:
             raise StoreUnavailable(f"PostgreSQL: {exc}") from exc
@@ -309,7 +321,8 @@ class PostgresStore(SQLStore):
         rows = run.rows
         if not rows:
             return run.results([])
-        inserted = yield (_INSERT, [list(column) for column in zip(*rows, strict=True)])
+        statement = _INSERT_PLAIN if run.plain else _INSERT
+        inserted = yield (statement, [list(column) for column in zip(*rows, strict=True)])
         # Matched by (room, seq), which is unique, not by the order RETURNING happens to use.
         ids = {(row[1], row[2]): row[0] for row in inserted}
         return run.results([ids[(row[0], row[6])] for row in rows])

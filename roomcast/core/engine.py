@@ -31,9 +31,9 @@ from roomcast.protocol import (
 
 
 class ChatEngine:
-    def __init__(self, typing_timeout: float = 3.0) -> None:
+    def __init__(self, typing_timeout: float = 3.0, away_after: float = 300.0) -> None:
         self.rooms = RoomRegistry()
-        self.presence = PresenceBook()
+        self.presence = PresenceBook(round(away_after * 1000))
         self.typing = TypingTracker(typing_timeout)
         # Which connection last said "typing" for (room, user): when it closes,
         # the indicator ends even if the user is still there on another tab.
@@ -128,11 +128,14 @@ class ChatEngine:
         return self.rooms.has_connection(room_id, conn_id)
 
     def room_users(self, room_id: int) -> RoomUsers:
-        users = [
-            RoomUser(user_id=user, status=self.presence.status(user))
-            for user in sorted(self.rooms.users(room_id))
-        ]
+        users = [self.room_user(user) for user in sorted(self.rooms.users(room_id))]
         return RoomUsers(room_id=room_id, users=users)
+
+    def room_user(self, user_id: str) -> RoomUser:
+        seen = self.presence.view(user_id)
+        if seen is None:
+            return RoomUser(user_id=user_id, status="offline")
+        return RoomUser(user_id, seen.status, seen.text, seen.last_active)
 
     def room_users_page(
         self, room_id: int, after: str | None, limit: int
@@ -143,7 +146,7 @@ class ChatEngine:
         users = self.rooms.users(room_id)
         candidates = users if after is None else (user for user in users if user > after)
         chosen = heapq.nsmallest(limit + 1, candidates)
-        page = [RoomUser(user_id=user, status=self.presence.status(user)) for user in chosen]
+        page = [self.room_user(user) for user in chosen]
         return page[:limit], len(page) > limit
 
     def appears_offline(self, user_id: str) -> bool:
@@ -179,13 +182,18 @@ class ChatEngine:
         return self._known_user(conn_id)
 
     def message_stored(self, message: ChatMessage) -> list[Delivery]:
-        """A chat message is committed: it ends its author's typing (returned here).
+        """A chat message is committed: it ends its author's typing (returned here)
+        and any automatic away.
 
         The message itself is sent by the caller, in its room's sequence order.
+        Sending is activity: an author who was away by themselves is back.
         """
-        if not self.typing.is_typing((message.room_id, message.user_id)):
-            return []  # the usual case, kept cheap
-        return self._stop_typing(message.room_id, message.user_id)
+        user_id = message.user_id
+        back = self.presence.active(user_id, message.created_at)
+        if not self.typing.is_typing((message.room_id, user_id)):
+            return self._presence_of(user_id) if back else []  # the usual case, kept cheap
+        ended = self._stop_typing(message.room_id, user_id)
+        return ended + self._presence_of(user_id) if back else ended
 
     def set_typing(self, conn_id: str, room_id: int, is_typing: bool, now: float) -> list[Delivery]:
         user_id = self.require_member(conn_id, room_id, "typing")
@@ -221,13 +229,28 @@ class ChatEngine:
     def next_deadline(self) -> float | None:
         return self.typing.next_deadline()
 
-    def set_status(self, conn_id: str, status: Status) -> list[Delivery]:
+    def set_status(
+        self, conn_id: str, status: Status, text: str | None = None, until: int | None = None
+    ) -> list[Delivery]:
         user_id = self._known_user(conn_id)
-        if not self.presence.set_status(user_id, status):
+        if not self.presence.choose(user_id, status, text, until):
             return []
-        return [
-            ToConnections(tuple(self._audience(user_id)), Presence(user_id=user_id, status=status))
-        ]
+        return self._presence_of(user_id)
+
+    def active(self, user_id: str, wall: int, shown: bool = True) -> list[Delivery]:
+        """Activity of the user (a message, a client's ``activity``; a new
+        connection, not ``shown``) at ``wall``."""
+        changed = self.presence.active(user_id, wall, shown)
+        return self._presence_of(user_id) if changed else []
+
+    def presence_due(self, wall: int) -> list[Delivery]:
+        """Statuses that changed by themselves at ``wall``."""
+        return [d for user in self.presence.time_passed(wall) for d in self._presence_of(user)]
+
+    def _presence_of(self, user_id: str) -> list[Delivery]:
+        seen = self.room_user(user_id)
+        event = Presence(user_id, seen.status, seen.status_text, seen.last_active_at)
+        return [ToConnections(tuple(self._audience(user_id)), event)]
 
     def _audience(self, user_id: str) -> set[str]:
         """Connections of every user sharing a room with ``user_id``, and their own."""

@@ -26,6 +26,8 @@ class RoomRegistry:
         self._user_counts: dict[int, dict[str, int]] = {}
         # Rooms closed to new posts (their history stays readable).
         self._archived: set[int] = set()
+        # Members removed, by (room, user): the log time of their removal.
+        self._removed: dict[tuple[int, str], float] = {}
 
     def join(self, conn_id: str, user_id: str, room_id: int) -> Membership:
         members = self._connections.setdefault(room_id, set())
@@ -61,6 +63,30 @@ class RoomRegistry:
 
     def is_archived(self, room_id: int) -> bool:
         return room_id in self._archived
+
+    #: How far the clocks of two nodes may differ (a join checked this little
+    #: after a removal is refused too: the joiner asks again).
+    CLOCK_SKEW = 0.25
+    #: How long a removal is remembered: longer than any admission check takes
+    #: to reach the log (the log's own timeout is far shorter).
+    REMOVAL_MEMORY = 60.0
+
+    def removed(self, room_id: int, user_id: str, at: float) -> None:
+        """``user_id`` stopped being a member of the room at log time ``at``."""
+        for key, when in list(self._removed.items()):
+            if when < at - self.REMOVAL_MEMORY:
+                del self._removed[key]
+        self._removed[(room_id, user_id)] = at
+
+    def readmitted(self, room_id: int, user_id: str) -> None:
+        """``user_id`` may be a member again (added back, or unbanned)."""
+        self._removed.pop((room_id, user_id), None)
+
+    def removed_after(self, room_id: int, user_id: str, checked_at: float) -> bool:
+        """Whether a join whose admission was read at ``checked_at`` may predate
+        the user's removal: the removal came later, or too close to tell."""
+        at = self._removed.get((room_id, user_id))
+        return at is not None and at >= checked_at - self.CLOCK_SKEW
 
     def rooms_of(self, conn_id: str) -> Set[int]:
         return self._rooms_of.get(conn_id, frozenset())

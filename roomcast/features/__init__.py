@@ -5,8 +5,10 @@ from __future__ import annotations
 from roomcast.features.calls import Calls
 from roomcast.features.membership import Membership
 from roomcast.features.messages import Messages
+from roomcast.features.notifications import Notifications
 from roomcast.features.ping import Ping
 from roomcast.features.presence import PresenceStatus
+from roomcast.features.reads import Reads
 from roomcast.features.rooms import Rooms
 from roomcast.features.typing import TypingIndicators
 from roomcast.node.feature import Feature, NodeParts
@@ -19,6 +21,8 @@ def default_features(parts: NodeParts) -> list[Feature]:
         Messages(parts),
         Rooms(parts),
         Membership(parts),
+        Notifications(parts),
+        Reads(parts),
         TypingIndicators(parts),
         PresenceStatus(parts),
         Calls(parts),

@@ -48,7 +48,7 @@ class MembershipChanged(LogEntry, tag="member", frozen=True, gc=False):
 
     room: int
     user: str
-    change: Literal["added", "removed", "role"]
+    change: Literal["added", "removed", "role", "unbanned"]
     by: str
     role: Role = Role.MEMBER
     reason: RemovalReason = "removed"
@@ -60,7 +60,9 @@ class MembershipChanged(LogEntry, tag="member", frozen=True, gc=False):
         # The user's connections are told even where they are not in the room.
         return CLUSTER
 
-    def event(self) -> MemberAdded | MemberRemoved | RoleChanged:
+    def event(self) -> MemberAdded | MemberRemoved | RoleChanged | None:
+        if self.change == "unbanned":
+            return None  # the moderator's call is answered; nobody else is told
         if self.change == "added":
             return MemberAdded(self.room, self.user, self.role, self.by)
         if self.change == "removed":
@@ -144,6 +146,7 @@ class Membership(Feature):
         await self._check(room, actor, Action.UNBAN)
         if not await self.parts.store.unban(room.id, user_id):
             raise ProtocolError(ErrorCode.NOT_FOUND, f"{user_id!r} is not banned from the room")
+        await self._announce(MembershipChanged(room.id, user_id, "unbanned", actor))
 
     async def set_role(self, room_id: int, actor: str, user_id: str, role: Role) -> Member:
         room = await self.room(room_id)
@@ -176,14 +179,16 @@ class Membership(Feature):
         await self._room_announced(archived)
         return archived
 
-    async def direct(self, user_id: str, other: str) -> Room:
+    async def direct(self, user_id: str, other: str) -> tuple[Room, bool]:
+        """The direct room of the two, and whether this call created it."""
         if other == user_id:
             raise ProtocolError(ErrorCode.INVALID_MESSAGE, "body.user_id: a direct room needs two")
         now = self.parts.clock.wall_ms()
         room = await self.parts.store.direct_room(user_id, other, now)
-        if (room.created_by, room.created_at) == (user_id, now):  # made just now: tell both
+        created = (room.created_by, room.created_at) == (user_id, now)
+        if created:  # made just now: tell both
             await self._announce(RoomAnnounced(room_info(room)))
-        return room
+        return room, created
 
     @staticmethod
     def _refuse_archived(room: Room) -> None:
@@ -207,8 +212,15 @@ class Membership(Feature):
     def _membership_changed(self, entry: MembershipChanged, appended_here: bool) -> None:
         parts = self.parts
         engine = parts.engine
-        self._tell(entry.room, entry.user, entry.event())
+        event = entry.event()
+        if event is not None:
+            self._tell(entry.room, entry.user, event)
+        if entry.change in ("added", "unbanned"):
+            engine.rooms.readmitted(entry.room, entry.user)
         if entry.change == "removed":
+            # A join whose admission was read before this removal is refused
+            # where the log brings it (see rooms.Joined.checked_at).
+            engine.rooms.removed(entry.room, entry.user, entry.at)
             # Every connection of the user leaves the room here, on every node.
             leaving = [c for c in engine.connections_of(entry.user)
                        if engine.rooms.has_connection(entry.room, c)]  # fmt: skip

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable, Mapping
+from collections.abc import Coroutine, Iterable, Mapping, Sequence
+from typing import Any
 
 import msgspec
 
 from roomcast.core.limits import MessageClass
+from roomcast.features.notifications import Notified, Retracted
 from roomcast.node.connections import LocalConnection
 from roomcast.node.feature import Applier, Feature, Route
 from roomcast.ports.broker import LogEntry, Scope, room_scope
@@ -42,7 +44,10 @@ from roomcast.protocol import (
     MessageReaction,
     MessageReactionRequest,
     ProtocolError,
+    ThreadUpdated,
+    UserId,
 )
+from roomcast.protocol.names import USER_ID_MAX_CHARS, visible_name
 
 
 class MessageStored(LogEntry, tag="message", frozen=True, gc=False):
@@ -50,6 +55,8 @@ class MessageStored(LogEntry, tag="message", frozen=True, gc=False):
 
     message: ChatMessage
     seq: int
+    # A reply: its thread's summary now.
+    thread: ThreadUpdated | None = None
 
     def scope(self) -> Scope:
         return room_scope(self.message.room_id)
@@ -60,6 +67,10 @@ class MessageChanged(LogEntry, tag="message_changed", frozen=True, gc=False):
 
     room: int
     event: msgspec.Raw
+    # An edit or delete of a reply: its thread's summary now.
+    thread: ThreadUpdated | None = None
+    # A delete: the room's unread counts may have changed.
+    recount: bool = False
 
     def scope(self) -> Scope:
         return room_scope(self.room)
@@ -97,7 +108,9 @@ class Messages(Feature):
 
     # -- requests -----------------------------------------------------------------------
 
-    def _chat(self, conn: LocalConnection, request: ChatRequest) -> None:
+    def _chat(
+        self, conn: LocalConnection, request: ChatRequest
+    ) -> Coroutine[Any, Any, None] | None:
         parts = self.parts
         user_id = parts.engine.require_member(conn.id, request.room_id, request.TYPE)
         op = InsertMessage(
@@ -107,8 +120,25 @@ class Messages(Feature):
             kind=request.type,
             created_at=parts.clock.wall_ms(),
             client_msg_id=request.client_msg_id,
+            mentions=_mentioned(request.mentions, request.TYPE) if request.mentions else (),
         )
-        self._submit(conn, op, request.TYPE)
+        if request.thread_id is None:
+            self._submit(conn, op, request.TYPE)
+            return None
+        return self._reply(conn, op, request.thread_id)
+
+    async def _reply(self, conn: LocalConnection, op: InsertMessage, thread_id: int) -> None:
+        """A reply goes to its thread's root (threads do not nest), which must be
+        a live message of the room."""
+        root = await self.parts.store.thread_root(op.room_id, thread_id)
+        if root is None:
+            raise ProtocolError(
+                ErrorCode.NOT_FOUND,
+                f"payload.thread_id: message {thread_id} is not a message of room {op.room_id}",
+                "chat",
+                client_msg_id=op.client_msg_id,
+            )
+        self._submit(conn, msgspec.structs.replace(op, thread_id=root), "chat")
 
     def _change(self, conn: LocalConnection, request: MessageRequest) -> None:
         user_id = conn.user_id
@@ -117,7 +147,15 @@ class Messages(Feature):
         now = self.parts.clock.wall_ms()
         op: Operation
         if isinstance(request, MessageEditRequest):
-            op = EditMessage(request.message_id, user_id, rooms, self._content(request), now)
+            mentions = request.mentions
+            op = EditMessage(
+                request.message_id,
+                user_id,
+                rooms,
+                self._content(request),
+                now,
+                None if mentions is None else _mentioned(mentions, request.TYPE),
+            )
         elif isinstance(request, MessageDeleteRequest):
             op = DeleteMessage(request.message_id, user_id, rooms, now)
         else:
@@ -177,6 +215,12 @@ class Messages(Feature):
             self.parts.outbox.send(conn, result.duplicate_of)
             return
         self.parts.append(self._announcement(op, result))
+        # Notifications follow their message, each to its user's connections.
+        for user, notification in result.notified:
+            self.parts.append(Notified(user, notification))
+        if result.retracted:
+            for user, ids in _by_user(result.retracted).items():
+                self.parts.append(Retracted(user, ids, result.room_id))
 
     def _announcement(self, op: Operation, result: Result) -> LogEntry:
         """The log entry that announces a committed operation."""
@@ -189,13 +233,20 @@ class Messages(Feature):
                 content=op.content,
                 type="text",
                 created_at=op.created_at,
+                thread_id=op.thread_id,
+                mentions=result.mentions,
                 client_msg_id=op.client_msg_id,
             )
-            return MessageStored(message, result.seq)
+            return MessageStored(message, result.seq, result.thread)
         event: Event
         if isinstance(op, EditMessage):
             event = MessageEdited(
-                message_id=message_id, room_id=room_id, content=op.content, edited_at=op.edited_at
+                message_id=message_id,
+                room_id=room_id,
+                content=op.content,
+                edited_at=op.edited_at,
+                thread_id=result.thread_id,
+                mentions=result.mentions,
             )
         elif isinstance(op, DeleteMessage):
             event = MessageDeleted(message_id=message_id, room_id=room_id, by=op.user_id)
@@ -209,17 +260,47 @@ class Messages(Feature):
             )
         else:  # pragma: no cover - only the operations above are submitted here
             raise TypeError(f"no announcement for {type(op).__name__}")
-        return MessageChanged(room_id, msgspec.Raw(self.parts.outbox.encode(event)))
+        encoded = msgspec.Raw(self.parts.outbox.encode(event))
+        return MessageChanged(room_id, encoded, result.thread, isinstance(op, DeleteMessage))
 
     # -- log entries --------------------------------------------------------------------
 
     def _stored(self, entry: MessageStored, appended_here: bool) -> None:
         message = entry.message
-        # Typing ends in log order; the message itself goes out in room order.
-        typing_ended = self.parts.engine.message_stored(message)
-        if typing_ended:
-            self.parts.outbox.deliver(typing_ended)
+        # Typing ends (and automatic away) in log order; the message itself goes
+        # out in room order.
+        ended = self.parts.engine.message_stored(message)
+        if ended:
+            self.parts.outbox.deliver(ended)
+            self.parts.arm_timer()
         self.parts.room_order.offer(message.room_id, entry.seq, self.parts.outbox.encode(message))
+        if entry.thread is not None:
+            self._thread_updated(entry.thread)
 
     def _changed(self, entry: MessageChanged, appended_here: bool) -> None:
         self.parts.outbox.to_room(entry.room, bytes(entry.event))
+        if entry.thread is not None:
+            self._thread_updated(entry.thread)
+
+    def _thread_updated(self, thread: ThreadUpdated) -> None:
+        self.parts.outbox.to_room(thread.room_id, self.parts.outbox.encode(thread))
+
+
+def _mentioned(named: Sequence[UserId], request_type: str) -> tuple[str, ...]:
+    """The named users in NFC, each once (the store keeps the room's members)."""
+    kept: dict[str, None] = {}
+    for index, name in enumerate(named):
+        try:
+            kept[visible_name(name, USER_ID_MAX_CHARS)] = None
+        except ValueError as exc:
+            raise ProtocolError(
+                ErrorCode.INVALID_MESSAGE, f"payload.mentions[{index}]: {exc}", request_type
+            ) from None
+    return tuple(kept)
+
+
+def _by_user(pairs: Iterable[tuple[str, int]]) -> dict[str, tuple[int, ...]]:
+    grouped: dict[str, list[int]] = {}
+    for user, notification_id in pairs:
+        grouped.setdefault(user, []).append(notification_id)
+    return {user: tuple(ids) for user, ids in grouped.items()}

@@ -40,6 +40,8 @@ class Joined(LogEntry, tag="join", frozen=True, gc=False):
     # where that node starts counting if it has seen no message of the room.
     seq_floor: int = 0
     since: int | None = None
+    # Log time when the joiner's admission was read from the store (0: never).
+    checked_at: float = 0.0
 
     def scope(self) -> Scope:
         return room_scope(self.room)
@@ -109,12 +111,13 @@ class Rooms(Feature):
             raise ProtocolError(
                 ErrorCode.FORBIDDEN, f"a connection can be in at most {most} rooms", request.TYPE
             )
+        checked_at = parts.clock.now()
         room = await self._room_for(request.room_id, user_id, conn.remote)
         await self._admit(room, user_id)
         if conn.ended:  # it went away while the room was looked up
             return
         waiting = parts.waits.expect(conn.id)
-        parts.append(Joined(conn.id, room.id, room.last_seq, request.since))
+        parts.append(Joined(conn.id, room.id, room.last_seq, request.since, checked_at))
         await parts.waits.wait(waiting)
 
     async def _admit(self, room: Room, user_id: str) -> None:
@@ -140,7 +143,20 @@ class Rooms(Feature):
     def _joined(self, entry: Joined, appended_here: bool) -> None:
         parts = self.parts
         conn_id, room_id = entry.conn, entry.room
-        if parts.engine.user_of(conn_id) is None:  # closed before its join came round
+        user_id = parts.engine.user_of(conn_id)
+        if user_id is None:  # closed before its join came round
+            parts.waits.settle(conn_id)
+            return
+        if entry.checked_at and parts.engine.rooms.removed_after(
+            room_id, user_id, entry.checked_at
+        ):
+            # The user was removed while this join was on its way: what the
+            # store said when it was checked is no longer so. Every replica
+            # refuses it at this point of the log; the joiner may ask again.
+            refusal = ProtocolError(
+                ErrorCode.FORBIDDEN, f"you are no longer a member of room {room_id}", "join_room"
+            )
+            parts.waits.fail(conn_id, refusal)
             parts.waits.settle(conn_id)
             return
         conn = parts.registry.get(conn_id)
@@ -274,11 +290,8 @@ class Rooms(Feature):
         what holds across a cluster.
         """
         parts = self.parts
-        wait = self._creation_wait(user_id, address)
-        if wait:
-            self._refuse_creation(wait, None)
-        if self.creation_limiter is not None:
-            self.creation_limiter.take(user_id, address, parts.clock.now())
+        self.check_creation(user_id, address)
+        self.charge_creation(user_id, address)
         members = tuple(dict.fromkeys([user_id, *body.members])) if body.private else ()
         try:
             room = await parts.store.create_room(
@@ -312,6 +325,17 @@ class Rooms(Feature):
             self.parts.outbox.deliver((ToConnections(tuple(conn_ids), RoomCreated(info)),))
         if appended_here and entry.waiter:
             self.parts.waits.settle(entry.waiter)
+
+    def check_creation(self, user_id: str, address: str) -> None:
+        """Refuse (``rate_limited``) a room the user may not create from ``address`` now."""
+        wait = self._creation_wait(user_id, address)
+        if wait:
+            self._refuse_creation(wait, None)
+
+    def charge_creation(self, user_id: str, address: str) -> None:
+        """A room was created: it takes a token of the user's creation rate."""
+        if self.creation_limiter is not None:
+            self.creation_limiter.take(user_id, address, self.parts.clock.now())
 
     def _creation_wait(self, user_id: str, address: str) -> float:
         """Seconds until the user may create a room from ``address`` (0: now)."""

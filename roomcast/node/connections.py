@@ -7,6 +7,7 @@ only their node is kept here (the core holds their rooms and users).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,9 @@ class LocalConnection:
     closing: bool = False  # a close frame is on its way: nothing more is sent or read
     last_seen: float = 0.0  # loop time of the last frame received (idle detection)
     closed: bool = False
+    # What the connection is sent first once its user is known (its unread
+    # counts); its requests wait for it, so their answers come after.
+    greeting: asyncio.Future[Any] | None = None
 
     @property
     def ended(self) -> bool:

@@ -9,6 +9,9 @@ tables from those declarations:
 * :meth:`Feature.appliers`: the log entry types it applies (the node's log
   codec is built from these, so declaring an entry is all it takes for the
   log to carry it);
+* :meth:`Feature.observers`: entry types of other features it follows, called
+  after their own applier (so a feature learns what another one did without
+  either calling the other);
 * its deadlines, what it does when time passes or a connection leaves the
   replica, and its part of a node's snapshot.
 
@@ -18,6 +21,7 @@ the I/O: the outbox sends, the log appends, the store writes.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -101,6 +105,17 @@ class Feature:
 
     def appliers(self) -> Mapping[type[LogEntry], Applier]:
         return {}
+
+    def observers(self) -> Mapping[type[LogEntry], Applier]:
+        return {}
+
+    def user_connected(self, conn: LocalConnection) -> asyncio.Future[Any] | None:
+        """One of this node's connections is now known to be ``conn.user_id``'s.
+
+        A future returned is what the connection is told first: its requests
+        are acted on once it is done.
+        """
+        return None
 
     def next_deadline(self) -> float | None:
         return None

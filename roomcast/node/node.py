@@ -53,7 +53,7 @@ class Node:
     ) -> None:
         clock = clock or Clock()
         metrics = metrics or Metrics()
-        engine = ChatEngine(settings.typing_timeout)
+        engine = ChatEngine(settings.typing_timeout, settings.away_after)
         registry = ConnectionRegistry()
         tasks = BackgroundTasks()
         outbox = Outbox(outlet, engine, registry, metrics, clock)
@@ -77,7 +77,7 @@ class Node:
         )
         self.features = list(features(parts))
         self.timer = DeadlineTimer([f.next_deadline for f in self.features], broker.append, clock)
-        self.session = Session(parts, [r for f in self.features for r in f.routes()])
+        self.session = Session(parts, [r for f in self.features for r in f.routes()], self.features)
         self.replica = Replica(parts, self.features)
         self.replica.user_gone = self._user_gone
         self._write_probe: asyncio.Future[bool] | None = None

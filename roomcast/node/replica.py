@@ -56,6 +56,16 @@ class Replica:
                     raise ValueError(f"two appliers for {entry_type.__name__}")
                 self._appliers[entry_type] = applier
         self.codec = LogCodec(self._appliers)
+        observers: dict[type[LogEntry], list[Applier]] = {}
+        for feature in features:
+            for entry_type, observer in feature.observers().items():
+                if entry_type not in self._appliers:
+                    raise ValueError(f"nothing applies {entry_type.__name__}")
+                observers.setdefault(entry_type, []).append(observer)
+        # An entry with observers gets one applier that calls them after its
+        # own: entries without any cost nothing more.
+        for entry_type, following in observers.items():
+            self._appliers[entry_type] = _followed(self._appliers[entry_type], following)
         self._announce_due = False  # a snapshot waits for this node's entries in flight
         # Nodes whose snapshot this node waits for before it is ready (None: not asked yet).
         self._awaiting_snapshots: set[str] | None = None
@@ -213,3 +223,21 @@ class Replica:
             self._ready_by = now + self.parts.settings.node_ttl
         for node in sorted(self.parts.registry.nodes() - live - {self.node_id}):
             self.parts.append(NodeGone(node, now, clock.wall_ms()))
+
+
+def _followed(applier: Applier, observers: Sequence[Applier]) -> Applier:
+    if len(observers) == 1:  # the usual case, without a loop
+        (observer,) = observers
+
+        def apply_one(entry: Any, here: bool) -> None:
+            applier(entry, here)
+            observer(entry, here)
+
+        return apply_one
+
+    def apply(entry: Any, here: bool) -> None:
+        applier(entry, here)
+        for each in observers:
+            each(entry, here)
+
+    return apply

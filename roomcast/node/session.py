@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from typing import Any
 
 from roomcast.core.limits import MessageClass
 from roomcast.node.connections import LocalConnection
-from roomcast.node.feature import NodeParts, Route
+from roomcast.node.feature import Feature, NodeParts, Route
 from roomcast.ports.broker import Closed, Identified, Opened
 from roomcast.ports.outlet import Writable
 from roomcast.ports.store import StoreUnavailable
@@ -38,8 +38,11 @@ CLOSE_POLICY_VIOLATION = 1008
 
 
 class Session:
-    def __init__(self, parts: NodeParts, routes: Iterable[Route]) -> None:
+    def __init__(
+        self, parts: NodeParts, routes: Iterable[Route], features: Sequence[Feature] = ()
+    ) -> None:
         self.parts = parts
+        self.features = features
         self._routes: dict[type[Request], Route] = {}
         for route in routes:
             if route.request in self._routes:
@@ -73,7 +76,14 @@ class Session:
         parts.append(Opened(conn.id, parts.broker.node_id, user_id))
         log.info("connect conn=%s user=%s remote=%s", conn.id, user_id, remote)
         parts.outbox.send(conn, Connected(connection_id=conn.id, user_id=user_id))
+        if user_id is not None:
+            self._user_connected(conn)
         return conn
+
+    def _user_connected(self, conn: LocalConnection) -> None:
+        greetings = [g for f in self.features if (g := f.user_connected(conn)) is not None]
+        if greetings:
+            conn.greeting = asyncio.gather(*greetings, return_exceptions=True)
 
     def closed(self, conn: LocalConnection, reason: str) -> None:
         """The connection is gone: its rooms, typing and presence follow through the log."""
@@ -135,6 +145,10 @@ class Session:
         this connection's next frame in."""
         if conn.closing:
             return None
+        if conn.greeting is not None:
+            if not conn.greeting.done():
+                return self._after_greeting(conn, data)
+            conn.greeting = None
         request_type: str | None = None
         request: Request | None = None
         try:
@@ -148,12 +162,31 @@ class Session:
             self.parts.metrics.messages_in[request_type] += 1
             self._limit(conn, route.rate, request_type)
             self._check_identity(conn, request, route.anonymous)
+            if conn.greeting is not None:  # identified by this very request
+                return self._guarded(conn, request, self._greeted(conn, route, request))
             pending = route.handle(conn, request)
             if pending is not None:
                 return self._guarded(conn, request, pending)
         except Exception as exc:
             self._fail(conn, request, request_type, exc)
         return None
+
+    async def _after_greeting(self, conn: LocalConnection, data: bytes | str) -> None:
+        """A frame that came before the connection's greeting went out: after it."""
+        assert conn.greeting is not None
+        await asyncio.shield(conn.greeting)
+        pending = self.receive_now(conn, data)
+        if pending is not None:
+            await pending
+
+    async def _greeted(self, conn: LocalConnection, route: Route, request: Request) -> None:
+        greeting = conn.greeting
+        if greeting is not None:
+            await asyncio.shield(greeting)
+            conn.greeting = None
+        pending = route.handle(conn, request)
+        if pending is not None:
+            await pending
 
     def receive_binary(self, conn: LocalConnection) -> None:
         """A binary frame: refused like any frame that is not a request."""
@@ -249,6 +282,7 @@ class Session:
                 self.parts.registry.own_user(conn)
                 self.parts.append(Identified(conn.id, claimed[0]))
                 log.info("identify conn=%s user=%s", conn.id, claimed[0])
+                self._user_connected(conn)
             elif claimed and settings.open_mode:
                 raise ProtocolError(
                     ErrorCode.FORBIDDEN,

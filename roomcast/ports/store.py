@@ -25,7 +25,15 @@ import msgspec
 
 from roomcast.core.call_state import CallRecord
 from roomcast.ports.group_commit import Done
-from roomcast.protocol import ChatMessage, HistoryMessage
+from roomcast.protocol import (
+    ChatMessage,
+    HistoryMessage,
+    Notification,
+    NotificationInfo,
+    RoomUnread,
+    ThreadItem,
+    ThreadUpdated,
+)
 
 # -- records -----------------------------------------------------------------------
 
@@ -102,6 +110,10 @@ class InsertMessage(msgspec.Struct, frozen=True, gc=False):
     kind: str
     created_at: int
     client_msg_id: str | None = None
+    # The thread's root (checked to be a live message of the room), or None.
+    thread_id: int | None = None
+    # The users named to notify; the store keeps the room's members among them.
+    mentions: tuple[str, ...] = ()
 
 
 class EditMessage(msgspec.Struct, frozen=True, gc=False):
@@ -111,6 +123,8 @@ class EditMessage(msgspec.Struct, frozen=True, gc=False):
     rooms: frozenset[int]
     content: str
     edited_at: int
+    # The message's new mentions (None: keep them).
+    mentions: tuple[str, ...] | None = None
 
 
 class DeleteMessage(msgspec.Struct, frozen=True, gc=False):
@@ -130,6 +144,24 @@ class ToggleReaction(msgspec.Struct, frozen=True, gc=False):
     created_at: int
 
 
+class MarkRead(msgspec.Struct, frozen=True, gc=False):
+    """Move ``user_id``'s read marker in the room's timeline (``thread_id`` None)
+    or in a thread forward to ``message_id``, and mark read the notifications
+    it passes."""
+
+    user_id: str
+    room_id: int
+    thread_id: int | None
+    message_id: int
+    read_at: int
+
+
+class ReadNotifications(msgspec.Struct, frozen=True, gc=False):
+    user_id: str
+    ids: tuple[int, ...]
+    read_at: int
+
+
 class ProbeWrite(msgspec.Struct, frozen=True, gc=False):
     """Rewrite the one row of ``write_probe``: whether writes commit again after
     failures, known without waiting for a user's message (see ``/health``)."""
@@ -138,7 +170,16 @@ class ProbeWrite(msgspec.Struct, frozen=True, gc=False):
 
 
 #: A call snapshot from the core is stored as is (insert or update by id).
-Operation = InsertMessage | EditMessage | DeleteMessage | ToggleReaction | CallRecord | ProbeWrite
+Operation = (
+    InsertMessage
+    | EditMessage
+    | DeleteMessage
+    | ToggleReaction
+    | MarkRead
+    | ReadNotifications
+    | CallRecord
+    | ProbeWrite
+)
 
 
 class Outcome(enum.Enum):
@@ -160,6 +201,18 @@ class Result(msgspec.Struct, frozen=True, gc=False):
     duplicate_of: ChatMessage | None = None
     # InsertMessage: the message's room sequence number (0 when no message was stored).
     seq: int = 0
+    # Insert, edit: the mentions kept (members of the room, not the author).
+    mentions: tuple[str, ...] = ()
+    # Insert, edit: the notifications made, each with the user it is for.
+    notified: tuple[tuple[str, Notification], ...] = ()
+    # Edit, delete: the notifications taken back, as (user, notification id).
+    retracted: tuple[tuple[str, int], ...] = ()
+    # A reply stored, edited or deleted: its thread's summary now.
+    thread: ThreadUpdated | None = None
+    # MarkRead, ReadNotifications: the notifications now read, as (id, room id).
+    read: tuple[tuple[int, int], ...] = ()
+    # The message's thread (its root's id), for an edit or a delete of a reply.
+    thread_id: int | None = None
 
 
 class SequencedMessage(msgspec.Struct, frozen=True, gc=False):
@@ -280,8 +333,30 @@ class Store(Protocol):
     ) -> list[CallRecord]:
         """The user's calls (as caller or callee), newest first, from after ``after``."""
 
-    async def history(self, room_id: int, before: int | None, limit: int) -> list[HistoryMessage]:
-        """Up to ``limit`` live messages with ids below ``before``, oldest first."""
+    async def history(
+        self, room_id: int, before: int | None, limit: int, thread_id: int | None = None
+    ) -> list[HistoryMessage]:
+        """Up to ``limit`` messages with ids below ``before``, oldest first: the
+        room's timeline (live messages and deleted roots of live threads, roots
+        with their thread's summary), or with ``thread_id`` that thread's live replies."""
+
+    # -- conversations (see adapters/sql/conversations.py) ------------------------
+
+    async def thread_root(self, room_id: int, message_id: int) -> int | None:
+        """The root of the thread a reply to ``message_id`` belongs to (the
+        message itself, or its own root); None unless it is a live message of the room."""
+
+    async def threads(self, room_id: int, before: int | None, limit: int) -> list[ThreadItem]:
+        """The room's threads with live replies, by last activity (their newest
+        reply's id), newest first, those whose newest reply is before ``before``."""
+
+    async def unread(self, user_id: str, room_ids: Sequence[int] | None = None) -> list[RoomUnread]:
+        """The user's counts in each room they are a member of (or in ``room_ids`` of them)."""
+
+    async def notifications(
+        self, user_id: str, unread_only: bool, before: int | None, limit: int
+    ) -> list[NotificationInfo]:
+        """The user's notifications, newest first, with ids below ``before``."""
 
     async def messages_in_seq_range(
         self, room_id: int, after_seq: int, through_seq: int

@@ -109,8 +109,23 @@ class RoomUsersPage(msgspec.Struct, omit_defaults=True):
     next: str | None = None
 
 
+class ThreadSummary(msgspec.Struct):
+    """A thread under its root: live replies, the newest one's time and id, and
+    the distinct authors of replies, newest first (at most 10)."""
+
+    reply_count: int
+    last_reply_at: int
+    participants: list[str]
+    last_reply_id: int
+
+
 class HistoryMessage(msgspec.Struct):
-    """A stored message in history: the ``chat`` payload plus its edits and reactions."""
+    """A stored message in history: the ``chat`` payload plus its edits,
+    reactions and, for a thread's root, the thread's summary.
+
+    A deleted root stays in the timeline while its thread has replies, as a
+    placeholder: empty ``content``, ``deleted_at`` set, no reactions.
+    """
 
     id: int
     room_id: int
@@ -120,8 +135,46 @@ class HistoryMessage(msgspec.Struct):
     created_at: int
     edited_at: int | None
     reactions: dict[str, list[str]]
+    thread_id: int | None = None
+    mentions: list[str] = []
+    thread: ThreadSummary | None = None
+    deleted_at: int | None = None
 
 
 class HistoryPage(msgspec.Struct):
     messages: list[HistoryMessage]
+    next_before: int | None
+
+
+class ThreadItem(msgspec.Struct):
+    root: HistoryMessage
+    thread: ThreadSummary
+
+
+class ThreadPage(msgspec.Struct):
+    """``GET /api/rooms/{id}/threads``: threads by last activity, newest first;
+    ``next`` is the ``before`` of the next page."""
+
+    threads: list[ThreadItem]
+    next: int | None
+
+
+class NotificationInfo(msgspec.Struct):
+    """A stored notification (``read_at``: null while unread)."""
+
+    id: int
+    kind: str
+    room_id: int
+    message_id: int
+    thread_id: int | None
+    from_user_id: str
+    excerpt: str
+    created_at: int
+    read_at: int | None
+
+
+class NotificationPage(msgspec.Struct):
+    """``GET /api/notifications``: newest first; ``next_before`` pages on."""
+
+    notifications: list[NotificationInfo]
     next_before: int | None

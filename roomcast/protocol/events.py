@@ -47,9 +47,15 @@ class UserLeft(Event):
     user_id: str
 
 
-class RoomUser(msgspec.Struct):
+class RoomUser(msgspec.Struct, omit_defaults=True):
+    """A user in a room: their status, its text when they set one, and when they
+    were last active (wall-clock ms: a message sent or a client's ``activity``;
+    left out until then)."""
+
     user_id: str
     status: Status
+    status_text: str | None = None
+    last_active_at: int | None = None
 
 
 class RoomUsers(Event):
@@ -122,7 +128,11 @@ class RoleChanged(Event):
 
 
 class ChatMessage(Event, omit_defaults=True):
-    """A stored chat message; ``client_msg_id`` only when the sender gave one."""
+    """A stored chat message; ``client_msg_id`` only when the sender gave one.
+
+    ``thread_id`` is the root of the thread it replies in (null: the room's
+    timeline); ``mentions`` the users it notifies, as the server kept them.
+    """
 
     TYPE = "chat"
     id: int
@@ -131,6 +141,9 @@ class ChatMessage(Event, omit_defaults=True):
     content: str
     type: MessageKind
     created_at: int
+    thread_id: int | None
+    # A tuple, not a list: most messages mention nobody, and () costs nothing.
+    mentions: tuple[str, ...]
     client_msg_id: str | None = None
 
 
@@ -153,6 +166,8 @@ class MessageEdited(Event):
     room_id: int
     content: str
     edited_at: int
+    thread_id: int | None = None
+    mentions: tuple[str, ...] = ()
 
 
 class MessageDeleted(Event):
@@ -173,6 +188,87 @@ class MessageReaction(Event):
     action: Literal["added", "removed"]
 
 
+class ThreadUpdated(Event):
+    """A thread's summary after one of its replies was stored, edited or deleted.
+    ``reply_count`` 0: its replies are all deleted, and it is no longer listed."""
+
+    TYPE = "thread_updated"
+    room_id: int
+    thread_id: int
+    reply_count: int
+    last_reply_at: int | None
+    participants: list[str]
+
+
+NotificationKind = Literal["mention", "reply"]
+
+
+class Notification(Event):
+    """To every connection of the notified user: they were mentioned, or someone
+    replied in a thread they took part in. ``quiet``: the user is busy or in
+    do-not-disturb, so clients show it without a sound."""
+
+    TYPE = "notification"
+    id: int
+    kind: NotificationKind
+    room_id: int
+    message_id: int
+    thread_id: int | None
+    from_user_id: str
+    excerpt: str
+    created_at: int
+    quiet: bool = False
+
+
+class NotificationRetracted(Event):
+    """The notification is void (its message was deleted, or an edit removed the mention)."""
+
+    TYPE = "notification_retracted"
+    id: int
+
+
+class NotificationsRead(Event):
+    """To every connection of the user: these notifications are read now."""
+
+    TYPE = "notification_read"
+    ids: list[int]
+
+
+class ReadReceipt(Event):
+    """A member's read marker moved (at most one per user and room per second)."""
+
+    TYPE = "read_receipt"
+    room_id: int
+    user_id: str
+    message_id: int
+    thread_id: int | None
+
+
+class RoomUnread(msgspec.Struct):
+    """A room's counts for one user: ``unread`` timeline messages after their
+    marker (not their own, not deleted; counting stops at
+    :data:`UNREAD_COUNT_LIMIT`), ``mentions`` unread mentions of them (in the
+    timeline and in threads)."""
+
+    room_id: int
+    unread: int
+    mentions: int
+    last_read_id: int
+    last_message_id: int
+
+
+#: Where counting unread messages stops (clients show "999+"), so that a
+#: count costs the same after years of history.
+UNREAD_COUNT_LIMIT: Final = 1000
+
+
+class Unread(Event):
+    """After ``connected``: every room of the user; later: the rooms whose counts changed."""
+
+    TYPE = "unread"
+    rooms: list[RoomUnread]
+
+
 class Typing(Event):
     TYPE = "typing"
     room_id: int
@@ -180,10 +276,14 @@ class Typing(Event):
     is_typing: bool
 
 
-class Presence(Event):
+class Presence(Event, omit_defaults=True):
+    """A user's status changed; ``status_text`` and ``last_active_at`` as in ``room_users``."""
+
     TYPE = "presence"
     user_id: str
     status: Status
+    status_text: str | None = None
+    last_active_at: int | None = None
 
 
 class _CallAnnouncement(Event):
@@ -253,6 +353,12 @@ SERVER_TYPES: Final[dict[str, type[Event]]] = {
         MessageEdited,
         MessageDeleted,
         MessageReaction,
+        ThreadUpdated,
+        Notification,
+        NotificationRetracted,
+        NotificationsRead,
+        ReadReceipt,
+        Unread,
         Typing,
         Presence,
         IncomingCall,

@@ -18,7 +18,9 @@ MAX_ID: Final = 2**53 - 1
 #: Database ids: positive and exact in JavaScript.
 Id = Annotated[int, msgspec.Meta(ge=1, le=MAX_ID)]
 
-Status = Literal["online", "away", "busy", "offline"]
+#: ``dnd``: do not disturb (notifications arrive quiet, as with ``busy``);
+#: ``offline`` chosen by a connected user: appear invisible.
+Status = Literal["online", "away", "busy", "dnd", "offline"]
 #: Call ids are created by the server; clients echo them back.
 CallId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 SignalKind = Literal["offer", "answer", "ice_candidate"]

@@ -67,20 +67,36 @@ class LeaveRoomRequest(ClaimsUser):
     room_id: Id | None = None
 
 
+#: The users a message may name in ``mentions``; the server keeps at most
+#: :data:`MAX_MENTIONS` of them (members of the room, not the author).
+Mentions = Annotated[tuple[UserId, ...], msgspec.Meta(max_length=100)]
+MAX_MENTIONS: Final = 20
+
+
 class ChatRequest(ClaimsUser):
-    """Post a message. ``client_msg_id`` makes a retry safe: it is stored once."""
+    """Post a message. ``client_msg_id`` makes a retry safe: it is stored once.
+
+    ``thread_id`` replies in the thread of that message of the room (a reply's
+    thread is its root's); ``mentions`` are the users to notify, named
+    explicitly: text that merely contains a name notifies nobody.
+    """
 
     TYPE = "chat"
     room_id: Id
     content: str
     type: MessageKind = "text"
     client_msg_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
+    thread_id: Id | None = None
+    mentions: Mentions = ()
 
 
 class MessageEditRequest(ClaimsUser):
+    """``mentions`` replaces the message's mentions; left out, they stay as they are."""
+
     TYPE = "message_edit"
     message_id: Id
     content: str
+    mentions: Mentions | None = None
 
 
 class MessageDeleteRequest(ClaimsUser):
@@ -95,15 +111,46 @@ class MessageReactionRequest(ClaimsUser):
     emoji: Annotated[str, msgspec.Meta(pattern=r"^[^\s\x00-\x1f\x7f-\x9f]{1,32}(?![\s\S])")]
 
 
+class ReadRequest(ClaimsUser):
+    """Move the user's read marker in the room's timeline (or in a thread) to
+    ``message_id``; a marker never moves back."""
+
+    TYPE = "read"
+    room_id: Id
+    message_id: Id
+    thread_id: Id | None = None
+
+
+class NotificationReadRequest(ClaimsUser):
+    TYPE = "notification_read"
+    ids: Annotated[list[Id], msgspec.Meta(min_length=1, max_length=100)]
+
+
 class TypingRequest(ClaimsUser):
     TYPE = "typing"
     room_id: Id
     is_typing: bool
 
 
+#: A status text's length, in characters.
+STATUS_TEXT_MAX_CHARS: Final = 100
+
+
 class PresenceRequest(ClaimsUser):
+    """Choose a status (``online``: the automatic one again), with an optional
+    text and a time (wall-clock ms) at which it ends by itself."""
+
     TYPE = "presence"
     status: Status
+    status_text: Annotated[str, msgspec.Meta(max_length=STATUS_TEXT_MAX_CHARS)] | None = None
+    until: Annotated[int, msgspec.Meta(ge=0, le=MAX_ID)] | None = None
+
+
+class ActivityRequest(ClaimsUser):
+    """The person is using a client (input seen): ends automatic away. Clients
+    send it when input follows a quiet spell, at most every few seconds."""
+
+    TYPE = "activity"
 
 
 #: The largest ``media`` of a ``webrtc`` message (JSON bytes): it is announced
@@ -156,8 +203,11 @@ CLIENT_TYPES: Final[dict[str, type[Request]]] = {
         MessageEditRequest,
         MessageDeleteRequest,
         MessageReactionRequest,
+        ReadRequest,
+        NotificationReadRequest,
         TypingRequest,
         PresenceRequest,
+        ActivityRequest,
         WebRTCRequest,
         CallEndRequest,
         CallRejectRequest,

@@ -21,6 +21,7 @@ from roomcast.asyncapi import asyncapi_document
 from roomcast.auth import Authenticator, AuthError
 from roomcast.config import Settings, url_list
 from roomcast.features.membership import Membership
+from roomcast.features.notifications import Notifications
 from roomcast.features.rooms import Rooms, room_info
 from roomcast.ice import ice_servers
 from roomcast.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -36,6 +37,7 @@ from roomcast.protocol import (
     DirectRequest,
     ErrorCode,
     HistoryPage,
+    NotificationPage,
     ProtocolError,
     Role,
     RoomMember,
@@ -43,6 +45,7 @@ from roomcast.protocol import (
     RoomPage,
     RoomUsersPage,
     SetRole,
+    ThreadPage,
     UpdateRoom,
     decode_body,
     encode_json,
@@ -108,6 +111,7 @@ class HttpApi:
         self.node = node
         self.rooms: Rooms = node.feature(Rooms)
         self.membership: Membership = node.feature(Membership)
+        self.notifications: Notifications = node.feature(Notifications)
         self.store = store
         self.auth = auth
         self.settings = settings
@@ -133,6 +137,8 @@ class HttpApi:
             web.delete("/api/rooms/{room_id}/bans/{user_id}", self.unban),
             web.post("/api/direct", self.direct_room),
             web.get("/api/rooms/{room_id}/messages", self.room_messages),
+            web.get("/api/rooms/{room_id}/threads", self.room_threads),
+            web.get("/api/notifications", self.list_notifications),
             web.get("/api/calls", self.list_calls),
             web.get("/api/ice-servers", self.ice_servers),
         ]
@@ -161,9 +167,13 @@ class HttpApi:
             raise ProtocolError(ErrorCode.NOT_FOUND, f"room {room_id} does not exist")
         if not room.admits(viewer):
             raise ProtocolError(ErrorCode.FORBIDDEN, f"room {room_id} is private")
-        banned = not room.private and viewer is not None
-        if banned and (await self.store.member_state(room.id, str(viewer))).banned:
-            raise ProtocolError(ErrorCode.FORBIDDEN, f"you are banned from room {room_id}")
+        if not room.private:
+            # A public room is anyone's but its banned users'; archived, its members'.
+            state = None if viewer is None else await self.store.member_state(room.id, viewer)
+            if state is not None and state.banned:
+                raise ProtocolError(ErrorCode.FORBIDDEN, f"you are banned from room {room_id}")
+            if room.archived_at is not None and (state is None or state.member is None):
+                raise ProtocolError(ErrorCode.FORBIDDEN, f"room {room_id} is archived")
         return room, viewer
 
     def _room_id(self, request: web.Request) -> int:
@@ -342,7 +352,12 @@ class HttpApi:
     async def direct_room(self, request: web.Request) -> web.Response:
         user = self._user(request)
         body: DirectRequest = decode_body(await request.read(), DirectRequest)
-        room = await self.membership.direct(user, body.user_id)
+        # A new direct room is a new room: as limited as creating one.
+        address = request.remote or "?"
+        self.rooms.check_creation(user, address)
+        room, created = await self.membership.direct(user, body.user_id)
+        if created:
+            self.rooms.charge_creation(user, address)
         return json_response(room_info(room, user))
 
     async def room_messages(self, request: web.Request) -> web.Response:
@@ -352,12 +367,39 @@ class HttpApi:
         )
         before_text = request.query.get("before")
         before = None if before_text is None else _int_param(before_text, "before", minimum=1)
+        thread_text = request.query.get("thread_id")
+        thread = None if thread_text is None else _int_param(thread_text, "thread_id", minimum=1)
         # One more than asked: a full page is the last one unless something is older.
-        items = await self.store.history(room.id, before, limit + 1)
+        items = await self.store.history(room.id, before, limit + 1, thread)
         older = len(items) > limit
         items = items[-limit:]
         page = HistoryPage(messages=items, next_before=items[0].id if older else None)
         return json_response(page)
+
+    async def room_threads(self, request: web.Request) -> web.Response:
+        """The room's threads by last activity; ``before`` is the previous page's ``next``."""
+        room, _ = await self._visible_room(request)
+        limit = self._limit(request)
+        before_text = request.query.get("before")
+        before = None if before_text is None else _int_param(before_text, "before", minimum=1)
+        threads = await self.store.threads(room.id, before, limit + 1)
+        more = len(threads) > limit
+        threads = threads[:limit]
+        return json_response(
+            ThreadPage(threads, threads[-1].thread.last_reply_id if more else None)
+        )
+
+    async def list_notifications(self, request: web.Request) -> web.Response:
+        """The caller's notifications, newest first (``?unread=true``: unread ones)."""
+        user = self._user(request)
+        unread = _flag_param(request.query.get("unread", "false"), "unread")
+        limit = self._limit(request)
+        before_text = request.query.get("before")
+        before = None if before_text is None else _int_param(before_text, "before", minimum=1)
+        found = await self.notifications.listing(user, unread, before, limit + 1)
+        more = len(found) > limit
+        found = found[:limit]
+        return json_response(NotificationPage(found, found[-1].id if more else None))
 
     async def list_calls(self, request: web.Request) -> web.Response:
         user = self._user(request)

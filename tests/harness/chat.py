@@ -7,7 +7,9 @@ from typing import Any
 
 from tests.harness.client import Client
 
-CHAT_FIELDS = {"id", "room_id", "user_id", "content", "type", "created_at"}
+CHAT_FIELDS = {
+    "id", "room_id", "user_id", "content", "type", "created_at", "thread_id", "mentions"
+}  # fmt: skip
 UNKNOWN_MESSAGE_ID = 2**53 - 1  # the largest id there is
 
 

@@ -18,6 +18,12 @@ class Client:
         self.ws = ws
         self._session = session
         self.connected: dict[str, Any] = {}
+        #: The ``unread`` frame that follows ``connected`` for a known user.
+        self.unread: dict[str, Any] = {}
+        #: Whether ``unread`` frames are passed over (kept in :attr:`unreads`):
+        #: tests of other things need not expect them wherever counts change.
+        self.skip_unread = True
+        self.unreads: list[dict[str, Any]] = []
 
     @classmethod
     async def connect(
@@ -38,6 +44,10 @@ class Client:
         client = cls(ws, session)
         if expect_connected:
             client.connected = (await client.recv("connected"))["payload"]
+            if client.connected["user_id"] is not None:
+                client.skip_unread = False
+                client.unread = (await client.recv("unread"))["payload"]
+                client.skip_unread = True
         return client
 
     @property
@@ -58,14 +68,19 @@ class Client:
             await self.ws.send_str(data)
 
     async def next(self, timeout: float = 3.0) -> dict[str, Any]:
-        """The next frame, whatever it is."""
-        message = await asyncio.wait_for(self.ws.receive(), timeout)
-        if message.type is not aiohttp.WSMsgType.TEXT:
-            raise AssertionError(f"expected a text frame, got {message.type!r} {message.data!r}")
-        frame: dict[str, Any] = json.loads(message.data)
-        assert set(frame) == {"type", "payload", "timestamp"}, frame
-        assert isinstance(frame["timestamp"], int)
-        return frame
+        """The next frame, whatever it is (but ``unread``, see :attr:`skip_unread`)."""
+        while True:
+            message = await asyncio.wait_for(self.ws.receive(), timeout)
+            if message.type is not aiohttp.WSMsgType.TEXT:
+                raise AssertionError(
+                    f"expected a text frame, got {message.type!r} {message.data!r}"
+                )
+            frame: dict[str, Any] = json.loads(message.data)
+            assert set(frame) == {"type", "payload", "timestamp"}, frame
+            assert isinstance(frame["timestamp"], int)
+            if frame["type"] != "unread" or not self.skip_unread:
+                return frame
+            self.unreads.append(frame["payload"])
 
     async def recv(self, type: str | None = None, timeout: float = 3.0) -> dict[str, Any]:
         """The next frame, which must be of ``type`` when given."""
@@ -95,12 +110,20 @@ class Client:
         return payload
 
     async def expect_silence(self, duration: float = 0.3) -> None:
-        """Nothing arrives for ``duration`` seconds (a ping round-trip proves the link)."""
-        try:
-            message = await asyncio.wait_for(self.ws.receive(), duration)
-        except TimeoutError:
-            return
-        raise AssertionError(f"expected nothing, got {message.data!r}")
+        """Nothing arrives for ``duration`` seconds (a ping round-trip proves the link);
+        ``unread`` counts are passed over as :meth:`next` does."""
+        deadline = time.monotonic() + duration
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                message = await asyncio.wait_for(self.ws.receive(), left)
+            except TimeoutError:
+                return
+            if self.skip_unread and message.type is aiohttp.WSMsgType.TEXT:
+                frame = json.loads(message.data)
+                if frame.get("type") == "unread":
+                    self.unreads.append(frame["payload"])
+                    continue
+            raise AssertionError(f"expected nothing, got {message.data!r}")
 
     async def sync(self) -> None:
         """Round-trip a ping: every frame the server queued before is now received."""
@@ -121,6 +144,11 @@ class Client:
     async def close(self) -> None:
         await self.ws.close()
         await self._session.close()
+
+
+def without_activity(users: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``room_users`` entries without ``last_active_at``, which follows the clock."""
+    return [{k: v for k, v in user.items() if k != "last_active_at"} for user in users]
 
 
 def users(room_users_payload: dict[str, Any]) -> Sequence[str]:

@@ -90,7 +90,17 @@ async def all_rooms(
         after = page["next"]
 
 
+#: What a history item has that a ``chat`` payload has not (for a message
+#: that is no thread's root and was neither edited nor deleted).
+HISTORY_EXTRAS: dict[str, Any] = {
+    "edited_at": None,
+    "reactions": {},
+    "thread": None,
+    "deleted_at": None,
+}
+
+
 def stored(message: dict[str, Any], **changes: Any) -> dict[str, Any]:
     """The history item of a broadcast ``chat`` payload (history has no client_msg_id)."""
     item = {key: value for key, value in message.items() if key != "client_msg_id"}
-    return {**item, "edited_at": None, "reactions": {}, **changes}
+    return {**item, **HISTORY_EXTRAS, **changes}

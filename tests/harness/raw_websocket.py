@@ -165,10 +165,21 @@ class RawWebSocket:
         return first & 0x0F, payload
 
     async def recv(self, type: str | None = None, timeout: float = 3.0) -> dict[str, Any]:
-        """The next frame, which must be a JSON text frame (of ``type`` when given)."""
-        opcode, payload = await self.read_frame(timeout)
-        assert opcode == OPCODE_TEXT, (opcode, payload)
-        frame: dict[str, Any] = json.loads(payload)
+        """The next frame, which must be a JSON text frame (of ``type`` when given).
+
+        ``unread`` counts, which follow ``connected`` for every known user, are
+        passed over unless asked for: these tests are about the frames around them.
+        ``connected`` is read with the counts that follow it, so that what the
+        test reads next is what comes after both.
+        """
+        while True:
+            opcode, payload = await self.read_frame(timeout)
+            assert opcode == OPCODE_TEXT, (opcode, payload)
+            frame: dict[str, Any] = json.loads(payload)
+            if frame["type"] != "unread" or type == "unread":
+                break
+        if frame["type"] == "connected" and frame["payload"]["user_id"] is not None:
+            await self.recv("unread", timeout)
         if type is not None:
             assert frame["type"] == type, f"expected {type}, got {frame}"
         return frame

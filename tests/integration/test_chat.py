@@ -15,7 +15,9 @@ from tests.harness.http import history, stored
 from tests.harness.server import ServerProcess
 from tests.harness.timing import now_ms
 
-CHAT_FIELDS = {"id", "room_id", "user_id", "content", "type", "created_at"}
+CHAT_FIELDS = {
+    "id", "room_id", "user_id", "content", "type", "created_at", "thread_id", "mentions"
+}  # fmt: skip
 
 
 async def send_chat(client: Client, room_id: int, content: str) -> None:
@@ -60,6 +62,8 @@ async def test_chat_goes_to_every_member_connection_including_the_sender(
         "user_id": user("alice"),
         "content": "hello room",
         "type": "text",
+        "thread_id": None,
+        "mentions": [],
     }
     assert before - 1000 <= message["created_at"] <= now_ms() + 1000
     for member in (alice_2, bob):
@@ -243,7 +247,7 @@ async def test_edit_by_the_author_reaches_members_and_history(
     before = now_ms()
     await alice.send("message_edit", {"message_id": message["id"], "content": "hello"})
     edit = (await alice.recv("message_edit"))["payload"]
-    assert set(edit) == {"message_id", "room_id", "content", "edited_at"}
+    assert set(edit) == {"message_id", "room_id", "content", "edited_at", "thread_id", "mentions"}
     assert (edit["message_id"], edit["room_id"], edit["content"]) == (
         message["id"],
         room_id,

@@ -69,6 +69,8 @@ async def test_chat_edits_deletes_and_reactions_cross_nodes(cluster: Cluster) ->
             "user_id": uid(sender),
             "content": content,
             "type": "text",
+            "thread_id": None,
+            "mentions": [],
         }
         for member in members:
             if member is not sender:
@@ -85,6 +87,8 @@ async def test_chat_edits_deletes_and_reactions_cross_nodes(cluster: Cluster) ->
         "message_id": one["id"],
         "room_id": ROOM,
         "content": "one!",
+        "thread_id": None,
+        "mentions": [],
     }
     for member in (bob, carol):
         assert (await member.recv("message_edit"))["payload"] == edit
@@ -200,3 +204,60 @@ async def test_a_member_removed_on_one_node_is_cut_off_on_the_others(cluster: Cl
     assert (await bob.recv("member_removed"))["payload"]["reason"] == "removed"
     await barrier(bob, room["id"] + 1)  # nothing of the room follows
     assert (await alice.recv_until("chat"))["payload"]["content"] == "after bob"
+
+
+# -- 3. conversations ------------------------------------------------------------------
+
+
+async def test_mentions_receipts_and_counts_cross_nodes(cluster: Cluster) -> None:
+    """Bob's phone is on one node, his laptop (in no room) on the other: a
+    mention reaches both, reading on the phone clears the laptop's badge, and
+    the reader's receipt reaches the room on both nodes."""
+    a, b = await cluster.start(2)
+    alice, phone = await cluster.connect(a, "alice"), await cluster.connect(a, "bob")
+    laptop, carol = await cluster.connect(b, "bob"), await cluster.connect(b, "carol")
+    status, room = await http_json(
+        "POST",
+        f"{a.http}/api/rooms?user_id=alice",
+        {"name": "t", "private": True, "members": ["bob", "carol"]},
+    )
+    assert status == 201, room
+    room_id = room["id"]
+    for client in (alice, phone, carol):
+        await client.recv("room_created")
+        await client.join(room_id)
+    await send_chat(alice, "root", room_id=room_id)
+    root = (await alice.recv_until("chat"))["payload"]
+    await alice.send(
+        "chat",
+        {"room_id": room_id, "content": "@bob", "thread_id": root["id"], "mentions": ["bob"]},
+    )
+    reply = (await alice.recv_until("chat"))["payload"]
+    assert (reply["thread_id"], reply["mentions"]) == (root["id"], ["bob"])
+    assert (await carol.recv_until("thread_updated"))["payload"]["reply_count"] == 1
+    notes = [(await c.recv_until("notification"))["payload"] for c in (phone, laptop)]
+    assert notes[0] == notes[1] and notes[0]["message_id"] == reply["id"]
+    laptop.skip_unread = False
+    state = (await laptop.recv_until("unread"))["payload"]["rooms"]
+    while state[0]["mentions"] != 1:
+        state = (await laptop.recv_until("unread"))["payload"]["rooms"]
+    # Reading the thread on the phone (node a) reads it on the laptop (node b).
+    await phone.send(
+        "read", {"room_id": room_id, "message_id": reply["id"], "thread_id": root["id"]}
+    )
+    assert (await laptop.recv_until("notification_read"))["payload"] == {"ids": [notes[0]["id"]]}
+    state = (await laptop.recv_until("unread"))["payload"]["rooms"]
+    while state[0]["mentions"] != 0:
+        state = (await laptop.recv_until("unread"))["payload"]["rooms"]
+    for client in (alice, carol):
+        receipt = (await client.recv_until("read_receipt"))["payload"]
+        assert receipt == {
+            "room_id": room_id,
+            "user_id": "bob",
+            "message_id": reply["id"],
+            "thread_id": root["id"],
+        }
+    # A new connection on either node is told the same counts, from the store.
+    for node in (a, b):
+        fresh = await cluster.connect(node, "bob")
+        assert [(r["room_id"], r["mentions"]) for r in fresh.unread["rooms"]] == [(room_id, 0)]

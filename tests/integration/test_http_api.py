@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from tests.harness.client import Client
-from tests.harness.http import all_rooms, http_request
+from tests.harness.http import HISTORY_EXTRAS, all_rooms, http_request
 from tests.harness.server import ServerProcess
 
 UserName = Callable[[str], str]
@@ -42,6 +42,10 @@ HISTORY_FIELDS = {
     "created_at",
     "edited_at",
     "reactions",
+    "thread_id",
+    "mentions",
+    "thread",
+    "deleted_at",
 }
 
 
@@ -285,7 +289,7 @@ async def post_messages(alice: Client, room: int, count: int) -> list[dict[str, 
 
 def as_history(message: dict[str, Any], **changes: Any) -> dict[str, Any]:
     """A broadcast ``chat`` payload as history shows it, with ``changes``."""
-    return {**message, "edited_at": None, "reactions": {}, **changes}
+    return {**message, **HISTORY_EXTRAS, **changes}
 
 
 async def walk(server: ServerProcess, room: int, limit: int) -> list[dict[str, Any]]:

@@ -88,3 +88,25 @@ async def test_each_pair_of_users_has_one_direct_room(store: Store) -> None:
     assert back.id == first.id and back.members == ("al", "bo")
     roles = await store.roles("al", [first.id, together[0].id])
     assert roles == {first.id: "member"}
+
+
+async def test_members_page_in_code_point_order_whatever_the_collation(store: Store) -> None:
+    room = await store.create_room("cased", True, ("Zed", "adam", "bob", "Émile"), "al", 0)
+    seen, after = [], None
+    while True:
+        page = await store.members_page(room.id, after, 1)
+        if not page:
+            break
+        seen += [m.user_id for m in page]
+        after = page[-1].user_id
+    assert seen == sorted(["Zed", "adam", "al", "bob", "Émile"])
+
+
+async def test_a_join_and_a_ban_at_once_never_leave_a_banned_member(store: Store) -> None:
+    for i in range(10):
+        room = await store.create_room(f"race {i}", False, (), "al", 0)
+        await asyncio.gather(
+            store.join_public(room.id, "cy", 1), store.remove_member(room.id, "cy", "al", 1)
+        )
+        state = await store.member_state(room.id, "cy")
+        assert state.banned and state.member is None, (i, state)

@@ -305,3 +305,20 @@ async def test_membership_survives_a_restart(tmp_path: Path) -> None:
             await client.close()
     finally:
         server.stop()
+
+
+async def test_an_archived_public_room_is_read_by_its_members_only(
+    server: ServerProcess, connect: Connect, user: UserName
+) -> None:
+    alice, bob, mallory = user("alice"), user("bob"), user("mallory")
+    room_id = await new_room(server, alice, private=False)
+    writer, reader = await connect(alice), await connect(bob)
+    await writer.join(room_id)
+    await reader.join(room_id)  # a public room's joiner is a member
+    await writer.chat(room_id, "kept for the members")
+    assert (await call(server, "DELETE", f"/api/rooms/{room_id}", alice))[0] == 200
+    path = f"/api/rooms/{room_id}/messages"
+    status, history = await call(server, "GET", path, bob)
+    assert status == 200 and [m["content"] for m in history["messages"]] == ["kept for the members"]
+    refused(await call(server, "GET", path, mallory), 403, "forbidden", "archived")
+    refused(await call(server, "GET", f"/api/rooms/{room_id}/threads", mallory), 403, "forbidden")

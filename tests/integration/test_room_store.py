@@ -4,17 +4,13 @@ PostgreSQL, as in ``test_stores.py``, whose fixtures these tests share)."""
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 
-import asyncpg
 import pytest
 
-from roomcast.adapters import migrations
-from roomcast.adapters.sqlite_store import sqlite_path
 from roomcast.core.calls import CallRecord
 from roomcast.ports.store import CallsAfter, RoomLimitReached
 from roomcast.protocol import MAX_ID
-from tests.integration.test_stores import Database, Store, db, pg, store
+from tests.integration.test_stores import Database, Store, database_before, db, pg, store
 
 __all__ = ["db", "pg", "store"]  # fixtures, used by name
 
@@ -175,23 +171,11 @@ async def test_calls_are_listed_in_pages_newest_first(store: Store) -> None:
 async def test_room_creators_migration_counts_the_rooms_made_before_it(
     db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    everything = migrations.load()
-    monkeypatch.setattr(migrations, "load", lambda: [m for m in everything if m.version < 6])
     rooms = (
         "INSERT INTO rooms (id, name, private, created_by, created_at) VALUES "
         "(1, 'a', 0, 'al', 0), (2, 'b', 0, 'al', 0), (3, 'c', 1, 'bo', 0), (4, 'd', 0, NULL, 0)"
     )
-    if db.kind == "sqlite":
-        conn = sqlite3.connect(sqlite_path(db.url), isolation_level=None)
-        migrations.apply_sqlite(conn, 0)
-        conn.execute(rooms)
-        conn.close()
-    else:
-        pg_conn = await asyncpg.connect(db.url)
-        await migrations.apply_postgres(pg_conn, 0)
-        await pg_conn.execute(rooms)
-        await pg_conn.close()
-    monkeypatch.setattr(migrations, "load", lambda: everything)
+    await database_before(db, monkeypatch, 6, [rooms])
     store = db.open()
     await store.start()
     try:

@@ -13,4 +13,6 @@ async def test_two_users_chat_in_a_room(connect, room_id, user) -> None:
     sent = await alice.chat(room_id, "hello")
     received = (await bob.recv("chat"))["payload"]
     assert received == sent
-    assert set(sent) == {"id", "room_id", "user_id", "content", "type", "created_at"}
+    assert set(sent) == {
+        "id", "room_id", "user_id", "content", "type", "created_at", "thread_id", "mentions"
+    }  # fmt: skip

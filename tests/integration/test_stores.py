@@ -100,6 +100,29 @@ class Database:
             await pg_conn.close()
 
 
+async def database_before(
+    db: Database, monkeypatch: pytest.MonkeyPatch, version: int, statements: list[str]
+) -> None:
+    """Bring ``db`` to the schema before migration ``version`` and run
+    ``statements`` there: a database in use before that migration. The store
+    opened afterwards applies the rest."""
+    everything = migrations.load()
+    monkeypatch.setattr(migrations, "load", lambda: [m for m in everything if m.version < version])
+    if db.kind == "sqlite":
+        conn = sqlite3.connect(sqlite_path(db.url), isolation_level=None)
+        migrations.apply_sqlite(conn, 0)
+        for statement in statements:
+            conn.execute(statement)
+        conn.close()
+    else:
+        pg_conn = await asyncpg.connect(db.url)
+        await migrations.apply_postgres(pg_conn, 0)
+        for statement in statements:
+            await pg_conn.execute(statement)
+        await pg_conn.close()
+    monkeypatch.setattr(migrations, "load", lambda: everything)
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 async def db(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Database]:
     if request.param == "sqlite":

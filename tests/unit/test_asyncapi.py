@@ -306,12 +306,23 @@ CLIENT_SAMPLES: dict[str, list[dict[str, Any]]] = {
     "chat": [
         {"room_id": 1, "content": "hello"},
         {"room_id": 1, "content": "hi", "type": "text", "user_id": "ünïcode 🙂"},
+        {"room_id": 1, "content": "@bob see", "thread_id": 9, "mentions": ["bob", "carol"]},
     ],
-    "message_edit": [{"message_id": 3, "content": "fixed"}],
+    "message_edit": [
+        {"message_id": 3, "content": "fixed"},
+        {"message_id": 3, "content": "fixed @bob", "mentions": ["bob"]},
+        {"message_id": 3, "content": "nobody", "mentions": []},
+    ],
+    "read": [{"room_id": 1, "message_id": 4}, {"room_id": 1, "message_id": 9, "thread_id": 4}],
+    "notification_read": [{"ids": [1, 2, 3]}],
     "message_delete": [{"message_id": 3}],
     "message_reaction": [{"message_id": 3, "emoji": "👍"}],
     "typing": [{"room_id": 1, "is_typing": True}, {"room_id": 1, "is_typing": False}],
-    "presence": [{"status": status} for status in ("online", "away", "busy", "offline")],
+    "presence": [
+        *({"status": status} for status in ("online", "away", "busy", "dnd", "offline")),
+        {"status": "dnd", "status_text": "focus time", "until": 1_900_000_000_000},
+    ],
+    "activity": [{}],
     "webrtc": [
         {"type": "offer", "to_user_id": "bob", "data": {"sdp": "v=0"}, "media": {"video": True}},
         {"type": "answer", "to_user_id": "bob", "data": "v=0", "call_id": "c1"},
@@ -335,8 +346,21 @@ CLIENT_REJECTS: list[tuple[str, dict[str, Any]]] = [
     ("chat", {"room_id": 1}),
     ("chat", {"room_id": 1, "content": 5}),
     ("chat", {"room_id": 1, "content": "x", "type": "image"}),
+    ("chat", {"room_id": 1, "content": "x", "thread_id": 0}),
+    ("chat", {"room_id": 1, "content": "x", "mentions": "bob"}),
+    ("chat", {"room_id": 1, "content": "x", "mentions": [""]}),
+    ("chat", {"room_id": 1, "content": "x", "mentions": ["u"] * 101}),
+    ("message_edit", {"message_id": 1, "content": "x", "mentions": [5]}),
+    ("read", {"room_id": 1}),
+    ("read", {"room_id": 1, "message_id": 0}),
+    ("read", {"room_id": 1, "message_id": 1, "thread_id": "2"}),
+    ("notification_read", {"ids": []}),
+    ("notification_read", {"ids": [0]}),
+    ("notification_read", {"ids": list(range(1, 102))}),
     ("typing", {"room_id": 1, "is_typing": "yes"}),
     ("presence", {"status": "gone"}),
+    ("presence", {"status": "busy", "status_text": "x" * 101}),
+    ("presence", {"status": "busy", "until": -1}),
     ("message_reaction", {"message_id": 1, "emoji": ""}),
     ("message_reaction", {"message_id": 1, "emoji": "x" * 33}),
     ("webrtc", {"type": "hello", "to_user_id": "bob", "data": {}}),
@@ -365,7 +389,7 @@ def _sample(info: msgspec.inspect.Type, full: bool) -> Any:
         return None
     if isinstance(info, t.UnionType):
         return _sample(next(x for x in info.types if not isinstance(x, t.NoneType)), full)
-    if isinstance(info, t.ListType):
+    if isinstance(info, t.ListType | t.VarTupleType):
         return [_sample(info.item_type, full)] * max(info.min_length or 1, 1)
     if isinstance(info, t.DictType):
         return {}
@@ -459,7 +483,8 @@ async def test_frames_from_a_real_session_match_the_document(
     alice = await Client.connect(server.ws_url, f"asyncapi-alice-{room_id}")
     bob = await Client.connect(server.ws_url, f"asyncapi-bob-{room_id}")
     frames: list[dict[str, Any]] = [
-        {"type": "connected", "payload": alice.connected, "timestamp": 0}
+        {"type": "connected", "payload": alice.connected, "timestamp": 0},
+        {"type": "unread", "payload": alice.unread, "timestamp": 0},
     ]
     requests: list[tuple[str, dict[str, Any]]]
     try:
@@ -470,6 +495,12 @@ async def test_frames_from_a_real_session_match_the_document(
         await alice.send("chat", {"room_id": room_id, "content": "hello"})
         frames += await frames_until(alice, "chat")
         message_id = frames[-1]["payload"]["id"]
+        reply = {"room_id": room_id, "content": "@bob?", "thread_id": message_id}
+        await alice.send("chat", {**reply, "mentions": [f"asyncapi-bob-{room_id}"]})
+        frames += await frames_until(alice, "thread_updated")
+        frames += await frames_until(bob, "notification")
+        await bob.send("read", {"room_id": room_id, "message_id": message_id})
+        frames += await frames_until(alice, "read_receipt")
         requests = [
             ("typing", {"room_id": room_id, "is_typing": True}),
             ("message_edit", {"message_id": message_id, "content": "edited"}),
@@ -496,6 +527,10 @@ async def test_frames_from_a_real_session_match_the_document(
     seen = {frame["type"] for frame in frames}
     assert seen == {
         "connected",
+        "unread",
+        "thread_updated",
+        "notification",
+        "read_receipt",
         "room_users",
         "user_joined",
         "user_left",

@@ -124,7 +124,16 @@ def test_chat_message_ends_typing_before_it_is_delivered() -> None:
     engine = engine_with(("a1", "alice"))
     engine.join("a1", 1)
     engine.set_typing("a1", 1, True, now=0)
-    message = ChatMessage(id=1, room_id=1, user_id="alice", content="hi", type="text", created_at=5)
+    message = ChatMessage(
+        id=1,
+        room_id=1,
+        user_id="alice",
+        content="hi",
+        type="text",
+        created_at=5,
+        thread_id=None,
+        mentions=[],
+    )
     assert engine.message_stored(message) == [typing_event(1, "alice", False)]
     assert engine.expire(100) == []
     assert engine.message_stored(message) == []  # no typing to end any more

@@ -140,7 +140,14 @@ class EngineMachine(RuleBasedStateMachine):
             return
         self.message_id += 1
         message = ChatMessage(
-            id=self.message_id, room_id=room, user_id=user, content="x", type="text", created_at=0
+            id=self.message_id,
+            room_id=room,
+            user_id=user,
+            content="x",
+            type="text",
+            created_at=0,
+            thread_id=None,
+            mentions=[],
         )
         deliveries = self.engine.message_stored(message)
         assert all(isinstance(d.event, Typing) and not d.event.is_typing for d in deliveries)

@@ -12,8 +12,10 @@ from roomcast.adapters.redis_broker import RedisBroker
 from roomcast.features.calls import CallHungUp, CallRejected, CallSignalled
 from roomcast.features.membership import MembershipChanged, RoomChanged
 from roomcast.features.messages import MessageChanged, MessageStored
+from roomcast.features.notifications import NotificationsMarkedRead, Notified, Retracted
 from roomcast.features.ping import Pinged
-from roomcast.features.presence import StatusSet
+from roomcast.features.presence import ActivitySeen, StatusSet
+from roomcast.features.reads import ReadMoved
 from roomcast.features.rooms import Joined, Left, RoomAnnounced
 from roomcast.features.typing import TypingSet
 from roomcast.ports.broker import (
@@ -32,7 +34,7 @@ from roomcast.ports.broker import (
     Unreadable,
     encode_batch,
 )
-from roomcast.protocol import ChatMessage, Role, RoomInfo
+from roomcast.protocol import ChatMessage, Notification, Role, RoomInfo, ThreadUpdated
 
 #: Raw JSON as clients send it: whitespace, newlines, and the framing's own ":" and ",".
 RAW = msgspec.Raw(b'{"sdp": "v=0\\r\\n",\n "n": [1, 2]  , "x:": ",3:"}')
@@ -43,7 +45,7 @@ EVERY_KIND: list[LogEntry] = [
     Identified("c2", "bob"),
     Joined("c1", 7, seq_floor=3, since=2),
     CallSignalled("c1", "alice", "offer", "bob", None, RAW, RAW, 1.5, 1700, "call-1"),
-    MessageStored(ChatMessage(1, 7, "alice", "hi, 12:30", "text", 1700, "m-1"), 4),
+    MessageStored(ChatMessage(1, 7, "alice", "hi, 12:30", "text", 1700, None, [], "m-1"), 4),
     MessageChanged(7, msgspec.Raw(b'{"type":"message_delete","payload":{}}')),
     Tick(2.5, 1800),
     Snapshot(
@@ -59,13 +61,27 @@ EVERY_KIND: list[LogEntry] = [
     Left("c1", "alice", None, 5.5),
     TypingSet("c1", 7, True, 6.0),
     StatusSet("c1", "alice", "away"),
+    StatusSet("c1", "alice", "dnd", "focus: deep work", 1_900_000_000_000),
+    ActivitySeen("alice", 2050),
     Pinged("c1", None),
     CallHungUp("c1", "alice", "call-1", 2200),
     CallRejected("c3", "bob", "call-2", 2300),
     RoomAnnounced(RoomInfo(8, "plans", True, "alice", 2400, ["alice", "bob"], 2)),
     MembershipChanged(8, "bob", "removed", "alice", reason="banned", waiter="call:1"),
     MembershipChanged(8, "carol", "role", "alice", Role.MODERATOR),
+    MembershipChanged(8, "bob", "unbanned", "alice", waiter="call:2"),
     RoomChanged(RoomInfo(8, "plans", True, "alice", 2400, [], 2, topic="t", archived_at=2500)),
+    MessageStored(
+        ChatMessage(9, 7, "bob", "re", "text", 2600, 1, ["alice"]),
+        5,
+        ThreadUpdated(7, 1, 1, 2600, ["bob"]),
+    ),
+    MessageChanged(7, msgspec.Raw(b"{}"), ThreadUpdated(7, 1, 0, None, []), recount=True),
+    Notified("alice", Notification(3, "mention", 7, 9, 1, "bob", "re", 2600)),
+    Retracted("alice", (3, 4), 7),
+    NotificationsMarkedRead("alice", (5,), (7,)),
+    ReadMoved("alice", 7, None, 9),
+    ReadMoved("alice", 7, 1, 9),
 ]
 
 CODEC = LogCodec(dict.fromkeys(type(entry) for entry in EVERY_KIND))

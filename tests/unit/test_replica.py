@@ -18,8 +18,9 @@ from roomcast.clock import wall_ms
 from roomcast.config import Settings
 from roomcast.features import default_features
 from roomcast.features.calls import Calls
+from roomcast.features.membership import MembershipChanged
 from roomcast.features.ping import Ping
-from roomcast.features.rooms import Rooms
+from roomcast.features.rooms import Joined, Left, Rooms
 from roomcast.node.connections import LocalConnection
 from roomcast.node.feature import NodeParts
 from roomcast.node.node import Node
@@ -217,3 +218,30 @@ async def test_a_created_room_is_announced_on_every_node_to_those_it_admits(
     await asyncio.sleep(0.01)
     told = {name: s.written.count(b'"room_created"') for name, s in sockets.items()}
     assert told == {"alice": 2, "bob": 2, "carol": 1, "anonymous": 0}
+
+
+async def test_a_join_checked_before_a_removal_is_refused_on_every_replica(
+    store: SQLiteStore,
+) -> None:
+    """The joiner's node read "a member" from the store, then the user was
+    removed, and the removal reached the log first: the join must not let
+    them back in, on any node."""
+    log = InProcessLog()
+    a, b = node(store, log, "a"), node(store, log, "b")
+    bob = a.open("127.0.0.1", no_close, Socket(), "bob")
+    await asyncio.sleep(0)
+    log.append(MembershipChanged(ROOM, "bob", "removed", "alice", at=100.0), "b")
+    log.append(Joined(bob.id, ROOM, checked_at=99.5), "a")  # read before the removal
+    for replica in (a, b):
+        assert not replica.parts.engine.is_member(bob.id, ROOM)
+    log.append(Joined(bob.id, ROOM, checked_at=100.2), "a")  # too close to tell: refused too
+    assert not a.parts.engine.is_member(bob.id, ROOM)
+    log.append(Joined(bob.id, ROOM, checked_at=102.0), "a")  # read well after: the store's word
+    for replica in (a, b):
+        assert replica.parts.engine.is_member(bob.id, ROOM)
+    log.append(Left(bob.id, "bob", ROOM, 103.0), "a")
+    log.append(MembershipChanged(ROOM, "bob", "removed", "alice", at=110.0), "b")
+    log.append(MembershipChanged(ROOM, "bob", "added", "alice", at=111.0), "b")
+    log.append(Joined(bob.id, ROOM, checked_at=109.0), "a")  # added back: let in
+    for replica in (a, b):
+        assert replica.parts.engine.is_member(bob.id, ROOM)

@@ -8,6 +8,7 @@ nodes demoting the last two owners at once cannot both succeed.
 
 from __future__ import annotations
 
+from roomcast.adapters.sql.conversations import START_READ
 from roomcast.adapters.sql.dialect import Dialect
 from roomcast.adapters.sql.steps import Steps
 from roomcast.ports.store import Member, MemberChange, MemberState
@@ -24,15 +25,17 @@ class MemberSQL:
         )
         self._page = sql(
             "SELECT user_id, role, joined_at FROM room_members "
-            f"WHERE room_id = $1 AND user_id > $2 ORDER BY {order} LIMIT $3"
+            # The cursor compares as the order sorts (PostgreSQL's default
+            # collation would not: a page after "Zed" must still hold "adam").
+            f"WHERE room_id = $1 AND {order} > $2 ORDER BY {order} LIMIT $3"
         )
         self._first_page = sql(
             "SELECT user_id, role, joined_at FROM room_members "
             f"WHERE room_id = $1 ORDER BY {order} LIMIT $2"
         )
         self._insert = sql(
-            "INSERT INTO room_members (room_id, user_id, role, joined_at) "
-            "VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING user_id"
+            "INSERT INTO room_members (room_id, user_id, role, joined_at, read_id) "
+            f"VALUES ($1, $2, $3, $4, {START_READ}) ON CONFLICT DO NOTHING RETURNING user_id"
         )
         self._delete = sql("DELETE FROM room_members WHERE room_id = $1 AND user_id = $2")
         self._set_role = sql(
@@ -63,7 +66,12 @@ class MemberSQL:
         return [Member(row[0], row[1], row[2]) for row in rows]
 
     def join(self, room_id: int, user_id: str, now: int) -> Steps[MemberState]:
-        """A public room's ``join_room``: a member from the first one on, unless banned."""
+        """A public room's ``join_room``: a member from the first one on, unless banned.
+
+        Under the room's lock, as a ban is: a join and a ban at the same moment
+        cannot leave the user both a member and banned.
+        """
+        yield (self._lock, (room_id,))
         state = yield from self.state(room_id, user_id)
         if state.member is not None or state.banned:
             return state

@@ -10,33 +10,60 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable, Sequence
 
+from roomcast.adapters.sql.conversations import (
+    THREAD_COLUMNS,
+    ConversationSQL,
+    mentions_list,
+    thread_summary,
+)
 from roomcast.adapters.sql.dialect import Dialect
 from roomcast.adapters.sql.rules import NO_BOUND, InsertPlan, MessageChange, refuse_change
 from roomcast.adapters.sql.steps import Row, Steps
 from roomcast.ports.store import (
-    DeleteMessage,
     EditMessage,
     Outcome,
     Result,
     SequencedMessage,
     ToggleReaction,
 )
-from roomcast.protocol import ChatMessage, HistoryMessage
+from roomcast.protocol import ChatMessage, HistoryMessage, ThreadItem, ThreadSummary
 
-MESSAGE_COLUMNS = "id, room_id, user_id, content, type, created_at, client_msg_id, seq"
-HISTORY_COLUMNS = "id, room_id, user_id, content, type, created_at, edited_at"
-#: The columns an insert fills, in the order of ``rules.InsertRun.rows``.
-INSERT_COLUMNS = "room_id, user_id, content, type, created_at, client_msg_id, seq"
+MESSAGE_COLUMNS = (
+    "id, room_id, user_id, content, type, created_at, client_msg_id, seq, thread_id, mentions"
+)
+HISTORY_COLUMNS = (
+    "id, room_id, user_id, content, type, created_at, edited_at, thread_id, mentions, deleted_at"
+)
+#: The columns an insert fills, in the order of ``rules.InsertRun.rows``: a run
+#: of plain messages (no thread, no mentions, the common case) fills the first
+#: seven and leaves the others NULL, binding fewer values per row.
+INSERT_COLUMNS = (
+    "room_id, user_id, content, type, created_at, client_msg_id, seq, thread_id, mentions"
+)
+PLAIN_INSERT_COLUMNS = "room_id, user_id, content, type, created_at, client_msg_id, seq"
 
 
 class MessageSQL:
-    def __init__(self, dialect: Dialect) -> None:
+    def __init__(self, dialect: Dialect, conversations: ConversationSQL) -> None:
         sql = dialect.sql
         self._dialect = dialect
+        self._conversations = conversations
         live = "deleted_at IS NULL"
+        # The timeline: messages that are no reply, and a deleted root stays
+        # (as a placeholder) while its thread has live replies.
         self._history = sql(
             f"SELECT {HISTORY_COLUMNS} FROM messages WHERE room_id = $1 AND id < $2 "
-            f"AND {live} ORDER BY id DESC LIMIT $3"
+            f"AND thread_id IS NULL AND ({live} OR EXISTS "
+            "(SELECT 1 FROM threads WHERE threads.root_id = messages.id)) "
+            "ORDER BY id DESC LIMIT $3"
+        )
+        self._thread_history = sql(
+            f"SELECT {HISTORY_COLUMNS} FROM messages WHERE thread_id = $4 AND room_id = $1 "
+            f"AND id < $2 AND {live} ORDER BY id DESC LIMIT $3"
+        )
+        self._threads = sql(
+            f"SELECT {THREAD_COLUMNS} FROM threads WHERE room_id = $1 AND last_reply_id < $2 "
+            "ORDER BY last_reply_id DESC LIMIT $3"
         )
         self._seq_range = sql(
             f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE room_id = $1 "
@@ -76,15 +103,42 @@ class MessageSQL:
 
     # -- reads ------------------------------------------------------------------------
 
-    def history(self, room_id: int, before: int | None, limit: int) -> Steps[list[HistoryMessage]]:
-        """Up to ``limit`` live messages with ids below ``before``, oldest first."""
+    def history(
+        self, room_id: int, before: int | None, limit: int, thread_id: int | None = None
+    ) -> Steps[list[HistoryMessage]]:
+        """Up to ``limit`` messages with ids below ``before``, oldest first: the
+        timeline, or a thread's live replies."""
         bound = before if before is not None else NO_BOUND
-        rows = yield (self._history, (room_id, bound, limit))
+        if thread_id is None:
+            rows = yield (self._history, (room_id, bound, limit))
+        else:
+            rows = yield (self._thread_history, (room_id, bound, limit, thread_id))
+        return (yield from self._items(rows, with_threads=thread_id is None))
+
+    def threads(self, room_id: int, before: int | None, limit: int) -> Steps[list[ThreadItem]]:
+        """The room's threads by last activity (their newest reply's id), newest
+        first, with their roots; ``before`` is a last reply id."""
+        bound = before if before is not None else NO_BOUND
+        rows = yield (self._threads, (room_id, bound, limit))
+        if not rows:
+            return []
+        ids = [row[0] for row in rows]
+        roots = yield (_by_ids(self._dialect, len(ids)), self._dialect.list_args(ids))
+        items = {item.id: item for item in (yield from self._items(roots, with_threads=False))}
+        return [ThreadItem(items[row[0]], thread_summary(row)) for row in rows if row[0] in items]
+
+    def _items(self, rows: Sequence[Row], with_threads: bool) -> Steps[list[HistoryMessage]]:
+        """History items of rows (newest first), with reactions and thread summaries."""
         reactions: Sequence[Row] = ()
+        summaries: dict[int, ThreadSummary] = {}
         if rows:
             ids = [row[0] for row in rows]
-            reactions = yield (_reactions(self._dialect, len(ids)), self._dialect.list_args(ids))
-        return history_items(rows, reactions)
+            args = self._dialect.list_args(ids)
+            reactions = yield (_reactions(self._dialect, len(ids)), args)
+            if with_threads:
+                found = yield (_summaries(self._dialect, len(ids)), args)
+                summaries = {row[0]: thread_summary(row) for row in found}
+        return history_items(rows, reactions, summaries)
 
     def in_seq_range(
         self, room_id: int, after_seq: int, through_seq: int
@@ -116,11 +170,28 @@ class MessageSQL:
         if isinstance(op, EditMessage):
             yield (self._edit, (op.content, op.edited_at, op.message_id))
             plan.edited(op.message_id, op.content)
-        elif isinstance(op, DeleteMessage):
-            yield (self._delete, (op.deleted_at, op.message_id))
-            yield (self._delete_reactions, (op.message_id,))
-            plan.deleted(op.message_id)
-        return done
+            return (yield from self._conversations.after_edit(op, done))
+        yield (self._delete, (op.deleted_at, op.message_id))
+        yield (self._delete_reactions, (op.message_id,))
+        plan.deleted(op.message_id)
+        return (yield from self._conversations.after_delete(op.message_id, done))
+
+
+@functools.lru_cache(maxsize=256)
+def _by_ids(dialect: Dialect, count: int) -> str:
+    return dialect.sql(
+        f"SELECT {HISTORY_COLUMNS} FROM messages WHERE "
+        + dialect.in_list("id", 1, count, "bigint")
+        + " ORDER BY id DESC"
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _summaries(dialect: Dialect, count: int) -> str:
+    return dialect.sql(
+        f"SELECT {THREAD_COLUMNS} FROM threads WHERE "
+        + dialect.in_list("root_id", 1, count, "bigint")
+    )
 
 
 @functools.lru_cache(maxsize=256)
@@ -144,6 +215,8 @@ def chat_message(row: Row) -> ChatMessage:
         content=row[3],
         type=row[4],
         created_at=row[5],
+        thread_id=row[8],
+        mentions=tuple(mentions_list(row[9])),
         client_msg_id=row[6],
     )
 
@@ -158,12 +231,18 @@ def newest_page(rows: Sequence[Row], limit: int) -> tuple[list[SequencedMessage]
     return [sequenced_message(row) for row in reversed(rows[:limit])], len(rows) > limit
 
 
-def history_items(rows: Sequence[Row], reaction_rows: Iterable[Row]) -> list[HistoryMessage]:
+def history_items(
+    rows: Sequence[Row],
+    reaction_rows: Iterable[Row],
+    summaries: dict[int, ThreadSummary] | None = None,
+) -> list[HistoryMessage]:
     """History items from rows of :data:`HISTORY_COLUMNS`, newest first, as read.
 
     ``reaction_rows`` are ``(message_id, emoji, user_id)`` in the order the
-    reactions were made. The items come back oldest first.
+    reactions were made; ``summaries`` the threads of roots among them. The
+    items come back oldest first (a deleted root with empty content).
     """
+    summaries = summaries or {}
     reactions: dict[int, dict[str, list[str]]] = {}
     for row in reaction_rows:
         reactions.setdefault(row[0], {}).setdefault(row[1], []).append(row[2])
@@ -172,11 +251,15 @@ def history_items(rows: Sequence[Row], reaction_rows: Iterable[Row]) -> list[His
             id=row[0],
             room_id=row[1],
             user_id=row[2],
-            content=row[3],
+            content=row[3] or "",
             type=row[4],
             created_at=row[5],
             edited_at=row[6],
             reactions=reactions.get(row[0], {}),
+            thread_id=row[7],
+            mentions=mentions_list(row[8]),
+            thread=summaries.get(row[0]),
+            deleted_at=row[9],
         )
         for row in reversed(rows)
     ]

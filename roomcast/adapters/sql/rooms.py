@@ -6,6 +6,7 @@ import functools
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from roomcast.adapters.sql.conversations import START_READ
 from roomcast.adapters.sql.dialect import Dialect
 from roomcast.adapters.sql.rules import creation_limit, direct_key, name_key, room_number
 from roomcast.adapters.sql.steps import Many, Row, Steps
@@ -63,8 +64,8 @@ class RoomSQL:
         )
         self._delete = sql("DELETE FROM rooms WHERE id = $1")
         self._add_member = sql(
-            "INSERT INTO room_members (room_id, user_id, role, joined_at) "
-            "VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING"
+            "INSERT INTO room_members (room_id, user_id, role, joined_at, read_id) "
+            f"VALUES ($1, $2, $3, $4, {START_READ}) ON CONFLICT DO NOTHING"
         )
         self._update = sql(
             "UPDATE rooms SET name = COALESCE($2, name), topic = COALESCE($3, topic), "

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
+from roomcast.adapters.sql.conversations import mentions_json, mentions_list
 from roomcast.adapters.sql.steps import Row
 from roomcast.core.membership import Action, Role, refusal
 from roomcast.ports.store import (
@@ -111,6 +112,8 @@ class _Message:
     client_msg_id: str | None
     seq: int
     id: int = 0  # 0 until inserted
+    thread_id: int | None = None
+    mentions: tuple[str, ...] = ()
 
     def chat(self, content: str) -> ChatMessage:
         return ChatMessage(
@@ -120,6 +123,8 @@ class _Message:
             content=content,
             type=cast("MessageKind", self.kind),  # stored by us, so a valid kind
             created_at=self.created_at,
+            thread_id=self.thread_id,
+            mentions=self.mentions,
             client_msg_id=self.client_msg_id,
         )
 
@@ -163,7 +168,10 @@ class InsertPlan:
         self._by_key: dict[tuple[str, str], _Message] = {}
         self._by_id: dict[int, _Message] = {}
         for row in stored:
-            message = _Message(row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[0])
+            message = _Message(
+                row[1], row[2], row[3], row[4], row[5], row[6], row[7], row[0], row[8],
+                tuple(mentions_list(row[9])),
+            )  # fmt: skip
             self._by_key[(row[2], row[6])] = message
             self._by_id[row[0]] = message
         #: Messages the batch stores, per room.
@@ -218,8 +226,12 @@ class InsertRun:
     def __init__(self, plan: InsertPlan, ops: Sequence[InsertMessage]) -> None:
         self._plan = plan
         self._ops = ops
-        #: The new messages' values, in the order of ``messages.INSERT_COLUMNS`` (and of seq).
+        #: The new messages' values, in the order of ``messages.INSERT_COLUMNS`` (and
+        #: of seq); for a :attr:`plain` run only the seven of ``PLAIN_INSERT_COLUMNS``.
         self.rows: list[tuple[Any, ...]] = []
+        #: No message of the run is a reply or mentions anyone.
+        self.plain = not any(op.thread_id or op.mentions for op in ops)
+        plain = self.plain
         # Per op: the index of its row if it is new, else the message it repeats.
         self._entries: list[int | _Message] = []
         # New messages with a client id, which later retries may refer to.
@@ -234,14 +246,14 @@ class InsertRun:
                     continue
             seq = seqs[op.room_id] = seqs[op.room_id] + 1
             index = len(self.rows)
-            self.rows.append(
-                (op.room_id, op.user_id, op.content, op.kind, op.created_at, client_id, seq)
-            )
+            row = (op.room_id, op.user_id, op.content, op.kind, op.created_at, client_id, seq)
+            self.rows.append(row if plain else (*row, op.thread_id, mentions_json(op.mentions)))
             self._entries.append(index)
             if client_id is not None:
                 message = _Message(
-                    op.room_id, op.user_id, op.content, op.kind, op.created_at, client_id, seq
-                )
+                    op.room_id, op.user_id, op.content, op.kind, op.created_at, client_id, seq,
+                    thread_id=op.thread_id, mentions=op.mentions,
+                )  # fmt: skip
                 by_key[(op.user_id, client_id)] = message
                 self._keyed.append((index, message))
 

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from roomcast.adapters.sql.calls import CallSQL
+from roomcast.adapters.sql.conversations import ConversationSQL
 from roomcast.adapters.sql.dialect import Dialect
 from roomcast.adapters.sql.health import HealthSQL
 from roomcast.adapters.sql.members import MemberSQL
@@ -29,18 +30,22 @@ from roomcast.ports.store import (
     CallsAfter,
     DeleteMessage,
     EditMessage,
+    InsertMessage,
+    MarkRead,
     Member,
     MemberChange,
     MemberState,
     Operation,
+    Outcome,
     ProbeWrite,
+    ReadNotifications,
     Result,
     Room,
     RoomLimitReached,
     SequencedMessage,
     ToggleReaction,
 )
-from roomcast.protocol import HistoryMessage
+from roomcast.protocol import HistoryMessage, NotificationInfo, RoomUnread, ThreadItem
 
 T = TypeVar("T")
 
@@ -53,7 +58,8 @@ class SQLStore(ABC):
         on_commit: Callable[[int, float, bool], None] | None,
         linger: float,
     ) -> None:
-        self._messages = MessageSQL(dialect)
+        self._conversations = ConversationSQL(dialect)
+        self._messages = MessageSQL(dialect, self._conversations)
         self._rooms = RoomSQL(dialect)
         self._members = MemberSQL(dialect)
         self._calls = CallSQL(dialect)
@@ -64,6 +70,8 @@ class SQLStore(ABC):
             EditMessage: self._messages.change,
             DeleteMessage: self._messages.change,
             ToggleReaction: self._messages.change,
+            MarkRead: lambda plan, op: self._conversations.mark_read(op),
+            ReadNotifications: lambda plan, op: self._conversations.read_notifications(op),
             CallRecord: lambda plan, op: self._calls.record(op),
             ProbeWrite: lambda plan, op: self._health.probe(op),
         }
@@ -94,10 +102,26 @@ class SQLStore(ABC):
         results: list[Result] = []
         for item in runs(ops):
             if isinstance(item, list):
-                results += yield from self._insert_run(plan.run(item))
+                run = plan.run(item)
+                inserted = yield from self._insert_run(run)
+                if not run.plain:  # the common case has nothing more to write
+                    inserted = yield from self._after_inserts(item, inserted)
+                results += inserted
             else:
                 results.append((yield from self._writes[type(item)](plan, item)))
         plan.finish()
+        return results
+
+    def _after_inserts(
+        self, ops: Sequence[InsertMessage], results: list[Result]
+    ) -> Steps[list[Result]]:
+        """What new replies and messages with mentions do besides being stored."""
+        for index, op in enumerate(ops):
+            if op.thread_id is None and not op.mentions:
+                continue  # the common case: nothing more to write
+            result = results[index]
+            if result.outcome is Outcome.DONE and result.duplicate_of is None:
+                results[index] = yield from self._conversations.after_insert(op, result)
         return results
 
     # -- the store ----------------------------------------------------------------------
@@ -157,8 +181,28 @@ class SQLStore(ABC):
     ) -> list[CallRecord]:
         return await self._read(lambda: self._calls.listing(user_id, limit, after))
 
-    async def history(self, room_id: int, before: int | None, limit: int) -> list[HistoryMessage]:
-        return await self._read(lambda: self._messages.history(room_id, before, limit))
+    async def history(
+        self, room_id: int, before: int | None, limit: int, thread_id: int | None = None
+    ) -> list[HistoryMessage]:
+        return await self._read(lambda: self._messages.history(room_id, before, limit, thread_id))
+
+    # -- conversations ------------------------------------------------------------------
+
+    async def thread_root(self, room_id: int, message_id: int) -> int | None:
+        return await self._read(lambda: self._conversations.thread_root(room_id, message_id))
+
+    async def threads(self, room_id: int, before: int | None, limit: int) -> list[ThreadItem]:
+        return await self._read(lambda: self._messages.threads(room_id, before, limit))
+
+    async def unread(self, user_id: str, room_ids: Sequence[int] | None = None) -> list[RoomUnread]:
+        return await self._read(lambda: self._conversations.unread(user_id, room_ids))
+
+    async def notifications(
+        self, user_id: str, unread_only: bool, before: int | None, limit: int
+    ) -> list[NotificationInfo]:
+        return await self._read(
+            lambda: self._conversations.notifications(user_id, unread_only, before, limit)
+        )
 
     async def messages_in_seq_range(
         self, room_id: int, after_seq: int, through_seq: int

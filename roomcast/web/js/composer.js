@@ -3,6 +3,7 @@
 // and a draft per room that survives switching rooms.
 
 import { $, el } from "./dom.js";
+import { attachMentions, takeMentions } from "./mentions.js";
 import { sentMessage, stopTyping, typed } from "./members.js";
 import { queueMessage } from "./outbox.js";
 import { state, view } from "./state.js";
@@ -18,8 +19,16 @@ const EMOJI = [
 
 const MAX_ROWS = 8;
 
+/** Who "@" offers: the room's members and the people in it, but the user. */
+function candidates() {
+  if (state.current === null) return [];
+  const v = view(state.current);
+  return [...new Set([...v.roles.keys(), ...v.members.keys()])].filter((user) => user !== state.me);
+}
+
 export function setupComposer() {
   const input = $("message-input");
+  attachMentions(input, candidates);
   $("composer").onsubmit = (event) => {
     event.preventDefault();
     submit();
@@ -103,7 +112,8 @@ function submit() {
   const input = $("message-input");
   const text = input.value.trim();
   if (!text || state.current === null) return;
-  queueMessage(state.current, text);
+  const mentions = takeMentions(input, text);
+  queueMessage(state.current, text, mentions.length ? { mentions } : {});
   input.value = "";
   view(state.current).draft = "";
   grow(input);

@@ -25,8 +25,11 @@ import {
   renderRooms,
   stepRoom,
 } from "./rooms.js";
-import { jumpToNewest, leaveRoom, onScroll, onUnreadChange } from "./timeline.js";
+import { jumpToNewest, leaveRoom, onScroll, readIfSeen } from "./timeline.js";
 import { setupComposer } from "./composer.js";
+import { onCountsChange } from "./unread.js";
+import { onOpenNotification, setupNotifications } from "./notifications.js";
+import { closeThread, openThread, setupThreads } from "./threads.js";
 import { setupCalls, startCall } from "./calls.js";
 import { setupTheme } from "./theme.js";
 
@@ -34,6 +37,8 @@ import { setupTheme } from "./theme.js";
 // be two people. The last name typed is offered as the default in a new tab.
 const IDENTITY_KEY = "roomcast.identity";
 const LAST_NAME_KEY = "roomcast.lastName";
+// How often input tells the server the user is active (it passes on one per 30 s).
+const ACTIVITY_EVERY_MS = 20000;
 
 function setConnState(kind, text) {
   const node = $("conn-state");
@@ -113,6 +118,9 @@ function logout() {
   if (state.current !== null) leaveRoom(view(state.current));
   state.joined.clear();
   state.views.clear();
+  state.counts.clear();
+  state.notifications.clear();
+  closeThread();
   state.rooms = [];
   state.current = null;
   $("room-name").textContent = "Pick a room";
@@ -131,8 +139,17 @@ function wire() {
     const value = state.mode === "open" ? $("login-name").value.trim() : $("login-token").value.trim();
     if (value) start(value);
   };
-  $("status-select").onchange = (event) => {
-    send("presence", { status: event.target.value });
+  const setStatus = () => {
+    const text = $("status-text").value.trim();
+    send("presence", text ? { status: $("status-select").value, status_text: text } : { status: $("status-select").value });
+  };
+  $("status-select").onchange = setStatus;
+  $("status-text").onkeydown = (event) => {
+    if (event.key === "Enter") {
+      event.preventDefault();
+      setStatus();
+      event.target.blur();
+    }
   };
   $("new-room-form").onsubmit = async (event) => {
     event.preventDefault();
@@ -171,7 +188,18 @@ function wire() {
       document.body.classList.remove("sidebar-open");
     }
   });
-  onUnreadChange(renderRooms);
+  onCountsChange(renderRooms);
+  onOpenNotification(openRoom, openThread);
+  document.addEventListener("visibilitychange", readIfSeen);
+  window.addEventListener("focus", readIfSeen);
+  // Input seen: the user is active (ends automatic away on every device).
+  let lastActivity = 0;
+  const active = () => {
+    const now = Date.now();
+    if (now - lastActivity < ACTIVITY_EVERY_MS) return;
+    if (send("activity")) lastActivity = now;
+  };
+  for (const type of ["keydown", "pointerdown", "focus"]) window.addEventListener(type, active, true);
   onCallRequest(startCall);
   onMembersRendered(renderRoomTools);
   onRoomOpened((id) => {
@@ -180,6 +208,8 @@ function wire() {
   });
   setupMembership();
   setupComposer();
+  setupThreads();
+  setupNotifications();
   setupCalls();
   setupTheme();
 }
@@ -206,6 +236,6 @@ async function boot() {
 }
 
 // Exposed for debugging and for the end-to-end tests.
-window.roomcast = { state, openRoom };
+window.roomcast = { state, openRoom, openThread };
 
 boot();

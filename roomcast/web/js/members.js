@@ -28,9 +28,12 @@ export function onCallRequest(fn) {
   callHandler = fn;
 }
 
+const statusTexts = new Map(); // user -> the status text they set
+
 on("room_users", (p) => {
   const v = view(p.room_id);
   v.members = new Map(p.users.map((u) => [u.user_id, u.status]));
+  for (const u of p.users) statusTexts.set(u.user_id, u.status_text || "");
   if (p.room_id === state.current) renderMembers();
 });
 
@@ -56,7 +59,11 @@ on("presence", (p) => {
   for (const v of state.views.values()) {
     if (v.members.has(p.user_id)) v.members.set(p.user_id, p.status);
   }
-  if (p.user_id === state.me && p.status !== "offline") $("status-select").value = p.status;
+  statusTexts.set(p.user_id, p.status_text || "");
+  if (p.user_id === state.me && p.status !== "offline") {
+    $("status-select").value = p.status;
+    if (document.activeElement !== $("status-text")) $("status-text").value = p.status_text || "";
+  }
   renderMembers();
 });
 
@@ -100,7 +107,9 @@ export function renderMembers() {
     const dot = el("span", `dot ${status}`);
     dot.title = status;
     const label = el("span", "member-name", name === state.me ? `${name} (you)` : name);
-    const statusText = el("span", "member-status muted small", status);
+    const label2 = status === "dnd" ? "do not disturb" : status;
+    const text = statusTexts.get(name);
+    const statusText = el("span", "member-status muted small", text ? `${label2} · ${text}` : label2);
     item.append(avatar(name), dot, label, statusText);
     if (name !== state.me && v.members.has(name)) {
       const call = el("button", "call-button", "📞 Call");

@@ -125,7 +125,8 @@ export function setupMembership() {
     const name = $("invite-name").value.trim();
     if (!name || state.current === null) return;
     const added = await act(api(`/api/rooms/${state.current}/members`, { method: "POST", body: { user_id: name } }), "Could not invite");
-    if (added) $("invite-name").value = "";
+    // Cleared only if it still holds that name: the next one may be typed meanwhile.
+    if (added && $("invite-name").value.trim() === name) $("invite-name").value = "";
   };
   $("room-settings").onclick = () => {
     const form = $("settings-form");

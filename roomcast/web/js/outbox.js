@@ -45,14 +45,27 @@ function changed(roomId) {
   }
 }
 
-/** The room's messages not yet stored, in the order they were typed. */
-export function pending(roomId) {
-  return queues.get(roomId) || [];
+/**
+ * The room's messages not yet stored, in the order they were typed: those of
+ * its timeline, or with ``threadId`` those replying in that thread.
+ */
+export function pending(roomId, threadId = null) {
+  return (queues.get(roomId) || []).filter((m) => ((m.extra && m.extra.thread_id) || null) === threadId);
 }
 
-export function queueMessage(roomId, text) {
+/** Queue a message; ``extra`` holds its ``thread_id`` and ``mentions``, if any. */
+export function queueMessage(roomId, text, extra = {}) {
   const clientMsgId = crypto.randomUUID ? crypto.randomUUID() : `${Date.now()}-${Math.random()}`;
-  const item = { clientMsgId, room: roomId, text, status: "queued", error: null, attempts: 0, at: Date.now() };
+  const item = {
+    clientMsgId,
+    room: roomId,
+    text,
+    extra,
+    status: "queued",
+    error: null,
+    attempts: 0,
+    at: Date.now(),
+  };
   if (!queues.has(roomId)) queues.set(roomId, []);
   queues.get(roomId).push(item);
   changed(roomId);
@@ -156,7 +169,13 @@ export function pump() {
       schedule(bucket.waitMs());
       return;
     }
-    const payload = { room_id: head.room, content: head.text, type: "text", client_msg_id: head.clientMsgId };
+    const payload = {
+      ...(head.extra || {}),
+      room_id: head.room,
+      content: head.text,
+      type: "text",
+      client_msg_id: head.clientMsgId,
+    };
     if (!send("chat", payload)) return;
     head.status = "sending";
     head.attempts += 1;
@@ -205,10 +224,11 @@ on("connected", () => {
 // -- kept across reloads of the tab ----------------------------------------------------
 
 function save() {
-  const items = [...queues.values()].flat().map(({ clientMsgId, room, text, status, error, at }) => ({
+  const items = [...queues.values()].flat().map(({ clientMsgId, room, text, extra, status, error, at }) => ({
     clientMsgId,
     room,
     text,
+    extra,
     status: status === "failed" ? "failed" : "queued",
     error,
     at,

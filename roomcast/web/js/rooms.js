@@ -6,8 +6,10 @@ import { $, el, toast } from "./dom.js";
 import * as outbox from "./outbox.js";
 import { roomInfo, roomName, state, view } from "./state.js";
 import { renderMembers, renderTyping } from "./members.js";
-import { leaveRoom, loadOlder, render } from "./timeline.js";
+import { leaveRoom, loadOlder, readIfSeen, render } from "./timeline.js";
 import { showRoom as showComposerRoom } from "./composer.js";
+import { closeThread } from "./threads.js";
+import { counts, readUpTo } from "./unread.js";
 
 // The server lists rooms a page at a time (by id, optionally filtered by name):
 // the list starts with the first page and "More rooms" fetches the next.
@@ -96,15 +98,20 @@ export function renderRooms() {
   for (const info of state.rooms) {
     const item = el("li");
     const active = info.id === state.current;
-    const unread = state.views.has(info.id) ? view(info.id).unread : 0;
-    const button = el("button", `room-item${active ? " active" : ""}${unread ? " unread" : ""}`);
+    const { unread, mentions } = counts(info.id);
+    const bold = unread > 0 || mentions > 0;
+    const button = el("button", `room-item${active ? " active" : ""}${bold ? " unread" : ""}`);
     button.dataset.roomId = String(info.id);
     if (active) button.setAttribute("aria-current", "page");
     const mark = info.kind === "direct" ? "@" : info.private ? "🔒" : "#";
     button.append(el("span", "hash", mark), el("span", "room-label", info.name));
     if (info.archived_at) button.classList.add("archived");
-    if (unread && !active) {
-      const badge = el("span", "badge", unread > 99 ? "99+" : String(unread));
+    if (mentions) {
+      const badge = el("span", "badge mention", `@${mentions > 99 ? "99+" : mentions}`);
+      badge.setAttribute("aria-label", `${mentions} unread mention${mentions === 1 ? "" : "s"}`);
+      button.append(badge);
+    } else if (unread && !active) {
+      const badge = el("span", "badge", unread > 999 ? "999+" : String(unread));
       badge.setAttribute("aria-label", `${unread} unread`);
       button.append(badge);
     }
@@ -126,13 +133,15 @@ export async function openRoom(id) {
     return;
   }
   if (state.current !== null) leaveRoom(view(state.current));
+  if (state.thread !== null && state.thread.roomId !== id) closeThread();
   if (!state.joined.has(id)) {
     state.joined.add(id);
     send("join_room", { room_id: id });
   }
   state.current = id;
   const v = view(id);
-  v.unread = 0;
+  // "New messages" start after the marker as it was when the room was opened.
+  v.divider = counts(id).unread > 0 ? readUpTo(id) : null;
   $("room-name").textContent = roomName(id);
   $("empty-room").hidden = true;
   $("messages").hidden = false;
@@ -142,10 +151,12 @@ export async function openRoom(id) {
   showComposerRoom(v);
   opened(id);
   render("restore");
+  readIfSeen();
   if (v.nextBefore === undefined) {
     await loadOlder(v, true);
     if (state.current !== id) return; // the user moved on meanwhile
     render("restore");
+    readIfSeen();
   }
 }
 

@@ -15,6 +15,10 @@ export const state = {
   joined: new Set(), // rooms this client is in (re-joined after a reconnect)
   views: new Map(), // room id -> RoomView
   call: null,
+  // The server's unread counts: room id -> {unread, mentions, last_read_id, last_message_id}.
+  counts: new Map(),
+  notifications: new Map(), // id -> notification (with read: bool), newest first when listed
+  thread: null, // the thread open beside the timeline: {roomId, rootId}
 };
 
 export class RoomView {
@@ -33,6 +37,10 @@ export class RoomView {
     this.editDraft = "";
     this.draft = ""; // what was typed in the composer, kept across room switches
     this.scrollTop = null; // where the reader was (null: at the bottom)
+    this.receipts = new Map(); // user -> newest timeline message id they have read
+    this.divider = null; // "new messages" go after this message id (the marker when opened)
+    this.threads = new Map(); // root id -> {messages: Map, order: [], nextBefore, loaded}
+    this.lastReadSent = 0; // the newest id this tab marked read here
   }
 
   lastId() {

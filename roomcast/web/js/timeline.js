@@ -12,19 +12,15 @@ import { $, avatar, dayKey, dayLabel, el, fullDate, timeElement, toast } from ".
 import { formatMessage, isEmojiOnly } from "./format.js";
 import { discard, onPendingChange, pending, retry } from "./outbox.js";
 import { state, view } from "./state.js";
+import { openThread } from "./threads.js";
+import { markRead } from "./unread.js";
 
 export const HISTORY_PAGE = 50;
 export const REACTIONS = ["👍", "❤️", "😂", "🎉", "😮", "😢"];
 const BOTTOM_SLACK_PX = 40;
 
-let unreadListener = () => {};
 let newBelow = 0; // messages that arrived below a reader who scrolled up
 let noticeCount = 0;
-
-/** ``fn()`` runs when a room's unread count changes (the room list shows them). */
-export function onUnreadChange(fn) {
-  unreadListener = fn;
-}
 
 // -- the model -------------------------------------------------------------------------
 
@@ -34,7 +30,15 @@ export function addMessage(v, message) {
       ? message.reactions
       : new Map(Object.entries(message.reactions || {}).map(([e, users]) => [e, new Set(users)]));
   const known = v.messages.has(message.id);
-  v.messages.set(message.id, { thread_id: null, edited_at: null, ...message, reactions });
+  v.messages.set(message.id, {
+    thread_id: null,
+    edited_at: null,
+    thread: null,
+    deleted_at: null,
+    mentions: [],
+    ...message,
+    reactions,
+  });
   if (!known) {
     const order = v.order;
     if (!order.length || order[order.length - 1] < message.id) order.push(message.id);
@@ -69,18 +73,28 @@ export async function loadOlder(v, initial) {
 on("chat", (p) => {
   const v = view(p.room_id);
   v.typing.delete(p.user_id);
+  if (p.thread_id !== null) return; // a reply: the thread's (threads.js)
   const mine = p.user_id === state.me;
   addMessage(v, { ...p, edited_at: null, reactions: {} });
-  if (p.room_id !== state.current) {
-    if (!mine) {
-      v.unread += 1;
-      unreadListener();
-    }
-    return;
-  }
+  if (p.room_id !== state.current) return;
   const box = $("messages");
   if (!mine && !atBottom(box)) newBelow += 1;
   render(mine ? "bottom" : undefined);
+  readIfSeen();
+});
+
+/** The room on screen is read when its newest message is in sight of a reader. */
+export function readIfSeen() {
+  if (state.current === null || document.visibilityState !== "visible") return;
+  if (atBottom($("messages"))) markRead(state.current);
+}
+
+on("read_receipt", (p) => {
+  if (p.thread_id !== null) return;
+  const v = view(p.room_id);
+  if ((v.receipts.get(p.user_id) || 0) >= p.message_id) return;
+  v.receipts.set(p.user_id, p.message_id);
+  if (p.room_id === state.current) render();
 });
 
 on("message_edit", (p) => {
@@ -88,13 +102,23 @@ on("message_edit", (p) => {
   if (!message) return;
   message.content = p.content;
   message.edited_at = p.edited_at;
+  message.mentions = p.mentions || [];
   if (p.room_id === state.current) render();
 });
 
 on("message_delete", (p) => {
   const v = view(p.room_id);
-  if (!v.messages.delete(p.message_id)) return;
-  v.order = v.order.filter((id) => id !== p.message_id);
+  const message = v.messages.get(p.message_id);
+  if (!message) return;
+  if (message.thread && message.thread.reply_count) {
+    // A root keeps its place while its thread has replies.
+    message.deleted_at = Date.now();
+    message.content = "";
+    message.reactions = new Map();
+  } else {
+    v.messages.delete(p.message_id);
+    v.order = v.order.filter((id) => id !== p.message_id);
+  }
   if (v.editing === p.message_id) v.editing = null;
   if (p.room_id === state.current) render();
 });
@@ -177,6 +201,8 @@ export function render(mode) {
   const notices = [...v.notices];
   let previous = null; // the message above, for grouping by author (a notice ends a group)
   let day = null; // the day of the message above: one separator per day
+  let dividerShown = v.divider === null;
+  const seen = seenBy(v);
   const pushNotice = (notice) => {
     push(`n${notice.key}`, "", () => el("div", `notice ${notice.className}`, notice.text));
     previous = null;
@@ -189,17 +215,32 @@ export function render(mode) {
       push(`d${day}`, dayLabel(message.created_at), () => daySeparator(message.created_at));
       previous = null;
     }
+    if (!dividerShown && id > v.divider && message.user_id !== state.me) {
+      dividerShown = true;
+      push(`u${v.divider}`, "", () => el("div", "new-divider", "New messages"));
+      previous = null;
+    }
     const continued =
       previous !== null &&
       previous.user_id === message.user_id &&
       message.created_at - previous.created_at < 5 * 60 * 1000;
     const editing = v.editing === id;
-    const sig = [message.content, message.edited_at, reactionSig(message), continued, editing].join("\u0000");
-    push(`m${id}`, sig, () => messageRow(v, message, continued, editing));
+    const seenHere = seen.id === id ? seen.users : [];
+    const sig = [
+      message.content,
+      message.edited_at,
+      reactionSig(message),
+      continued,
+      editing,
+      threadSig(message),
+      message.deleted_at,
+      seenHere.join(","),
+    ].join("\u0000");
+    push(`m${id}`, sig, () => messageRow(v, message, continued, editing, seenHere));
     previous = message;
   }
   for (const notice of notices) pushNotice(notice);
-  for (const item of pending(v.id)) {
+  for (const item of pending(v.id, null)) {
     push(`p${item.clientMsgId}`, `${item.status}:${item.error}`, () => pendingRow(item));
   }
   for (const key of [...cache.keys()]) if (!keep.has(key)) cache.delete(key);
@@ -241,6 +282,7 @@ export function jumpToNewest() {
 export async function onScroll() {
   const box = $("messages");
   updateJump(box);
+  readIfSeen();
   if (box.scrollTop > 40 || state.current === null) return;
   const v = view(state.current);
   if (v.nextBefore === null || v.loadingOlder) return;
@@ -257,10 +299,52 @@ function daySeparator(ms) {
   return node;
 }
 
-function messageRow(v, message, continued, editing) {
+function threadSig(message) {
+  const t = message.thread;
+  return t ? `${t.reply_count}:${t.last_reply_at}:${t.participants.join(",")}` : "";
+}
+
+/** Who (but the user) has read the user's newest timeline message: {id, users}. */
+function seenBy(v) {
+  for (let i = v.order.length - 1; i >= 0; i -= 1) {
+    const message = v.messages.get(v.order[i]);
+    if (message.user_id !== state.me || message.deleted_at) continue;
+    const users = [...v.receipts].filter(([user, id]) => user !== state.me && id >= message.id).map(([user]) => user);
+    return { id: message.id, users: users.sort() };
+  }
+  return { id: null, users: [] };
+}
+
+function threadSummary(v, message) {
+  const t = message.thread;
+  const button = el("button", "thread-summary small");
+  const replies = t.reply_count === 1 ? "1 reply" : `${t.reply_count} replies`;
+  button.append(el("span", "thread-count", `💬 ${replies}`));
+  button.append(el("span", "muted", ` · ${t.participants.slice(0, 3).join(", ")} · `));
+  button.append(timeElement(t.last_reply_at, "time muted small"));
+  button.setAttribute("aria-label", `${replies}; open the thread`);
+  button.onclick = () => openThread(v.id, message.id);
+  return button;
+}
+
+function messageRow(v, message, continued, editing, seenHere = []) {
+  if (message.deleted_at) {
+    const row = el("div", "message deleted");
+    row.dataset.messageId = String(message.id);
+    row.append(avatar(message.user_id));
+    const body = el("div", "message-body");
+    body.append(el("em", "content muted", "This message was deleted."));
+    if (message.thread) body.append(threadSummary(v, message));
+    row.append(body);
+    return row;
+  }
   const mine = message.user_id === state.me;
   const emojiOnly = isEmojiOnly(message.content);
-  const row = el("div", `message${mine ? " mine" : ""}${continued ? " continued" : ""}${emojiOnly ? " emoji-only" : ""}`);
+  const mentioned = (message.mentions || []).includes(state.me);
+  const row = el(
+    "div",
+    `message${mine ? " mine" : ""}${continued ? " continued" : ""}${emojiOnly ? " emoji-only" : ""}${mentioned ? " mentions-me" : ""}`,
+  );
   row.dataset.messageId = String(message.id);
   if (continued) {
     const gutter = el("div", "gutter");
@@ -296,7 +380,15 @@ function messageRow(v, message, continued, editing) {
     }
     body.append(bar);
   }
+  if (message.thread) body.append(threadSummary(v, message));
+  if (seenHere.length) {
+    const names = seenHere.length > 3 ? `${seenHere.slice(0, 3).join(", ")} and ${seenHere.length - 3} more` : seenHere.join(", ");
+    body.append(el("div", "seen-by muted small", `Seen by ${names}`));
+  }
   const actions = el("div", "message-actions");
+  const reply = actionButton("reply", "💬", "Reply in thread");
+  reply.onclick = () => openThread(v.id, message.id);
+  actions.append(reply);
   const react = actionButton("react", "☺", "Add a reaction");
   react.onclick = (event) => {
     event.stopPropagation();
