@@ -6,6 +6,7 @@ the migration of an existing database."""
 from __future__ import annotations
 
 import asyncio
+import random
 
 import pytest
 
@@ -205,3 +206,87 @@ async def test_the_migration_leaves_nothing_unread_in_an_existing_database(
         ]
     finally:
         await upgraded.close()
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_counts_follow_any_sequence_of_sends_edits_deletes_and_reads(
+    store: Store, seed: int
+) -> None:
+    """A random sequence of what people do, checked after every step against
+    a model of the rules: timeline messages after the marker that are not the
+    reader's own and not deleted, and the reader's unread mentions."""
+    rnd = random.Random(seed)
+    room = await store.create_room("r", True, ("bo", "cy"), "al", 0)
+    rooms = frozenset({room.id})
+    live: dict[int, dict[str, object]] = {}  # id -> author, thread, mentions bo
+    notes: dict[int, tuple[str, bool]] = {}  # message id -> bo's (kind, read)
+    marker = 0
+    participants: dict[int, set[str]] = {}  # root -> authors (root's first)
+    for step in range(120):
+        action = rnd.choice(["post", "post", "post", "reply", "edit", "delete", "read"])
+        roots = [m for m, v in live.items() if v["thread"] is None]
+        if action == "reply" and not roots:
+            action = "post"
+        if action in ("post", "reply"):
+            author = rnd.choice(["al", "cy", "bo"])
+            mention = author != "bo" and rnd.random() < 0.4
+            thread = rnd.choice(roots) if action == "reply" else None
+            done = await post(
+                store, room.id, author, f"m{step}", thread_id=thread,
+                mentions=("bo",) if mention else (),
+            )  # fmt: skip
+            live[done.message_id] = {"author": author, "thread": thread, "bo": mention}
+            if thread is None:
+                participants[done.message_id] = {author}
+            else:
+                earlier = participants[thread]
+                if mention:
+                    notes[done.message_id] = ("mention", False)
+                elif "bo" in earlier and author != "bo":
+                    notes[done.message_id] = ("reply", False)
+                earlier.add(author)
+            if thread is None and mention:
+                notes[done.message_id] = ("mention", False)
+        elif action == "edit" and live:
+            message_id = rnd.choice(list(live))
+            message = live[message_id]
+            if message["author"] == "bo":
+                continue
+            mention = not message["bo"]
+            edit = EditMessage(
+                message_id,
+                str(message["author"]),
+                rooms,
+                f"e{step}",
+                step,
+                ("bo",) if mention else (),
+            )
+            assert (await store.run(edit)).outcome is Outcome.DONE
+            message["bo"] = mention
+            if mention:
+                notes[message_id] = ("mention", False)
+            elif notes.get(message_id, ("", False))[0] == "mention":
+                del notes[message_id]
+        elif action == "delete" and live:
+            message_id = rnd.choice(list(live))
+            author = str(live.pop(message_id)["author"])
+            gone = await store.run(DeleteMessage(message_id, author, rooms, step))
+            assert gone.outcome is Outcome.DONE
+            notes.pop(message_id, None)
+        elif action == "read" and roots:
+            target = rnd.choice(roots)
+            moved = await store.run(MarkRead("bo", room.id, None, target, step))
+            assert moved.added == (target > marker)
+            if target > marker:
+                marker = target
+                for message_id, (kind, _) in list(notes.items()):
+                    if live[message_id]["thread"] is None and message_id <= marker:
+                        notes[message_id] = (kind, True)
+        timeline = [m for m, v in live.items() if v["thread"] is None]
+        expected = (
+            sum(1 for m in timeline if m > marker and live[m]["author"] != "bo"),
+            sum(1 for kind, read in notes.values() if kind == "mention" and not read),
+            marker,
+            max(timeline, default=0),
+        )
+        assert (await counts(store, "bo"))[room.id] == expected, (seed, step, action)
