@@ -243,6 +243,13 @@ class ChatEngine:
         changed = self.presence.active(user_id, wall, shown)
         return self._presence_of(user_id) if changed else []
 
+    def restore_activity(
+        self, user_id: str, last_active: int | None, idle_since: int | None, away: bool
+    ) -> list[Delivery]:
+        """A snapshot's word on the user's activity."""
+        changed = self.presence.restore(user_id, last_active, idle_since, away)
+        return self._presence_of(user_id) if changed else []
+
     def presence_due(self, wall: int) -> list[Delivery]:
         """Statuses that changed by themselves at ``wall``."""
         return [d for user in self.presence.time_passed(wall) for d in self._presence_of(user)]

@@ -97,6 +97,18 @@ class PresenceBook:
         self._schedule(user_id, user)
         return (user.status, user.text) != before
 
+    def restore(
+        self, user_id: str, last_active: int | None, idle_since: int | None, away: bool
+    ) -> bool:
+        """Take a snapshot's activity as it was (no activity happens here);
+        returns whether what others see changed."""
+        user = self._users[user_id]
+        before = user.status
+        user.last_active, user.idle_since, user.away = last_active, idle_since, away
+        user.scheduled = None
+        self._schedule(user_id, user)
+        return user.status != before
+
     def set_status(self, user_id: str, status: Status) -> bool:
         """:meth:`choose` without text or end (a snapshot's status)."""
         return self.choose(user_id, status)

@@ -61,6 +61,7 @@ class UserStatus(msgspec.Struct, frozen=True, gc=False, array_like=True):
     until: int | None = None
     last_active: int | None = None
     idle_since: int | None = None
+    away: bool = False
 
 
 class StatusPart(msgspec.Struct, frozen=True, gc=False):
@@ -171,7 +172,7 @@ class PresenceStatus(Feature):
             if seen is not None:
                 chosen = seen.chosen or "online"
                 statuses[conn_id] = UserStatus(
-                    chosen, seen.text, seen.until, seen.last_active, seen.idle_since
+                    chosen, seen.text, seen.until, seen.last_active, seen.idle_since, seen.away
                 )
         return StatusPart(statuses)
 
@@ -188,10 +189,12 @@ class PresenceStatus(Feature):
             if all(node_of(c) == snapshot.node for c in engine.connections_of(user_id)):
                 deliveries = engine.set_status(conn_id, state.status, state.text, state.until)
                 self.parts.outbox.deliver(deliveries)
-                if state.idle_since is not None:
-                    engine.active(user_id, state.idle_since, shown=False)
-                if state.last_active is not None:
-                    self.parts.outbox.deliver(engine.active(user_id, state.last_active))
+                self.parts.outbox.deliver(
+                    engine.restore_activity(
+                        user_id, state.last_active, state.idle_since, state.away
+                    )
+                )
+                self.parts.arm_timer()
 
 
 def _status_text(request: PresenceRequest) -> str | None:

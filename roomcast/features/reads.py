@@ -134,9 +134,8 @@ class Reads(Feature):
                 self.parts.outbox.reply_error(conn, refusal)
                 return
             assert result is not None
-            if not result.added:
-                return  # an older or equal marker: nothing moves, nothing is said
-            self.parts.append(ReadMoved(user_id, op.room_id, op.thread_id, op.message_id))
+            if result.added:  # an older or equal marker: no receipt
+                self.parts.append(ReadMoved(user_id, op.room_id, op.thread_id, op.message_id))
             entry = marked_read(user_id, result.read)
             if entry is not None:
                 self.parts.append(entry)
@@ -268,7 +267,10 @@ class Reads(Feature):
 
     def _message_changed(self, entry: MessageChanged, appended_here: bool) -> None:
         if entry.recount:
-            self._room_changed(entry.room)
+            # A delete: joined connections cannot tell from the event whether
+            # the message was one they counted, so every member's are told.
+            for user_id in list(self._members_of.get(entry.room, ())):
+                self._user_changed(user_id, (entry.room,))
 
     def _notified(self, entry: Notified, appended_here: bool) -> None:
         if entry.notification.kind == "mention":

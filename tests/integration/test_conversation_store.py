@@ -277,11 +277,11 @@ async def test_counts_follow_any_sequence_of_sends_edits_deletes_and_reads(
             target = rnd.choice(roots)
             moved = await store.run(MarkRead("bo", room.id, None, target, step))
             assert moved.added == (target > marker)
-            if target > marker:
-                marker = target
-                for message_id, (kind, _) in list(notes.items()):
-                    if live[message_id]["thread"] is None and message_id <= marker:
-                        notes[message_id] = (kind, True)
+            marker = max(marker, target)
+            # Reading up to a message reads what it passes, marker moved or not.
+            for message_id, (kind, _) in list(notes.items()):
+                if live[message_id]["thread"] is None and message_id <= target:
+                    notes[message_id] = (kind, True)
         timeline = [m for m, v in live.items() if v["thread"] is None]
         expected = (
             sum(1 for m in timeline if m > marker and live[m]["author"] != "bo"),
@@ -290,3 +290,34 @@ async def test_counts_follow_any_sequence_of_sends_edits_deletes_and_reads(
             max(timeline, default=0),
         )
         assert (await counts(store, "bo"))[room.id] == expected, (seed, step, action)
+
+
+async def test_a_mention_edited_into_a_read_message_is_read_by_reading_again(store: Store) -> None:
+    room = await store.create_room("r", True, ("bo",), "al", 0)
+    old = await post(store, room.id, "al", "old news")
+    await store.run(MarkRead("bo", room.id, None, old.message_id, 1))
+    rooms = frozenset({room.id})
+    await store.run(EditMessage(old.message_id, "al", rooms, "@bo old news", 2, ("bo",)))
+    assert (await counts(store, "bo"))[room.id][:2] == (0, 1)
+    again = await store.run(MarkRead("bo", room.id, None, old.message_id, 3))
+    assert not again.added and [room_id for _, room_id in again.read] == [room.id]
+    assert (await counts(store, "bo"))[room.id][:2] == (0, 0)
+
+
+async def test_a_member_who_leaves_takes_the_rooms_notifications_along(store: Store) -> None:
+    room = await store.create_room("r", True, ("bo",), "al", 0)
+    await post(store, room.id, "al", "@bo", mentions=("bo",))
+    assert (await counts(store, "bo"))[room.id][1] == 1
+    await store.remove_member(room.id, "bo", None, 1)
+    await store.add_member(room.id, "bo", "member", 2)
+    assert (await counts(store, "bo"))[room.id][:2] == (0, 0)
+    assert await store.notifications("bo", False, None, 10) == []
+
+
+async def test_only_a_root_is_read_as_its_own_thread(store: Store) -> None:
+    room = await store.create_room("r", True, ("bo",), "al", 0)
+    root = await post(store, room.id, "al", "root")
+    reply = await post(store, room.id, "al", "reply", thread_id=root.message_id)
+    as_root = MarkRead("bo", room.id, reply.message_id, reply.message_id, 1)
+    assert (await store.run(as_root)).outcome is Outcome.NOT_FOUND
+    assert (await store.run(MarkRead("bo", room.id, root.message_id, root.message_id, 1))).added

@@ -112,3 +112,15 @@ def test_presence_starts_afresh_with_the_next_connection() -> None:
     assert book.disconnect("bo") and book.status("bo") == "offline"
     book.connect("bo")
     assert book.status("bo") == "online"
+
+
+def test_a_snapshot_restores_automatic_away_without_making_anyone_active() -> None:
+    book = PresenceBook(away_after_ms=1000)
+    book.connect("bo")
+    assert book.restore("bo", last_active=100, idle_since=100, away=True)
+    seen = book.view("bo")
+    assert seen is not None and (seen.status, seen.last_active) == ("away", 100)
+    assert book.next_deadline() is None  # away already: nothing to wait for
+    assert not book.restore("bo", last_active=100, idle_since=100, away=True)
+    book.restore("bo", last_active=100, idle_since=500, away=False)
+    assert book.status("bo") == "online" and book.next_deadline() == 1500

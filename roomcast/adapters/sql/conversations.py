@@ -315,7 +315,9 @@ class ConversationSQL:
         if in_place and op.thread_id is None:
             in_place = found[0][1] is None  # a reply is read in its thread
         elif in_place:
-            in_place = op.message_id == op.thread_id or found[0][1] == op.thread_id
+            # The thread's root itself (a message of the timeline), or one of its replies.
+            is_root = op.message_id == op.thread_id and found[0][1] is None
+            in_place = is_root or found[0][1] == op.thread_id
         if not in_place:
             return Result(Outcome.NOT_FOUND, message_id=op.message_id)
         if not (yield (self._member_read, (op.room_id, op.user_id))):
@@ -325,13 +327,13 @@ class ConversationSQL:
         else:
             args = (op.user_id, op.thread_id, op.room_id, op.message_id)
             moved = yield (self._move_thread_read, args)
-        read: Sequence[Row] = ()
-        if moved:
-            args2: tuple[object, ...] = (op.user_id, op.room_id, op.message_id, op.read_at)
-            if op.thread_id is None:
-                read = yield (self._read_timeline, args2)
-            else:
-                read = yield (self._read_thread, (*args2, op.thread_id))
+        # Notifications the marker passes are read even when it does not move:
+        # an edit may have mentioned the user in a message already read.
+        args2: tuple[object, ...] = (op.user_id, op.room_id, op.message_id, op.read_at)
+        if op.thread_id is None:
+            read: Sequence[Row] = yield (self._read_timeline, args2)
+        else:
+            read = yield (self._read_thread, (*args2, op.thread_id))
         return Result(
             Outcome.DONE,
             room_id=op.room_id,

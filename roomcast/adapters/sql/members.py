@@ -38,6 +38,11 @@ class MemberSQL:
             f"VALUES ($1, $2, $3, $4, {START_READ}) ON CONFLICT DO NOTHING RETURNING user_id"
         )
         self._delete = sql("DELETE FROM room_members WHERE room_id = $1 AND user_id = $2")
+        # A member who leaves takes the room's notifications along: back later,
+        # they start with nothing unread, as any new member.
+        self._forget_notifications = sql(
+            "DELETE FROM notifications WHERE room_id = $1 AND user_id = $2"
+        )
         self._set_role = sql(
             "UPDATE room_members SET role = $3 WHERE room_id = $1 AND user_id = $2"
         )
@@ -97,6 +102,7 @@ class MemberSQL:
             return MemberChange(False, member, last_owner=True)
         if state.member is not None:
             yield (self._delete, (room_id, user_id))
+            yield (self._forget_notifications, (room_id, user_id))
         if ban_by is not None:
             yield (self._ban, (room_id, user_id, ban_by, now))
         return MemberChange(state.member is not None or ban_by is not None, state.member)

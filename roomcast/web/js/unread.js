@@ -42,9 +42,12 @@ on("unread", (p) => {
 on("chat", (p) => {
   if (p.thread_id !== null || p.user_id === state.me) return;
   const c = { ...counts(p.room_id) };
+  // Messages up to the server's last_message_id are in its count already
+  // (a rejoin replays what was missed after the counts were sent).
+  const counted = p.id <= c.last_message_id;
   c.last_message_id = Math.max(c.last_message_id, p.id);
   // The room on screen is read as it is seen (timeline.js sends the marker).
-  if (p.room_id !== state.current && p.id > readUpTo(p.room_id)) c.unread += 1;
+  if (p.room_id !== state.current && !counted && p.id > readUpTo(p.room_id)) c.unread += 1;
   state.counts.set(p.room_id, c);
   changed();
 });
@@ -71,10 +74,14 @@ export function markRead(roomId, messageId = null, threadId = null) {
   const newest = messageId ?? newestOther(v);
   if (newest === null) return;
   const c = counts(roomId);
-  if (newest <= Math.max(c.last_read_id, v.lastReadSent)) {
+  // Mentions left unread (an edit may mention the user in a message already
+  // read) are read by sending the marker again.
+  const again = c.mentions > 0 && Date.now() - (v.mentionsReadAt || 0) > 5000;
+  if (newest <= Math.max(c.last_read_id, v.lastReadSent) && !again) {
     if (c.unread) clearLocally(roomId, c);
     return;
   }
+  if (again) v.mentionsReadAt = Date.now();
   if (!send("read", { room_id: roomId, message_id: newest })) return;
   v.lastReadSent = newest;
   clearLocally(roomId, c);
