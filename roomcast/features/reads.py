@@ -184,13 +184,34 @@ class Reads(Feature):
         assert user_id is not None
         try:
             counts = await self.parts.store.unread(user_id)
-        except Exception as exc:  # the counts come with the next change instead
+        except Exception as exc:
+            # The connection's requests go on without them; the counts are
+            # read again in the background until the store answers.
             log.warning("unread counts unavailable user=%s error=%s", user_id, exc)
+            self.parts.tasks.spawn(self._counts_later(conn))
             return
+        self._greet(conn, counts)
+
+    async def _counts_later(self, conn: LocalConnection) -> None:
+        assert conn.user_id is not None
+        delay = 0.5
+        while not conn.ended:
+            await asyncio.sleep(delay)
+            try:
+                counts = await self.parts.store.unread(conn.user_id)
+            except Exception:
+                delay = min(delay * 2, 10.0)
+                continue
+            self._greet(conn, counts)
+            return
+
+    def _greet(self, conn: LocalConnection, counts: list[RoomUnread]) -> None:
+        """The counts of every room of the user: this node now follows those rooms for them."""
+        if conn.ended or conn.user_id is None:
+            return  # gone meanwhile: nothing to follow for it
         for count in counts:
-            self._belongs(user_id, count.room_id)
-        if not conn.ended:
-            self.parts.outbox.send(conn, Unread(counts))
+            self._belongs(conn.user_id, count.room_id)
+        self.parts.outbox.send(conn, Unread(counts))
 
     def connection_leaving(self, conn_id: str, wall: int, appended_here: bool) -> None:
         user_id = self.parts.engine.user_of(conn_id)

@@ -25,6 +25,7 @@ from roomcast.node.connections import LocalConnection
 from roomcast.node.feature import NodeParts
 from roomcast.node.node import Node
 from roomcast.ports.broker import BrokerState, LogEntry, Replica
+from roomcast.ports.store import StoreUnavailable
 from roomcast.protocol import CreateRoom
 from roomcast.transport.fanout import FanOut
 
@@ -245,3 +246,36 @@ async def test_a_join_checked_before_a_removal_is_refused_on_every_replica(
     log.append(Joined(bob.id, ROOM, checked_at=109.0), "a")  # added back: let in
     for replica in (a, b):
         assert replica.parts.engine.is_member(bob.id, ROOM)
+
+
+class CountsFailOnce(SQLiteStore):
+    """A store whose first unread read fails, as a database that is away does."""
+
+    failed = False
+
+    async def unread(self, user_id: str, room_ids: object = None) -> list:  # type: ignore[override, type-arg]
+        if not self.failed:
+            self.failed = True
+            raise StoreUnavailable("the database is away")
+        return await super().unread(user_id)
+
+
+async def test_counts_that_cannot_be_read_at_connect_come_when_the_store_answers(
+    tmp_path: Path,
+) -> None:
+    store = CountsFailOnce(f"sqlite:///{tmp_path}/flaky.db", wall_ms)
+    await store.start()
+    try:
+        a = node(store, InProcessLog(), "a")
+        socket = Socket()
+        alice = a.open("127.0.0.1", no_close, socket, "alice")
+        await a.receive(alice, frame("ping"))  # not held back by the failed counts
+        await asyncio.sleep(0.01)  # the fan-out writes at the end of a loop turn
+        assert b'"type":"pong"' in socket.written and b'"type":"unread"' not in socket.written
+        for _ in range(40):
+            if b'"type":"unread"' in socket.written:
+                break
+            await asyncio.sleep(0.05)
+        assert b'"type":"unread"' in socket.written
+    finally:
+        await store.close()
