@@ -109,10 +109,6 @@ class PresenceBook:
         self._schedule(user_id, user)
         return user.status != before
 
-    def set_status(self, user_id: str, status: Status) -> bool:
-        """:meth:`choose` without text or end (a snapshot's status)."""
-        return self.choose(user_id, status)
-
     def active(self, user_id: str, wall: int, shown: bool = True) -> bool:
         """Activity on one of the user's connections; returns whether their status
         changed (automatic away ends). Connecting is not ``shown`` (a phone may

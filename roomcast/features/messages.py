@@ -17,6 +17,7 @@ from typing import Any
 
 import msgspec
 
+from roomcast.core.deliveries import ToRoom
 from roomcast.core.limits import MessageClass
 from roomcast.features.notifications import Notified, Retracted
 from roomcast.node.connections import LocalConnection
@@ -283,7 +284,7 @@ class Messages(Feature):
             self._thread_updated(entry.thread)
 
     def _thread_updated(self, thread: ThreadUpdated) -> None:
-        self.parts.outbox.to_room(thread.room_id, self.parts.outbox.encode(thread))
+        self.parts.outbox.deliver((ToRoom(thread.room_id, thread),))
 
 
 def _mentioned(named: Sequence[UserId], request_type: str) -> tuple[str, ...]:

@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping
 
 import msgspec
 
+from roomcast.core.deliveries import ToConnections
 from roomcast.core.limits import MessageClass
 from roomcast.node.connections import LocalConnection
 from roomcast.node.feature import Applier, Feature, Route
@@ -115,12 +116,9 @@ class Notifications(Feature):
     # -- log entries --------------------------------------------------------------------
 
     def _to_user(self, user_id: str, events: Iterable[Event]) -> None:
-        conns = self.parts.registry.own_of_user(user_id)
-        if not conns:
-            return
-        outbox = self.parts.outbox
-        for event in events:
-            outbox.outlet.send_text(list(conns), outbox.encode(event))
+        conns = tuple(self.parts.registry.own_of_user(user_id))
+        if conns:
+            self.parts.outbox.deliver(ToConnections(conns, event) for event in events)
 
     def _notified(self, entry: Notified, appended_here: bool) -> None:
         notification = entry.notification

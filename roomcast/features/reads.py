@@ -23,6 +23,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from roomcast.core.conversations import ReceiptKey, ReceiptPacer
+from roomcast.core.deliveries import ToRoom
 from roomcast.core.limits import MessageClass
 from roomcast.features.membership import MembershipChanged
 from roomcast.features.messages import MessageChanged, MessageStored
@@ -156,7 +157,7 @@ class Reads(Feature):
     def _send_receipt(self, key: ReceiptKey, message_id: int) -> None:
         room_id, user_id, thread_id = key
         receipt = ReadReceipt(room_id, user_id, message_id, thread_id)
-        self.parts.outbox.to_room(room_id, self.parts.outbox.encode(receipt), except_user=user_id)
+        self.parts.outbox.deliver((ToRoom(room_id, receipt, except_user=user_id),))
 
     def _arm_receipts(self) -> None:
         if self._receipt_timer is not None:
@@ -216,12 +217,8 @@ class Reads(Feature):
     def connection_leaving(self, conn_id: str, wall: int, appended_here: bool) -> None:
         user_id = self.parts.engine.user_of(conn_id)
         if user_id is not None and not self.parts.registry.own_of_user(user_id):
-            for room_id in self._rooms_of.pop(user_id, ()):
-                members = self._members_of.get(room_id)
-                if members is not None:
-                    members.discard(user_id)
-                    if not members:
-                        del self._members_of[room_id]
+            for room_id in self._rooms_of.pop(user_id, set()):
+                self._no_longer(user_id, room_id)
 
     def _belongs(self, user_id: str, room_id: int) -> None:
         self._rooms_of.setdefault(user_id, set()).add(room_id)
@@ -230,7 +227,11 @@ class Reads(Feature):
 
     def _no_longer(self, user_id: str, room_id: int) -> None:
         self._rooms_of.get(user_id, set()).discard(room_id)
-        self._members_of.get(room_id, set()).discard(user_id)
+        members = self._members_of.get(room_id)
+        if members is not None:
+            members.discard(user_id)
+            if not members:
+                del self._members_of[room_id]
         self._away.pop(room_id, None)
 
     def _forget_away(self, entry: object, appended_here: bool) -> None:
@@ -296,11 +297,6 @@ class Reads(Feature):
     def _notified(self, entry: Notified, appended_here: bool) -> None:
         if entry.notification.kind == "mention":
             self._user_changed(entry.user, (entry.notification.room_id,))
-
-    def _room_changed(self, room_id: int) -> None:
-        if room_id in self._members_of:
-            self._rooms_changed.add(room_id)
-            self._flush_soon()
 
     def _user_changed(self, user_id: str, room_ids: Iterable[int]) -> None:
         if self.parts.registry.holds_user(user_id):

@@ -171,7 +171,10 @@ class ConversationSQL:
         elif not room_ids:
             return []
         else:
-            statement = _unread_in(self._dialect, self._unread_sql, len(room_ids))
+            statement = _listed(
+                self._dialect, self._unread_sql, "m.room_id", 2, len(room_ids), "bigint",
+                " ORDER BY m.room_id",
+            )  # fmt: skip
             rows = yield (statement, (user_id, *self._dialect.list_args(room_ids)))
         return [RoomUnread(row[0], row[2], row[3], row[1], row[4]) for row in rows]
 
@@ -200,11 +203,12 @@ class ConversationSQL:
             rows = yield (self._participants, (op.thread_id, result.message_id, op.room_id))
             repliers = reply_recipients((row[0] for row in rows), op.user_id, mentioned)
         notified = []
-        text, message_id = excerpt(op.content), result.message_id
+        text = excerpt(op.content)
+        about = (op.room_id, result.message_id, op.thread_id, op.user_id, text, op.created_at)
         for user in mentioned:
-            notified.append((yield from self._notify_one(user, "mention", op, message_id, text)))
+            notified.append((yield from self._notify_one(user, "mention", *about)))
         for user in repliers:
-            notified.append((yield from self._notify_one(user, "reply", op, message_id, text)))
+            notified.append((yield from self._notify_one(user, "reply", *about)))
         thread = None
         if op.thread_id is not None:
             thread = yield from self.summarize(op.thread_id, op.room_id)
@@ -223,18 +227,16 @@ class ConversationSQL:
         if op.mentions is not None:
             mentions = yield from self._kept(result.room_id, op.mentions, op.user_id)
             yield (self._set_mentions, (mentions_json(mentions), op.message_id))
+            about = (result.room_id, op.message_id, thread_id, op.user_id, text, op.edited_at)
             for user in mentions:
                 if user not in before:
-                    notified.append(
-                        (
-                            yield from self._notify_one(
-                                user, "mention", op, op.message_id, text, result.room_id, thread_id
-                            )
-                        )
-                    )
+                    notified.append((yield from self._notify_one(user, "mention", *about)))
             gone = [user for user in before if user not in mentions]
             if gone:
-                statement = _retract_mentions(self._dialect, len(gone))
+                statement = _listed(
+                    self._dialect, _RETRACT_MENTIONS, "user_id", 2, len(gone), "text",
+                    " RETURNING user_id, id",
+                )  # fmt: skip
                 rows = yield (statement, (op.message_id, *self._dialect.list_args(gone)))
                 retracted = [(row[0], row[1]) for row in rows]
         thread = None
@@ -281,7 +283,7 @@ class ConversationSQL:
     def _kept(self, room_id: int, named: Sequence[str], author: str) -> Steps[tuple[str, ...]]:
         if not named:
             return ()
-        statement = _members_among(self._dialect, len(named))
+        statement = _listed(self._dialect, _MEMBERS_AMONG, "user_id", 2, len(named), "text")
         rows = yield (statement, (room_id, *self._dialect.list_args(list(named))))
         return kept_mentions(named, (row[0] for row in rows), author)
 
@@ -289,21 +291,17 @@ class ConversationSQL:
         self,
         user: str,
         kind: NotificationKind,
-        op: InsertMessage | EditMessage,
+        room_id: int,
         message_id: int,
+        thread_id: int | None,
+        from_user: str,
         text: str,
-        room_id: int | None = None,
-        thread_id: int | None = None,
+        at: int,
     ) -> Steps[tuple[str, Notification]]:
-        if isinstance(op, InsertMessage):
-            room_id, thread_id, at = op.room_id, op.thread_id, op.created_at
-        else:
-            at = op.edited_at
-        assert room_id is not None
-        args = (user, kind, room_id, message_id, thread_id, op.user_id, text, at)
+        args = (user, kind, room_id, message_id, thread_id, from_user, text, at)
         row = (yield (self._notify, args))[0]
         return user, Notification(
-            row[0], kind, room_id, message_id, thread_id, op.user_id, text, row[1]
+            row[0], kind, room_id, message_id, thread_id, from_user, text, row[1]
         )
 
     # -- read markers ---------------------------------------------------------------
@@ -344,7 +342,9 @@ class ConversationSQL:
         )
 
     def read_notifications(self, op: ReadNotifications) -> Steps[Result]:
-        statement = _read_ids(self._dialect, len(op.ids))
+        statement = _listed(
+            self._dialect, _READ_IDS, "id", 3, len(op.ids), "bigint", " RETURNING id, room_id"
+        )
         rows = yield (statement, (op.user_id, op.read_at, *self._dialect.list_args(op.ids)))
         return Result(Outcome.DONE, read=tuple((row[0], row[1]) for row in rows))
 
@@ -352,34 +352,14 @@ class ConversationSQL:
 # -- statements by list size (cached, like the other IN lists) ----------------------
 
 
-@functools.lru_cache(maxsize=128)
-def _members_among(dialect: Dialect, count: int) -> str:
-    return dialect.sql(
-        "SELECT user_id FROM room_members WHERE room_id = $1 AND "
-        + dialect.in_list("user_id", 2, count, "text")
-    )
+@functools.lru_cache(maxsize=512)
+def _listed(
+    dialect: Dialect, head: str, expr: str, first: int, count: int, sqltype: str, tail: str = ""
+) -> str:
+    """``head`` AND ``expr`` in a list of ``count`` values bound from ``first`` on, ``tail``."""
+    return dialect.sql(f"{head} AND {dialect.in_list(expr, first, count, sqltype)}{tail}")
 
 
-@functools.lru_cache(maxsize=128)
-def _retract_mentions(dialect: Dialect, count: int) -> str:
-    return dialect.sql(
-        "DELETE FROM notifications WHERE message_id = $1 AND kind = 'mention' AND "
-        + dialect.in_list("user_id", 2, count, "text")
-        + " RETURNING user_id, id"
-    )
-
-
-@functools.lru_cache(maxsize=128)
-def _read_ids(dialect: Dialect, count: int) -> str:
-    return dialect.sql(
-        "UPDATE notifications SET read_at = $2 WHERE user_id = $1 AND read_at IS NULL AND "
-        + dialect.in_list("id", 3, count, "bigint")
-        + " RETURNING id, room_id"
-    )
-
-
-@functools.lru_cache(maxsize=256)
-def _unread_in(dialect: Dialect, unread: str, count: int) -> str:
-    return dialect.sql(
-        unread + " AND " + dialect.in_list("m.room_id", 2, count, "bigint") + " ORDER BY m.room_id"
-    )
+_MEMBERS_AMONG = "SELECT user_id FROM room_members WHERE room_id = $1"
+_RETRACT_MENTIONS = "DELETE FROM notifications WHERE message_id = $1 AND kind = 'mention'"
+_READ_IDS = "UPDATE notifications SET read_at = $2 WHERE user_id = $1 AND read_at IS NULL"
