@@ -35,7 +35,7 @@ from roomcast.adapters import migrations
 from roomcast.adapters.sql.dialect import SQLITE
 from roomcast.adapters.sql.messages import INSERT_COLUMNS, MESSAGE_COLUMNS, PLAIN_INSERT_COLUMNS
 from roomcast.adapters.sql.rules import InsertPlan, InsertRun, client_ids
-from roomcast.adapters.sql.steps import Many, Steps
+from roomcast.adapters.sql.steps import Steps, drive_sqlite
 from roomcast.adapters.sql.store import SQLStore
 from roomcast.adapters.sqlite_wal import WalCheckpointer, run_on
 from roomcast.config import sqlite_path
@@ -50,21 +50,6 @@ T = TypeVar("T")
 _STORED = f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE user_id = ? AND client_msg_id = ?"
 _LAST_SEQ = f"SELECT {SQLITE.room_last_seq} FROM rooms WHERE id = ?"
 _LAST_ROWID = "SELECT last_insert_rowid()"
-
-
-def _drive(conn: sqlite3.Connection, steps: Steps[T]) -> T:
-    """Run the steps' statements on ``conn``, in this thread, to their result."""
-    try:
-        statement = next(steps)
-        while True:
-            if isinstance(statement, Many):
-                conn.executemany(statement.sql, statement.args)
-                statement = steps.send(())
-            else:
-                statement = steps.send(conn.execute(*statement).fetchall())
-    except StopIteration as done:
-        result: T = done.value
-        return result
 
 
 class SQLiteStore(SQLStore):
@@ -171,11 +156,11 @@ class SQLiteStore(SQLStore):
         return self._reader
 
     async def _read(self, steps: Callable[[], Steps[T]]) -> T:
-        return await self._on_reader(lambda: _drive(self._r(), steps()))
+        return await self._on_reader(lambda: drive_sqlite(self._r(), steps()))
 
     async def _write(self, steps: Callable[[], Steps[T]]) -> T:
         return await self._on_writer(
-            lambda: self._in_transaction(lambda conn: _drive(conn, steps()))
+            lambda: self._in_transaction(lambda conn: drive_sqlite(conn, steps()))
         )
 
     def _in_transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
@@ -207,7 +192,7 @@ class SQLiteStore(SQLStore):
             plan = InsertPlan(ops, stored)
             last_seqs = self._numbering(conn, plan.counts)
             plan.begin(last_seqs)
-            return _drive(conn, self._batch(plan, ops)), last_seqs
+            return drive_sqlite(conn, self._batch(plan, ops)), last_seqs
 
         results, last_seqs = self._in_transaction(work)
         self._last_seq.update(last_seqs)
