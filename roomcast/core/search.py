@@ -71,50 +71,44 @@ _CJK = (
 )
 
 
-def _in(ranges: tuple[tuple[int, int], ...], ch: str) -> bool:
-    code = ord(ch)
-    return any(low <= code <= high for low, high in ranges)
+def _char_class(ranges: tuple[tuple[int, int], ...]) -> str:
+    return "".join(f"{chr(low)}-{chr(high)}" for low, high in ranges)
 
 
-def _fold_char(ch: str) -> str:
-    decomposed = unicodedata.normalize("NFKD", ch)
-    kept = "".join(c for c in decomposed if not _in(_ACCENTS, c))
-    return unicodedata.normalize("NFC", kept).casefold()
+_ACCENT = re.compile(f"[{_char_class(_ACCENTS)}]+")
+_CJK_CHAR = re.compile(f"[{_char_class(_CJK)}]")
+#: A word's CJK runs and the rest, alternately (the split keeps the runs).
+_CJK_RUN = re.compile(f"([{_char_class(_CJK)}]+)")
+#: A token's characters: letters and digits (str.isalnum), not ``_``.
+_WORD = re.compile(r"[^\W_]+")
+_ASCII_WORD = re.compile(r"[a-z0-9]+")
 
 
 def fold(text: str) -> str:
-    """``text`` with compatibility forms, accents and case folded away."""
+    """``text`` with case, compatibility forms and accents folded away."""
     if text.isascii():
         return text.lower()
-    return "".join(_fold_char(ch) for ch in text)
-
-
-def _kind(ch: str) -> int:
-    """0: a separator, 1: a letter or digit, 2: a CJK character."""
-    if ch.isascii():
-        return 1 if ch.isalnum() else 0
-    if _in(_CJK, ch):
-        return 2
-    return 1 if unicodedata.category(ch)[0] in "LNM" else 0
+    decomposed = unicodedata.normalize("NFKD", text.casefold())
+    return unicodedata.normalize("NFC", _ACCENT.sub("", decomposed))
 
 
 def tokens(folded: str, pairs: bool = True) -> list[str]:
     """The tokens of folded text, a CJK run as its pairs and last character
     (or whole, without ``pairs``)."""
+    if folded.isascii():
+        return _ASCII_WORD.findall(folded)
     found: list[str] = []
-    run: list[str] = []
-    kind = 0
-    for ch in folded + " ":
-        this = _kind(ch)
-        if this != kind and run:
-            if kind == 2 and pairs:
-                found += ["".join(run[i : i + 2]) for i in range(len(run))]
+    for word in _WORD.findall(folded):
+        if not _CJK_CHAR.search(word):
+            found.append(word)
+            continue
+        for index, part in enumerate(_CJK_RUN.split(word)):
+            if not part:
+                continue
+            if index % 2 and pairs:  # a CJK run
+                found += [part[i : i + 2] for i in range(len(part))]
             else:
-                found.append("".join(run))
-            run = []
-        kind = this
-        if this:
-            run.append(ch)
+                found.append(part)
     return found
 
 
@@ -272,7 +266,7 @@ def _folded_with_origins(content: str) -> tuple[str, list[int]]:
     parts: list[str] = []
     origins: list[int] = []
     for index, ch in enumerate(content):
-        folded = ch.lower() if ch.isascii() else _fold_char(ch)
+        folded = fold(ch)
         parts.append(folded)
         origins += [index] * len(folded)
     return "".join(parts), origins
@@ -284,7 +278,7 @@ def _pattern(term: Term) -> re.Pattern[str]:
     words = tokens(term.text, pairs=False)
     body = r"[\W_]+".join(re.escape(t) for t in words)
     # Each CJK character begins a token (see document).
-    at_start = term.substring == term.word and _kind(words[0][0]) != 2
+    at_start = term.substring == term.word and not _CJK_CHAR.match(words[0])
     return re.compile((r"(?<![^\W_])" if at_start else "") + body)
 
 
