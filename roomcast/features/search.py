@@ -28,6 +28,7 @@ from roomcast.core.search import (
     snippet,
 )
 from roomcast.node.feature import Feature
+from roomcast.ports.store import Store
 from roomcast.protocol import (
     MAX_ID,
     ErrorCode,
@@ -88,41 +89,53 @@ class MessageSearch(Feature):
         limit: int,
         cursor: str | None,
     ) -> SearchPage:
-        try:
-            query = parse_query(q)
-        except QueryError as exc:
-            raise _invalid(f"q: {exc}") from None
-        tier, below = read_cursor(cursor, order)
-        narrowed = _narrowed(filters, query)
-        if narrowed is None:
-            return SearchPage([], 0, None)  # filters that contradict each other
-        store = self.parts.store
-        found: list[tuple[str, HistoryMessage, str]] = []
-        tiers = [tier]
-        if tier == Tier.WORDS and not query.words_only:
-            tiers.append(Tier.SUBSTRINGS)  # short terms only: every hit is a word hit
-        for index, each in enumerate(tiers):
-            wanted = limit + 1 - len(found)
-            rows = await store.search(
-                viewer, query, narrowed, each, below if index == 0 else None, wanted
-            )
-            found += [(each, message, doc) for message, doc in rows]
-            if len(found) > limit:
-                break
-        count = await store.search_count(viewer, query, narrowed, COUNT_CAP)
-        more = len(found) > limit
-        found = found[:limit]
-        hits = [
-            SearchHit(
-                message=message,
-                room_id=message.room_id,
-                rank=rank_of(doc, query),
-                snippet=snippet(message.content, query),
-            )
-            for _, message, doc in found
-        ]
-        next_cursor = _cursor(found[-1][0], found[-1][1].id) if more else None
-        return SearchPage(hits, max(count, len(hits)), next_cursor)
+        return await search_page(self.parts.store, viewer, q, filters, order, limit, cursor)
+
+
+async def search_page(
+    store: Store,
+    viewer: str,
+    q: str,
+    filters: SearchFilters,
+    order: SearchOrder,
+    limit: int,
+    cursor: str | None,
+) -> SearchPage:
+    """One page of a search, as ``GET /api/search`` answers it."""
+    try:
+        query = parse_query(q)
+    except QueryError as exc:
+        raise _invalid(f"q: {exc}") from None
+    tier, below = read_cursor(cursor, order)
+    narrowed = _narrowed(filters, query)
+    if narrowed is None:
+        return SearchPage([], 0, None)  # filters that contradict each other
+    found: list[tuple[str, HistoryMessage, str]] = []
+    tiers = [tier]
+    if tier == Tier.WORDS and not query.words_only:
+        tiers.append(Tier.SUBSTRINGS)  # short terms only: every hit is a word hit
+    for index, each in enumerate(tiers):
+        wanted = limit + 1 - len(found)
+        rows = await store.search(
+            viewer, query, narrowed, each, below if index == 0 else None, wanted
+        )
+        found += [(each, message, doc) for message, doc in rows]
+        if len(found) > limit:
+            break
+    count = await store.search_count(viewer, query, narrowed, COUNT_CAP)
+    more = len(found) > limit
+    found = found[:limit]
+    hits = [
+        SearchHit(
+            message=message,
+            room_id=message.room_id,
+            rank=rank_of(doc, query),
+            snippet=snippet(message.content, query),
+        )
+        for _, message, doc in found
+    ]
+    next_cursor = _cursor(found[-1][0], found[-1][1].id) if more else None
+    return SearchPage(hits, max(count, len(hits)), next_cursor)
 
 
 def _narrowed(filters: SearchFilters, query: Query) -> SearchFilters | None:
