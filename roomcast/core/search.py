@@ -248,6 +248,15 @@ class Tier:
     SUBSTRINGS = "substrings"  # some term only inside a word
 
 
+def in_tier(doc: str, query: Query, tier: str) -> bool:
+    """Whether a document is a hit of the tier (a :class:`Tier`)."""
+    if not matches(doc, query):
+        return False
+    if tier == Tier.ALL:
+        return True
+    return (rank_of(doc, query) == WORD_RANK) == (tier == Tier.WORDS)
+
+
 def rank_of(doc: str, query: Query) -> int:
     """A document's rank for a query it matches."""
     return WORD_RANK if all(n in doc for n in query.word_needles) else SUBSTRING_RANK

@@ -80,6 +80,8 @@ def _cursor(tier: str, message_id: int) -> str:
 class MessageSearch(Feature):
     """Finds the messages a user may read by what they contain."""
 
+    name = "search"
+
     async def search(
         self,
         viewer: str,

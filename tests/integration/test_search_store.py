@@ -6,11 +6,12 @@ paging, hostile input, and the migration that indexes an existing database."""
 from __future__ import annotations
 
 import random
+import tempfile
 
 import pytest
 
 from roomcast.adapters.postgres_store import PostgresStore
-from roomcast.adapters.sqlite_store import SQLiteStore
+from roomcast.adapters.sqlite_store import INDEX_CHUNK, INDEX_DELAY, SQLiteStore
 from roomcast.core.search import (
     SUBSTRING_RANK,
     WORD_RANK,
@@ -36,6 +37,14 @@ from tests.integration.test_stores import (
 __all__ = ["db", "pg", "store"]  # fixtures, used by name
 
 NONE = SearchFilters()
+
+
+async def index_all(store: Store) -> None:
+    """SQLite indexes new messages after their commit: do it now (on
+    PostgreSQL the index is written with each message)."""
+    if isinstance(store, SQLiteStore):
+        while await store.catch_up_search() >= INDEX_CHUNK:
+            pass
 
 
 async def post(store: Store, room_id: int, text: str, user: str = "al", at: int = 100) -> int:
@@ -105,6 +114,14 @@ async def test_each_kind_of_query_finds_what_people_type(store: Store) -> None:
         await post(store, room.id, text)
     for q, expected in EXPECTED.items():
         assert set(await found(store, q)) == expected, q
+    # The same once SQLite's index holds them, and with half of them in it.
+    await index_all(store)
+    for q, expected in EXPECTED.items():
+        assert set(await found(store, q)) == expected, q
+    for text in CORPUS:
+        await post(store, room.id, text)
+    for q, expected in EXPECTED.items():
+        assert len(await found(store, q)) == 2 * len(expected), q
 
 
 async def test_words_rank_ahead_of_substrings(store: Store) -> None:
@@ -132,8 +149,6 @@ async def test_both_engines_find_what_the_rules_say(seed: int) -> None:
     queries |= {f"{rng.choice(pieces)} {rng.choice(pieces)}" for _ in range(10)}
     results: dict[str, dict[str, list[str]]] = {}
     async with postgres_schema() as url:
-        import tempfile
-
         with tempfile.TemporaryDirectory() as folder:
             for kind, opened in (
                 ("sqlite", SQLiteStore(f"sqlite:///{folder}/rc.db", lambda: 1000)),
@@ -142,9 +157,15 @@ async def test_both_engines_find_what_the_rules_say(seed: int) -> None:
                 await opened.start()
                 try:
                     room = await opened.create_room("r", True, (), "al", 0)
-                    for text in texts:
+                    for text in texts[:100]:
+                        await post(opened, room.id, text)
+                    await index_all(opened)  # SQLite: a hundred indexed, fifty not
+                    for text in texts[100:]:
                         await post(opened, room.id, text)
                     results[kind] = {q: await found(opened, q, limit=1000) for q in queries}
+                    await index_all(opened)
+                    indexed = {q: await found(opened, q, limit=1000) for q in queries}
+                    assert indexed == results[kind]
                 finally:
                     await opened.close()
     for q in queries:
@@ -180,10 +201,13 @@ async def test_only_rooms_the_viewer_may_read_now(store: Store) -> None:
     assert f"quokka in {public.id}" in await found(store, "quokka", "cy")
 
 
-async def test_deleted_and_edited_messages(store: Store) -> None:
+@pytest.mark.parametrize("indexed", [True, False])
+async def test_deleted_and_edited_messages(store: Store, indexed: bool) -> None:
     room = await store.create_room("r", True, (), "al", 0)
     gone = await post(store, room.id, "secret plans")
     kept = await post(store, room.id, "old wording")
+    if indexed:
+        await index_all(store)
     deleted = await store.run(DeleteMessage(gone, "al", frozenset({room.id}), 5))
     assert deleted.outcome is Outcome.DONE
     assert await found(store, "secret") == []
@@ -195,6 +219,9 @@ async def test_deleted_and_edited_messages(store: Store) -> None:
     refused = await store.run(EditMessage(kept, "bo", frozenset({room.id}), "hijack", 7))
     assert refused.outcome is Outcome.FORBIDDEN
     assert await found(store, "hijack") == [] and await found(store, "phrasing") == ["new phrasing"]
+    await index_all(store)
+    assert await found(store, "secret") == [] and await found(store, "wording") == []
+    assert await found(store, "phrasing") == ["new phrasing"]
 
 
 async def test_filters_narrow_the_hits(store: Store) -> None:
@@ -225,7 +252,9 @@ async def test_filters_narrow_the_hits(store: Store) -> None:
 
 async def test_pages_have_no_duplicates_and_no_gaps(store: Store) -> None:
     room = await store.create_room("r", True, (), "al", 0)
-    ids = [await post(store, room.id, f"page item {n}") for n in range(23)]
+    ids = [await post(store, room.id, f"page item {n}") for n in range(12)]
+    await index_all(store)  # pages cross from unindexed messages to indexed ones
+    ids += [await post(store, room.id, f"page item {n}") for n in range(12, 23)]
     seen: list[int] = []
     below = None
     while True:
@@ -290,3 +319,38 @@ def test_query_model_terms() -> None:
     assert query.from_user == "al" and query.in_room == "team chat"
     assert query.substring_needles == ("deploy", "t  shirt", "鈴虫  虫", "  o")
     assert query.word_needles == ("  deploy", "  t  shirt", "  鈴虫  虫", "  o")
+
+
+async def test_sqlite_indexes_new_messages_soon_after_their_commit(tmp_path: object) -> None:
+    """Within INDEX_DELAY of a message, or at once for a chunk's worth; the
+    index's end only moves forward, over deleted messages too."""
+    import asyncio
+    import sqlite3
+
+    path = f"{tmp_path}/rc.db"
+    store = SQLiteStore(f"sqlite:///{path}", lambda: 1000)
+    await store.start()
+
+    def mark() -> int:
+        with sqlite3.connect(path) as conn:
+            return int(conn.execute("SELECT indexed_through FROM search_state").fetchone()[0])
+
+    try:
+        room = await store.create_room("r", True, (), "al", 0)
+        await asyncio.sleep(0.1)  # the pass at start (what an earlier run left) is over
+        first = await post(store, room.id, "soon indexed")
+        assert mark() < first
+        await asyncio.sleep(INDEX_DELAY + 0.3)
+        assert mark() == first
+        gone = await post(store, room.id, "deleted before indexing")
+        await store.run(DeleteMessage(gone, "al", frozenset({room.id}), 5))
+        many = [post(store, room.id, f"bulk {n}") for n in range(INDEX_CHUNK + 10)]
+        ids = await asyncio.gather(*many)
+        await asyncio.sleep(0.1)  # a chunk's worth starts a pass at once
+        assert mark() >= min(ids)
+        await asyncio.sleep(INDEX_DELAY + 0.3)
+        assert mark() == max(ids)
+        assert await found(store, "deleted") == []
+        assert len(await found(store, "bulk", limit=1000)) == INDEX_CHUNK + 10
+    finally:
+        await store.close()

@@ -152,7 +152,7 @@ class MessageSQL:
         limit: int,
     ) -> Steps[list[tuple[HistoryMessage, str]]]:
         """Up to ``limit`` hits, newest first, each with its search document."""
-        columns = ", ".join(f"m.{c.strip()}" for c in HISTORY_COLUMNS.split(",")) + ", s.doc"
+        columns = ", ".join(f"m.{c.strip()}" for c in HISTORY_COLUMNS.split(","))
         rows = yield from self._search.find(viewer, query, filters, tier, below, limit, columns)
         items = yield from self._items(rows, with_threads=True)
         return list(zip(reversed(items), (row[10] for row in rows), strict=True))
