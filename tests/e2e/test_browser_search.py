@@ -6,7 +6,9 @@ shows."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import concurrent.futures
+from collections.abc import Coroutine, Iterator
+from typing import Any, TypeVar
 
 import pytest
 from playwright.sync_api import Browser, Page, expect
@@ -15,6 +17,8 @@ from tests.e2e.browser_support import create_room, login, message, send_message,
 from tests.harness.client import Client
 from tests.harness.http import http_json
 from tests.harness.server import ServerProcess
+
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +57,12 @@ async def private_room(server: ServerProcess, owner: str, text: str) -> None:
     await chat(server, owner, room["id"], [text])
 
 
+def run(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to its end beside Playwright's own event loop."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
 def current_room(page: Page) -> int:
     return int(page.evaluate("window.roomcast.state.current"))
 
@@ -72,11 +82,9 @@ def test_find_an_old_message_and_open_it_in_context(
     expect(message(alice, "PLT-3699")).to_be_visible()
     room_id = current_room(alice)
     # Far more than a page of history after it, and a reply in a thread.
-    root = asyncio.run(
-        chat(web_server, "alice-search", room_id, [f"filler {n}" for n in range(70)])
-    )
-    asyncio.run(chat(web_server, "carol-search", room_id, ["鈴虫が鳴いている"], thread_id=root))
-    asyncio.run(private_room(web_server, "dave-search", "PLT-3699 is secret"))
+    root = run(chat(web_server, "alice-search", room_id, [f"filler {n}" for n in range(70)]))
+    run(chat(web_server, "carol-search", room_id, ["鈴虫が鳴いている"], thread_id=root))
+    run(private_room(web_server, "dave-search", "PLT-3699 is secret"))
     bob = login(browser, web_server, "bob-search")
     switch_room(bob, "release")
     expect(message(bob, "filler 69")).to_be_visible()
@@ -111,7 +119,7 @@ def test_find_an_old_message_and_open_it_in_context(
     expect(jump).to_have_text("Jump to the newest ↓")
     shot(bob, "search-opened-in-context")
     # A message sent meanwhile waits for the reader; jumping shows it with the rest.
-    asyncio.run(chat(web_server, "alice-search", room_id, ["fresh news"]))
+    run(chat(web_server, "alice-search", room_id, ["fresh news"]))
     jump.click()
     expect(message(bob, "fresh news")).to_be_visible()
     expect(message(bob, "filler 69")).to_be_visible()
