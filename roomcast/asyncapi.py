@@ -14,9 +14,25 @@ from typing import Any
 import msgspec
 
 from roomcast import __version__
-from roomcast.protocol import CLIENT_TYPES, SERVER_TYPES
+from roomcast.protocol import (
+    CLIENT_TYPES,
+    SERVER_TYPES,
+    HistoryPage,
+    NotificationPage,
+    SearchPage,
+    ThreadPage,
+)
 
 _REF = "#/components/schemas/{name}"
+#: HTTP answers whose bodies share the WebSocket's structs (history items,
+#: notifications): their schemas are components too, named under
+#: ``x-http-bodies``, so a client generates one set of types for both.
+HTTP_BODIES: dict[str, type[msgspec.Struct]] = {
+    "GET /api/rooms/{id}/messages": HistoryPage,
+    "GET /api/rooms/{id}/threads": ThreadPage,
+    "GET /api/notifications": NotificationPage,
+    "GET /api/search": SearchPage,
+}
 
 
 def _envelope(type_name: str, payload_schema: str, timestamp_required: bool) -> dict[str, Any]:
@@ -33,7 +49,7 @@ def _envelope(type_name: str, payload_schema: str, timestamp_required: bool) -> 
 
 @functools.cache
 def asyncapi_document() -> dict[str, Any]:
-    structs = [*CLIENT_TYPES.values(), *SERVER_TYPES.values()]
+    structs = [*CLIENT_TYPES.values(), *SERVER_TYPES.values(), *HTTP_BODIES.values()]
     _, schemas = msgspec.json.schema_components(structs, ref_template=_REF)
     messages: dict[str, Any] = {}
     operations: dict[str, Any] = {}
@@ -80,4 +96,8 @@ def asyncapi_document() -> dict[str, Any]:
         },
         "operations": operations,
         "components": {"messages": messages, "schemas": schemas},
+        "x-http-bodies": {
+            request: {"$ref": _REF.format(name=cls.__name__)}
+            for request, cls in HTTP_BODIES.items()
+        },
     }

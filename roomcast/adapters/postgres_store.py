@@ -42,7 +42,7 @@ from roomcast.adapters import migrations
 from roomcast.adapters.sql.dialect import POSTGRES
 from roomcast.adapters.sql.messages import INSERT_COLUMNS, MESSAGE_COLUMNS, PLAIN_INSERT_COLUMNS
 from roomcast.adapters.sql.rules import InsertPlan, InsertRun, client_ids
-from roomcast.adapters.sql.steps import Many, Steps
+from roomcast.adapters.sql.steps import Steps, drive_postgres
 from roomcast.adapters.sql.store import SQLStore
 from roomcast.ports.store import Operation, Result, StoreUnavailable
 
@@ -139,22 +139,6 @@ _INSERT_PLAIN = (
     "WITH ORDINALITY AS v (r, u, c, t, a, m, s, n) ORDER BY n "
     "RETURNING id, room_id, seq"
 )
-
-
-async def _drive(conn: Connection, steps: Steps[T]) -> T:
-    """Run the steps' statements on ``conn`` to their result."""
-    try:
-        statement = next(steps)
-        while True:
-            if isinstance(statement, Many):
-                if statement.args:
-                    await conn.executemany(statement.sql, statement.args)
-                statement = steps.send(())
-            else:
-                statement = steps.send(await conn.fetch(statement[0], *statement[1]))
-    except StopIteration as done:
-        result: T = done.value
-        return result
 
 
 class PostgresStore(SQLStore):
@@ -271,10 +255,10 @@ class PostgresStore(SQLStore):
     async def _read(self, steps: Callable[[], Steps[T]]) -> T:
         # Retried like any read: a pooled connection that went stale while the
         # database restarted does not make the database unavailable.
-        return await self._attempt(lambda conn: _drive(conn, steps()))
+        return await self._attempt(lambda conn: drive_postgres(conn, steps()))
 
     async def _write(self, steps: Callable[[], Steps[T]]) -> T:
-        return await self._attempt(lambda conn: _drive(conn, steps()), transaction=True)
+        return await self._attempt(lambda conn: drive_postgres(conn, steps()), transaction=True)
 
     # -- group-committed writes -----------------------------------------------------
 
@@ -289,7 +273,7 @@ class PostgresStore(SQLStore):
             )
         plan = InsertPlan(ops, stored)
         plan.begin(await self._raise_last_seqs(conn, plan.counts))
-        return await _drive(conn, self._batch(plan, ops))
+        return await drive_postgres(conn, self._batch(plan, ops))
 
     @staticmethod
     async def _raise_last_seqs(conn: Connection, counts: Mapping[int, int]) -> dict[int, int]:

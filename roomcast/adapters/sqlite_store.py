@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -35,13 +36,15 @@ from roomcast.adapters import migrations
 from roomcast.adapters.sql.dialect import SQLITE
 from roomcast.adapters.sql.messages import INSERT_COLUMNS, MESSAGE_COLUMNS, PLAIN_INSERT_COLUMNS
 from roomcast.adapters.sql.rules import InsertPlan, InsertRun, client_ids
-from roomcast.adapters.sql.steps import Many, Steps
+from roomcast.adapters.sql.steps import Steps, drive_sqlite
 from roomcast.adapters.sql.store import SQLStore
 from roomcast.adapters.sqlite_wal import WalCheckpointer, run_on
 from roomcast.config import sqlite_path
-from roomcast.ports.store import Operation, Result, StoreUnavailable
+from roomcast.ports.store import InsertMessage, Operation, Result, StoreUnavailable
 
 __all__ = ["SQLiteStore", "sqlite_path"]
+
+logger = logging.getLogger("roomcast.store")
 
 T = TypeVar("T")
 
@@ -50,21 +53,6 @@ T = TypeVar("T")
 _STORED = f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE user_id = ? AND client_msg_id = ?"
 _LAST_SEQ = f"SELECT {SQLITE.room_last_seq} FROM rooms WHERE id = ?"
 _LAST_ROWID = "SELECT last_insert_rowid()"
-
-
-def _drive(conn: sqlite3.Connection, steps: Steps[T]) -> T:
-    """Run the steps' statements on ``conn``, in this thread, to their result."""
-    try:
-        statement = next(steps)
-        while True:
-            if isinstance(statement, Many):
-                conn.executemany(statement.sql, statement.args)
-                statement = steps.send(())
-            else:
-                statement = steps.send(conn.execute(*statement).fetchall())
-    except StopIteration as done:
-        result: T = done.value
-        return result
 
 
 class SQLiteStore(SQLStore):
@@ -90,6 +78,12 @@ class SQLiteStore(SQLStore):
         self._last_seq: dict[int, int] = {}
         self._data_version = -1
         self._reader: sqlite3.Connection | None = None
+        # Deferred search indexing (SearchSQL): messages committed since the
+        # last pass, the pass running, and the timer that starts the next one.
+        self._unindexed = 0
+        self._index_task: asyncio.Task[None] | None = None
+        self._index_timer: asyncio.TimerHandle | None = None
+        self._closing = False
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -102,6 +96,7 @@ class SQLiteStore(SQLStore):
         self._reader = await self._on_reader(self._connect)
         await self._wal.start()
         self._committer.start()
+        self._start_indexing()  # what an earlier run left to index
 
     def _connect(self, busy_timeout_ms: int | None = None) -> sqlite3.Connection:
         # isolation_level=None: transactions are opened explicitly below.
@@ -123,7 +118,12 @@ class SQLiteStore(SQLStore):
         return conn
 
     async def close(self) -> None:
+        self._closing = True
+        if self._index_timer is not None:
+            self._index_timer.cancel()
         await self._committer.close()
+        if self._index_task is not None:
+            await self._index_task
         await self._wal.close()
         loop = asyncio.get_running_loop()
         if self._writer is not None:
@@ -171,11 +171,11 @@ class SQLiteStore(SQLStore):
         return self._reader
 
     async def _read(self, steps: Callable[[], Steps[T]]) -> T:
-        return await self._on_reader(lambda: _drive(self._r(), steps()))
+        return await self._on_reader(lambda: drive_sqlite(self._r(), steps()))
 
     async def _write(self, steps: Callable[[], Steps[T]]) -> T:
         return await self._on_writer(
-            lambda: self._in_transaction(lambda conn: _drive(conn, steps()))
+            lambda: self._in_transaction(lambda conn: drive_sqlite(conn, steps()))
         )
 
     def _in_transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
@@ -207,11 +207,60 @@ class SQLiteStore(SQLStore):
             plan = InsertPlan(ops, stored)
             last_seqs = self._numbering(conn, plan.counts)
             plan.begin(last_seqs)
-            return _drive(conn, self._batch(plan, ops)), last_seqs
+            return drive_sqlite(conn, self._batch(plan, ops)), last_seqs
 
         results, last_seqs = self._in_transaction(work)
         self._last_seq.update(last_seqs)
+        inserted = sum(1 for op in ops if isinstance(op, InsertMessage))
+        if inserted:
+            self._index_later(inserted)
         return results
+
+    # -- deferred search indexing ---------------------------------------------------
+
+    def _index_later(self, inserted: int) -> None:
+        """New messages were committed: index them within :data:`INDEX_DELAY`,
+        or at once when a chunk's worth waits."""
+        self._unindexed += inserted
+        if self._index_task is not None:
+            return  # the pass running takes them (or starts the next one)
+        if self._unindexed >= INDEX_CHUNK:
+            self._start_indexing()
+        elif self._index_timer is None:
+            loop = asyncio.get_running_loop()
+            self._index_timer = loop.call_later(INDEX_DELAY, self._start_indexing)
+
+    def _start_indexing(self) -> None:
+        if self._index_timer is not None:
+            self._index_timer.cancel()
+            self._index_timer = None
+        if self._index_task is None and not self._closing:
+            self._index_task = asyncio.get_running_loop().create_task(self._index_pass())
+
+    async def _index_pass(self) -> None:
+        try:
+            while True:
+                self._unindexed = 0
+                if await self.catch_up_search() < INDEX_CHUNK:
+                    break
+                await asyncio.sleep(0)  # one chunk per loop turn: deliveries go on
+        except StoreUnavailable as exc:
+            # Left for later: searches read unindexed messages meanwhile.
+            logger.warning("search indexing failed error=%r", exc)
+            self._unindexed = max(self._unindexed, 1)
+        finally:
+            self._index_task = None
+        if self._unindexed and not self._closing:
+            self._index_later(0)
+
+    async def catch_up_search(self) -> int:
+        """Index up to :data:`INDEX_CHUNK` messages past the search index's end;
+        how many it read."""
+        return await self._on_writer(
+            lambda: self._in_transaction(
+                lambda conn: drive_sqlite(conn, self._search.catch_up(INDEX_CHUNK))
+            )
+        )
 
     def _numbering(self, conn: sqlite3.Connection, counts: Mapping[int, int]) -> dict[int, int]:
         """Each room's last sequence number after this batch's inserts.
@@ -259,6 +308,11 @@ class SQLiteStore(SQLStore):
         last = (yield (_LAST_ROWID, ()))[0][0]
         return run.results(range(last - len(rows) + 1, last + 1))
 
+
+#: Messages one deferred indexing transaction takes (a few milliseconds of
+#: work), and how long a new message waits for one at most.
+INDEX_CHUNK = 256
+INDEX_DELAY = 0.2
 
 #: Most rows in one INSERT statement (7 or 9 values each, far below SQLite's
 #: limit of 32,766 bound values).

@@ -10,6 +10,7 @@ from roomcast.features.ping import Ping
 from roomcast.features.presence import PresenceStatus
 from roomcast.features.reads import Reads
 from roomcast.features.rooms import Rooms
+from roomcast.features.search import MessageSearch
 from roomcast.features.typing import TypingIndicators
 from roomcast.node.feature import Feature, NodeParts
 
@@ -26,5 +27,6 @@ def default_features(parts: NodeParts) -> list[Feature]:
         TypingIndicators(parts),
         PresenceStatus(parts),
         Calls(parts),
+        MessageSearch(parts),
         Ping(parts),
     ]

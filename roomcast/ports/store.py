@@ -24,6 +24,7 @@ from typing import Protocol
 import msgspec
 
 from roomcast.core.call_state import CallRecord
+from roomcast.core.search import Query, SearchFilters
 from roomcast.ports.group_commit import Done
 from roomcast.protocol import (
     ChatMessage,
@@ -334,11 +335,37 @@ class Store(Protocol):
         """The user's calls (as caller or callee), newest first, from after ``after``."""
 
     async def history(
-        self, room_id: int, before: int | None, limit: int, thread_id: int | None = None
+        self,
+        room_id: int,
+        before: int | None,
+        limit: int,
+        thread_id: int | None = None,
+        after: int | None = None,
     ) -> list[HistoryMessage]:
-        """Up to ``limit`` messages with ids below ``before``, oldest first: the
-        room's timeline (live messages and deleted roots of live threads, roots
-        with their thread's summary), or with ``thread_id`` that thread's live replies."""
+        """Up to ``limit`` messages with ids below ``before`` (or, given
+        ``after``, the first ones above it), oldest first: the room's timeline
+        (live messages and deleted roots of live threads, roots with their
+        thread's summary), or with ``thread_id`` that thread's live replies."""
+
+    # -- search (see adapters/sql/search.py) --------------------------------------
+
+    async def search(
+        self,
+        viewer: str,
+        query: Query,
+        filters: SearchFilters,
+        tier: str,
+        below: int | None,
+        limit: int,
+    ) -> list[tuple[HistoryMessage, str]]:
+        """Up to ``limit`` live messages that match ``query`` and ``filters`` in
+        rooms ``viewer`` may read now, of the ``tier`` (a :class:`Tier`), ids
+        below ``below``, newest first; each with its search document."""
+
+    async def search_count(
+        self, viewer: str, query: Query, filters: SearchFilters, cap: int
+    ) -> int:
+        """How many messages :meth:`search` would find in all, counted up to ``cap``."""
 
     # -- conversations (see adapters/sql/conversations.py) ------------------------
 

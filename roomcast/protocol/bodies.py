@@ -142,8 +142,34 @@ class HistoryMessage(msgspec.Struct):
 
 
 class HistoryPage(msgspec.Struct):
+    """``GET /api/rooms/{id}/messages``: oldest first. ``next_before`` is the
+    ``before`` of the older page, ``next_after`` the ``after`` of the newer one
+    (null when the page reaches the newest message, or for a ``before`` page)."""
+
     messages: list[HistoryMessage]
     next_before: int | None
+    next_after: int | None = None
+
+
+class SearchHit(msgspec.Struct):
+    """A message found by ``GET /api/search``. ``rank`` is 2 when every term
+    matched as a word (or the start of one), 1 when one needed a substring.
+    ``snippet`` is the text around the first match, HTML-escaped, with each
+    match in ``<mark>…</mark>`` (the only markup in it)."""
+
+    message: HistoryMessage
+    room_id: int
+    rank: int
+    snippet: str
+
+
+class SearchPage(msgspec.Struct):
+    """``count_estimate`` counts every hit up to 1,000 (and says 1000 beyond);
+    ``next_cursor`` is the ``cursor`` of the next page, null on the last."""
+
+    results: list[SearchHit]
+    count_estimate: int
+    next_cursor: str | None
 
 
 class ThreadItem(msgspec.Struct):

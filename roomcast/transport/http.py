@@ -20,9 +20,11 @@ from roomcast import __version__
 from roomcast.asyncapi import asyncapi_document
 from roomcast.auth import Authenticator, AuthError
 from roomcast.config import Settings, url_list
+from roomcast.core.search import SearchFilters
 from roomcast.features.membership import Membership
 from roomcast.features.notifications import Notifications
 from roomcast.features.rooms import Rooms, room_info
+from roomcast.features.search import MessageSearch, SearchOrder
 from roomcast.ice import ice_servers
 from roomcast.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from roomcast.node.node import Node
@@ -104,6 +106,8 @@ async def protocol_errors(request: web.Request, handler: Handler) -> web.StreamR
 ROOM_LIST_MEMBERS = 20
 #: The ``limit`` of a list when none is asked for.
 DEFAULT_PAGE = 50
+#: The most search hits one page holds.
+SEARCH_PAGE_MAX = 50
 
 
 class HttpApi:
@@ -112,6 +116,7 @@ class HttpApi:
         self.rooms: Rooms = node.feature(Rooms)
         self.membership: Membership = node.feature(Membership)
         self.notifications: Notifications = node.feature(Notifications)
+        self.search: MessageSearch = node.feature(MessageSearch)
         self.store = store
         self.auth = auth
         self.settings = settings
@@ -139,6 +144,7 @@ class HttpApi:
             web.get("/api/rooms/{room_id}/messages", self.room_messages),
             web.get("/api/rooms/{room_id}/threads", self.room_threads),
             web.get("/api/notifications", self.list_notifications),
+            web.get("/api/search", self.search_messages),
             web.get("/api/calls", self.list_calls),
             web.get("/api/ice-servers", self.ice_servers),
         ]
@@ -361,19 +367,70 @@ class HttpApi:
         return json_response(room_info(room, user))
 
     async def room_messages(self, request: web.Request) -> web.Response:
+        """A page of the timeline (or of a thread): the newest, the one before
+        ``before``, the one after ``after``, or the one ``around`` a message
+        (that message and about as many older as newer ones)."""
         room, _ = await self._visible_room(request)
         limit = _int_param(
             request.query.get("limit", "50"), "limit", 1, self.settings.history_page_max
         )
-        before_text = request.query.get("before")
-        before = None if before_text is None else _int_param(before_text, "before", minimum=1)
-        thread_text = request.query.get("thread_id")
-        thread = None if thread_text is None else _int_param(thread_text, "thread_id", minimum=1)
-        # One more than asked: a full page is the last one unless something is older.
-        items = await self.store.history(room.id, before, limit + 1, thread)
-        older = len(items) > limit
-        items = items[-limit:]
-        page = HistoryPage(messages=items, next_before=items[0].id if older else None)
+        before = _optional_id(request, "before")
+        after = _optional_id(request, "after", minimum=0)
+        around = _optional_id(request, "around")
+        thread = _optional_id(request, "thread_id")
+        if sum(value is not None for value in (before, after, around)) > 1:
+            raise ProtocolError(ErrorCode.INVALID_MESSAGE, "give one of before, after and around")
+        history = self.store.history
+        more_older = more_newer = False
+        if after is not None:
+            items = await history(room.id, None, limit + 1, thread, after=after)
+            more_newer = len(items) > limit
+            items = items[:limit]
+        elif around is None:
+            items = await history(room.id, before, limit + 1, thread)
+            more_older = len(items) > limit
+            items = items[-limit:]
+        else:
+            # The message and older ones, then newer ones: about half the page
+            # each, the other side filling in near either end. One more each
+            # way than shown says whether a side has a next page.
+            older = await history(room.id, around + 1, limit + 1, thread)
+            newer = await history(room.id, None, limit + 1, thread, after=around)
+            newer_shown = min(len(newer), limit - min(len(older), (limit - 1) // 2 + 1))
+            older_shown = min(len(older), limit - newer_shown)
+            more_older, more_newer = len(older) > older_shown, len(newer) > newer_shown
+            items = older[len(older) - older_shown :] + newer[:newer_shown]
+        page = HistoryPage(
+            messages=items,
+            next_before=items[0].id if more_older else None,
+            next_after=items[-1].id if more_newer else None,
+        )
+        return json_response(page)
+
+    async def search_messages(self, request: web.Request) -> web.Response:
+        """Messages the caller may read, by what they contain (see features/search.py)."""
+        user = self._user(request)
+        query = request.query
+        q = query.get("q")
+        if q is None or not q.strip():
+            raise ProtocolError(ErrorCode.INVALID_MESSAGE, "q: give a word to search for")
+        order_text = query.get("order", "rank")
+        try:
+            order = SearchOrder(order_text)
+        except ValueError:
+            raise ProtocolError(
+                ErrorCode.INVALID_MESSAGE, "order: expected rank or recent"
+            ) from None
+        named = query.get("from_user_id")
+        filters = SearchFilters(
+            room_id=_optional_id(request, "room_id"),
+            from_user=None if named is None else _user_param(named, "from_user_id"),
+            thread_id=_optional_id(request, "thread_id"),
+            before=_optional_id(request, "before", minimum=0),
+            after=_optional_id(request, "after", minimum=0),
+        )
+        limit = _int_param(query.get("limit", "20"), "limit", 1, SEARCH_PAGE_MAX)
+        page = await self.search.search(user, q, filters, order, limit, query.get("cursor"))
         return json_response(page)
 
     async def room_threads(self, request: web.Request) -> web.Response:
@@ -459,6 +516,11 @@ def _calls_cursor(text: str | None) -> CallsAfter | None:
     raise ProtocolError(
         ErrorCode.INVALID_MESSAGE, "after: expected the next cursor of a previous page"
     )
+
+
+def _optional_id(request: web.Request, name: str, minimum: int = 1) -> int | None:
+    text = request.query.get(name)
+    return None if text is None else _int_param(text, name, minimum)
 
 
 def _flag_param(text: str, name: str) -> bool:

@@ -368,7 +368,7 @@ async def test_public_room_created_over_http_admits_anyone(
         f"{token_server.http}/api/rooms/{room['id']}/messages",
         headers=bearer(user("carol")),
     )
-    assert (status, page) == (200, {"messages": [], "next_before": None})
+    assert (status, page) == (200, {"messages": [], "next_before": None, "next_after": None})
 
 
 # -- open mode's bind guard ------------------------------------------------------------------

@@ -261,3 +261,44 @@ async def test_mentions_receipts_and_counts_cross_nodes(cluster: Cluster) -> Non
     for node in (a, b):
         fresh = await cluster.connect(node, "bob")
         assert [(r["room_id"], r["mentions"]) for r in fresh.unread["rooms"]] == [(room_id, 0)]
+
+
+# -- 4. search -------------------------------------------------------------------------
+
+
+async def test_search_on_one_node_finds_what_another_stored(cluster: Cluster) -> None:
+    """A message sent on node a is found through node b as soon as b delivers
+    it; an edit on b is found by its new text through a; a member removed on a
+    finds nothing through b."""
+    a, b = await cluster.start(2)
+    alice, bob = await cluster.connect(a, "alice"), await cluster.connect(b, "bob")
+    status, room = await http_json(
+        "POST",
+        f"{a.http}/api/rooms?user_id=alice",
+        {"name": "s", "private": True, "members": ["bob"]},
+    )
+    assert status == 201, room
+    room_id = room["id"]
+    for client in (alice, bob):
+        await client.recv("room_created")
+        await client.join(room_id)
+
+    async def found(node_http: str, user: str, q: str) -> list[str]:
+        status, page = await http_json("GET", f"{node_http}/api/search?user_id={user}&q={q}")
+        assert status == 200, page
+        return [hit["message"]["content"] for hit in page["results"]]
+
+    await send_chat(alice, "鈴虫 PLT-3699 cluster", room_id=room_id)
+    sent = (await bob.recv_until("chat"))["payload"]
+    assert await found(b.http, "bob", "3699") == ["鈴虫 PLT-3699 cluster"]
+    assert await found(b.http, "bob", "鈴虫") == ["鈴虫 PLT-3699 cluster"]
+    await bob.send("message_edit", {"message_id": sent["id"], "content": "reworded"})
+    await bob.recv_until("error")  # not bob's message: refused
+    await alice.send("message_edit", {"message_id": sent["id"], "content": "reworded 3699"})
+    await bob.recv_until("message_edit")
+    assert await found(a.http, "alice", "reworded") == ["reworded 3699"]
+    assert await found(b.http, "bob", "cluster") == []
+    path = f"/api/rooms/{room_id}/members/bob?user_id=alice"
+    assert (await http_json("DELETE", a.http + path))[0] == 204
+    assert await found(b.http, "bob", "3699") == []
+    assert await found(a.http, "alice", "3699") == ["reworded 3699"]

@@ -99,7 +99,7 @@ def assert_error(status: int, body: Any, expected_status: int, code: str, *names
 async def history(server: ServerProcess, room_id: int, query: str = "") -> dict[str, Any]:
     status, page = await get(server, f"/api/rooms/{room_id}/messages{query}")
     assert status == 200, page
-    assert set(page) == {"messages", "next_before"}
+    assert set(page) == {"messages", "next_before", "next_after"}
     for message in page["messages"]:
         assert set(message) == HISTORY_FIELDS, message
     return dict(page)
@@ -322,13 +322,17 @@ async def test_history_pages_from_newest_to_oldest(
     sent = await post_messages(alice, room, 7)
     stored = [as_history(m) for m in sent]
 
-    assert await history(api_server, room) == {"messages": stored, "next_before": None}
+    assert await history(api_server, room) == {
+        "messages": stored,
+        "next_before": None,
+        "next_after": None,
+    }
     first = await history(api_server, room, "?limit=3")
-    assert first == {"messages": stored[4:], "next_before": sent[4]["id"]}
+    assert first == {"messages": stored[4:], "next_before": sent[4]["id"], "next_after": None}
     second = await history(api_server, room, f"?limit=3&before={sent[4]['id']}")
-    assert second == {"messages": stored[1:4], "next_before": sent[1]["id"]}
+    assert second == {"messages": stored[1:4], "next_before": sent[1]["id"], "next_after": None}
     third = await history(api_server, room, f"?limit=3&before={sent[1]['id']}")
-    assert third == {"messages": stored[:1], "next_before": None}
+    assert third == {"messages": stored[:1], "next_before": None, "next_after": None}
     # before is exclusive and need not be an id of this room.
     assert (await history(api_server, room, f"?before={sent[3]['id']}"))["messages"] == stored[:3]
     assert (await history(api_server, room, f"?before={2**53 - 1}"))["messages"] == stored
@@ -376,7 +380,11 @@ async def test_history_shows_edits_and_reactions_and_hides_deleted_messages(
         as_history(second),
         as_history(fourth),
     ]
-    assert await history(api_server, room) == {"messages": expected, "next_before": None}
+    assert await history(api_server, room) == {
+        "messages": expected,
+        "next_before": None,
+        "next_after": None,
+    }
     assert await walk(api_server, room, 2) == expected
     assert (await history(api_server, room, f"?limit=1&before={fourth['id']}"))[
         "messages"
@@ -410,7 +418,11 @@ async def test_bad_history_parameters_are_400(
 
 async def test_largest_history_page_is_accepted(api_server: ServerProcess, user: UserName) -> None:
     room = (await create_room(api_server, user("alice")))["id"]
-    assert (await history(api_server, room, "?limit=100")) == {"messages": [], "next_before": None}
+    assert (await history(api_server, room, "?limit=100")) == {
+        "messages": [],
+        "next_before": None,
+        "next_after": None,
+    }
 
 
 @pytest.mark.parametrize("path", ["messages", "users"])

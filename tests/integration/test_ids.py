@@ -123,4 +123,4 @@ async def test_the_largest_id_is_accepted_over_http(fresh: ServerProcess) -> Non
     status, body = await http_json(
         "GET", f"{fresh.http}/api/rooms/{room['id']}/messages?before={MAX_ID}"
     )
-    assert (status, body) == (200, {"messages": [], "next_before": None})
+    assert (status, body) == (200, {"messages": [], "next_before": None, "next_after": None})

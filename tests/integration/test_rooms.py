@@ -180,7 +180,7 @@ async def test_open_mode_join_of_unknown_room_creates_a_public_room(
         "users": online(user("alice"), user("bob")),
     }
     status, body = await http_json("GET", f"{server.http}/api/rooms/{room_id}/messages")
-    assert (status, body) == (200, {"messages": [], "next_before": None})
+    assert (status, body) == (200, {"messages": [], "next_before": None, "next_after": None})
 
 
 async def test_a_created_room_is_announced_to_those_who_may_see_it(

@@ -16,7 +16,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from roomcast.asyncapi import asyncapi_document
+from roomcast.asyncapi import HTTP_BODIES, asyncapi_document
 from roomcast.protocol import (
     CLIENT_TYPES,
     SERVER_TYPES,
@@ -26,13 +26,14 @@ from roomcast.protocol import (
     encode,
 )
 from tests.harness.client import Client
-from tests.harness.http import http_request
+from tests.harness.http import http_json, http_request
 from tests.harness.server import ServerProcess
 
 # -- a JSON Schema checker for what msgspec generates ------------------------------------
 
 KNOWN_KEYWORDS = {
     "$ref",
+    "additionalProperties",
     "anyOf",
     "const",
     "default",
@@ -102,8 +103,8 @@ def schemas_in(node: Any) -> Iterator[dict[str, Any]]:
     yield node
     for child in node.get("properties", {}).values():
         yield from schemas_in(child)
-    for key in ("items",):
-        if key in node:
+    for key in ("items", "additionalProperties"):
+        if isinstance(node.get(key), dict):
             yield from schemas_in(node[key])
     for child in node.get("anyOf", []):
         yield from schemas_in(child)
@@ -163,9 +164,15 @@ def errors(doc: dict[str, Any], schema: dict[str, Any], value: Any, at: str = "$
         for name in schema.get("required", []):
             if name not in value:
                 found.append(f"{at}: missing {name!r}")
-        for name, sub in schema.get("properties", {}).items():
+        properties = schema.get("properties", {})
+        for name, sub in properties.items():
             if name in value:
                 found += errors(doc, sub, value[name], f"{at}.{name}")
+        extra = schema.get("additionalProperties")
+        if isinstance(extra, dict):  # a map: every other key's value
+            for name, item in value.items():
+                if name not in properties:
+                    found += errors(doc, extra, item, f"{at}.{name}")
     return found
 
 
@@ -187,6 +194,7 @@ def test_checker_catches_what_it_claims_to() -> None:
                             "anyOf": [{"type": "string", "pattern": "^[a-z]+\\Z"}, {"type": "null"}]
                         },
                         "tags": {"type": "array", "items": {"enum": ["a", "b"]}, "maxItems": 2},
+                        "votes": {"type": "object", "additionalProperties": {"type": "integer"}},
                     },
                     "required": ["room_id", "content"],
                 }
@@ -207,6 +215,7 @@ def test_checker_catches_what_it_claims_to() -> None:
     }
     assert errors(doc, schema, good) == []
     assert errors(doc, schema, {**good, "payload": {**good["payload"], "tags": ["a"]}}) == []
+    assert errors(doc, schema, {**good, "payload": {**good["payload"], "votes": {"x": 1}}}) == []
     for bad in [
         {"type": "typing", "payload": {"room_id": 1, "content": "hi"}},
         {"type": "chat", "payload": {"room_id": 0, "content": "hi"}},
@@ -217,6 +226,7 @@ def test_checker_catches_what_it_claims_to() -> None:
         {"type": "chat", "payload": {"room_id": 1, "content": "hi", "user_id": "a\n"}},
         {"type": "chat", "payload": {"room_id": 1, "content": "hi", "tags": ["c"]}},
         {"type": "chat", "payload": {"room_id": 1, "content": "hi", "tags": ["a"] * 3}},
+        {"type": "chat", "payload": {"room_id": 1, "content": "hi", "votes": {"x": "1"}}},
         {"type": "chat", "payload": []},
         {"payload": {"room_id": 1, "content": "hi"}},
     ]:
@@ -545,3 +555,29 @@ async def test_frames_from_a_real_session_match_the_document(
     }
     for frame in frames:
         assert errors(doc, message_schema(doc, "server", frame["type"]), frame) == [], frame
+
+
+@pytest.mark.parametrize("request_line", list(HTTP_BODIES))
+def test_http_bodies_match_their_schemas(doc: dict[str, Any], request_line: str) -> None:
+    """The HTTP answers named in the document validate against their schemas."""
+    schema = resolve(doc, doc["x-http-bodies"][request_line]["$ref"])
+    for full in (False, True):
+        body = generated_payload(HTTP_BODIES[request_line], full)
+        assert errors(doc, schema, body) == [], request_line
+    assert errors(doc, schema, {"unexpected": True}) != []
+
+
+async def test_a_real_search_page_matches_its_schema(
+    doc: dict[str, Any], server: ServerProcess
+) -> None:
+    client = await Client.connect(server.ws_url, "schema-searcher")
+    try:
+        await client.join(990_001)
+        await client.send("chat", {"room_id": 990_001, "content": "schema check zqschema"})
+        await client.recv_until("chat")
+    finally:
+        await client.close()
+    status, page = await http_json("GET", f"{server.http}/api/search?user_id=s&q=zqschema")
+    assert status == 200 and page["results"], page
+    schema = resolve(doc, doc["x-http-bodies"]["GET /api/search"]["$ref"])
+    assert errors(doc, schema, page) == []

@@ -11,16 +11,30 @@ applied: SQLite databases in use have run them as written. A file whose first
 line is ``-- only: sqlite`` (or ``-- only: postgresql``) changes that database
 alone; the other records the version and runs nothing, so both count the
 same versions.
+
+A version may also have a *data step* (:data:`DATA_STEPS`): rows that only
+Python can make (search documents) for the data already stored, written after
+the version's SQL and in its transaction.
 """
 
 from __future__ import annotations
 
 import re
 import sqlite3
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 
 import asyncpg
+
+from roomcast.adapters.sql import search
+from roomcast.adapters.sql.dialect import POSTGRES, SQLITE, Dialect
+from roomcast.adapters.sql.steps import Steps, drive_postgres, drive_sqlite
+
+#: A data step: given where the previous call stopped (0 at first), do some
+#: of the work and return where it stopped; done when that does not move.
+DataStep = Callable[[Dialect, int], Steps[int]]
+DATA_STEPS: dict[int, DataStep] = {11: search.backfill, 12: search.backfill}
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,16 +80,39 @@ def apply_sqlite(conn: sqlite3.Connection, now_ms: int) -> list[int]:
     for migration in load():
         if migration.version in done:
             continue
-        sql = migration.sql if migration.runs_on("sqlite") else ""
-        conn.executescript(
-            "BEGIN;\n"
-            f"{sql}\n"
-            f"INSERT INTO schema_migrations (version, name, applied_at) VALUES "
-            f"({migration.version}, '{migration.name}', {now_ms});\n"
-            "COMMIT;"
-        )
+        runs = migration.runs_on("sqlite")
+        # executescript commits what is open before it, never after: the
+        # transaction stays open for the data step and the record.
+        conn.executescript(f"BEGIN;\n{migration.sql if runs else ''}")
+        try:
+            step = DATA_STEPS.get(migration.version)
+            if runs and step is not None:
+                _run_sqlite(conn, step)
+            conn.execute(
+                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                (migration.version, migration.name, now_ms),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
         applied.append(migration.version)
     return applied
+
+
+def _run_sqlite(conn: sqlite3.Connection, step: DataStep) -> None:
+    at, moved = -1, 0
+    while moved != at:
+        at = moved
+        moved = drive_sqlite(conn, step(SQLITE, at))
+
+
+async def _run_postgres(conn: asyncpg.Connection[asyncpg.Record], step: DataStep) -> None:
+    at, moved = -1, 0
+    while moved != at:
+        at = moved
+        moved = await drive_postgres(conn, step(POSTGRES, at))
 
 
 #: SQLite spellings that have no PostgreSQL translation below; a migration
@@ -148,6 +185,9 @@ async def apply_postgres(conn: asyncpg.Connection[asyncpg.Record], now_ms: int) 
                 continue  # another process applied it while this one waited
             if migration.runs_on("postgresql"):
                 await conn.execute(postgres_sql(migration.sql))
+                step = DATA_STEPS.get(migration.version)
+                if step is not None:
+                    await _run_postgres(conn, step)
             await conn.execute(
                 "INSERT INTO schema_migrations (version, name, applied_at) VALUES ($1, $2, $3)",
                 migration.version,

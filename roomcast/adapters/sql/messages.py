@@ -18,7 +18,9 @@ from roomcast.adapters.sql.conversations import (
 )
 from roomcast.adapters.sql.dialect import Dialect
 from roomcast.adapters.sql.rules import NO_BOUND, InsertPlan, MessageChange, refuse_change
+from roomcast.adapters.sql.search import SearchSQL
 from roomcast.adapters.sql.steps import Row, Steps
+from roomcast.core.search import Query, SearchFilters
 from roomcast.ports.store import (
     EditMessage,
     Outcome,
@@ -44,10 +46,11 @@ PLAIN_INSERT_COLUMNS = "room_id, user_id, content, type, created_at, client_msg_
 
 
 class MessageSQL:
-    def __init__(self, dialect: Dialect, conversations: ConversationSQL) -> None:
+    def __init__(self, dialect: Dialect, conversations: ConversationSQL, search: SearchSQL) -> None:
         sql = dialect.sql
         self._dialect = dialect
         self._conversations = conversations
+        self._search = search
         live = "deleted_at IS NULL"
         # The timeline: messages that are no reply, and a deleted root stays
         # (as a placeholder) while its thread has live replies.
@@ -60,6 +63,17 @@ class MessageSQL:
         self._thread_history = sql(
             f"SELECT {HISTORY_COLUMNS} FROM messages WHERE thread_id = $4 AND room_id = $1 "
             f"AND id < $2 AND {live} ORDER BY id DESC LIMIT $3"
+        )
+        # The same, newer than a message, read oldest first (for a page around one).
+        self._history_after = sql(
+            f"SELECT {HISTORY_COLUMNS} FROM messages WHERE room_id = $1 AND id > $2 "
+            f"AND thread_id IS NULL AND ({live} OR EXISTS "
+            "(SELECT 1 FROM threads WHERE threads.root_id = messages.id)) "
+            "ORDER BY id LIMIT $3"
+        )
+        self._thread_history_after = sql(
+            f"SELECT {HISTORY_COLUMNS} FROM messages WHERE thread_id = $4 AND room_id = $1 "
+            f"AND id > $2 AND {live} ORDER BY id LIMIT $3"
         )
         self._threads = sql(
             f"SELECT {THREAD_COLUMNS} FROM threads WHERE room_id = $1 AND last_reply_id < $2 "
@@ -104,16 +118,44 @@ class MessageSQL:
     # -- reads ------------------------------------------------------------------------
 
     def history(
-        self, room_id: int, before: int | None, limit: int, thread_id: int | None = None
+        self,
+        room_id: int,
+        before: int | None,
+        limit: int,
+        thread_id: int | None = None,
+        after: int | None = None,
     ) -> Steps[list[HistoryMessage]]:
-        """Up to ``limit`` messages with ids below ``before``, oldest first: the
-        timeline, or a thread's live replies."""
-        bound = before if before is not None else NO_BOUND
-        if thread_id is None:
-            rows = yield (self._history, (room_id, bound, limit))
+        """Up to ``limit`` messages, oldest first: the timeline, or a thread's
+        live replies; the newest ones with ids below ``before``, or (given
+        ``after``) the oldest ones with ids above it."""
+        if after is not None:
+            if thread_id is None:
+                rows = yield (self._history_after, (room_id, after, limit))
+            else:
+                rows = yield (self._thread_history_after, (room_id, after, limit, thread_id))
+            rows = rows[::-1]  # newest first, as the items are made from
         else:
-            rows = yield (self._thread_history, (room_id, bound, limit, thread_id))
+            bound = before if before is not None else NO_BOUND
+            if thread_id is None:
+                rows = yield (self._history, (room_id, bound, limit))
+            else:
+                rows = yield (self._thread_history, (room_id, bound, limit, thread_id))
         return (yield from self._items(rows, with_threads=thread_id is None))
+
+    def search(
+        self,
+        viewer: str,
+        query: Query,
+        filters: SearchFilters,
+        tier: str,
+        below: int | None,
+        limit: int,
+    ) -> Steps[list[tuple[HistoryMessage, str]]]:
+        """Up to ``limit`` hits, newest first, each with its search document."""
+        columns = ", ".join(f"m.{c.strip()}" for c in HISTORY_COLUMNS.split(","))
+        rows = yield from self._search.find(viewer, query, filters, tier, below, limit, columns)
+        items = yield from self._items(rows, with_threads=True)
+        return list(zip(reversed(items), (row[10] for row in rows), strict=True))
 
     def threads(self, room_id: int, before: int | None, limit: int) -> Steps[list[ThreadItem]]:
         """The room's threads by last activity (their newest reply's id), newest
@@ -169,10 +211,12 @@ class MessageSQL:
             return Result(Outcome.DONE, room_id=room_id, message_id=op.message_id, added=True)
         if isinstance(op, EditMessage):
             yield (self._edit, (op.content, op.edited_at, op.message_id))
+            yield from self._search.reindex(op.message_id, op.content)
             plan.edited(op.message_id, op.content)
             return (yield from self._conversations.after_edit(op, done))
         yield (self._delete, (op.deleted_at, op.message_id))
         yield (self._delete_reactions, (op.message_id,))
+        yield from self._search.unindex(op.message_id)
         plan.deleted(op.message_id)
         return (yield from self._conversations.after_delete(op.message_id, done))
 

@@ -23,8 +23,10 @@ from roomcast.adapters.sql.members import MemberSQL
 from roomcast.adapters.sql.messages import MessageSQL
 from roomcast.adapters.sql.rooms import RoomSQL
 from roomcast.adapters.sql.rules import InsertPlan, InsertRun, creation_limit, runs
+from roomcast.adapters.sql.search import SearchSQL
 from roomcast.adapters.sql.steps import Steps
 from roomcast.core.calls import CallRecord
+from roomcast.core.search import Query, SearchFilters
 from roomcast.ports.group_commit import Done, GroupCommitter
 from roomcast.ports.store import (
     CallsAfter,
@@ -59,7 +61,8 @@ class SQLStore(ABC):
         linger: float,
     ) -> None:
         self._conversations = ConversationSQL(dialect)
-        self._messages = MessageSQL(dialect, self._conversations)
+        self._search = SearchSQL(dialect)
+        self._messages = MessageSQL(dialect, self._conversations, self._search)
         self._rooms = RoomSQL(dialect)
         self._members = MemberSQL(dialect)
         self._calls = CallSQL(dialect)
@@ -104,6 +107,11 @@ class SQLStore(ABC):
             if isinstance(item, list):
                 run = plan.run(item)
                 inserted = yield from self._insert_run(run)
+                yield from self._search.index(
+                    (result.message_id, op.content)
+                    for op, result in zip(item, inserted, strict=True)
+                    if result.outcome is Outcome.DONE and result.duplicate_of is None
+                )
                 if not run.plain:  # the common case has nothing more to write
                     inserted = yield from self._after_inserts(item, inserted)
                 results += inserted
@@ -182,9 +190,36 @@ class SQLStore(ABC):
         return await self._read(lambda: self._calls.listing(user_id, limit, after))
 
     async def history(
-        self, room_id: int, before: int | None, limit: int, thread_id: int | None = None
+        self,
+        room_id: int,
+        before: int | None,
+        limit: int,
+        thread_id: int | None = None,
+        after: int | None = None,
     ) -> list[HistoryMessage]:
-        return await self._read(lambda: self._messages.history(room_id, before, limit, thread_id))
+        return await self._read(
+            lambda: self._messages.history(room_id, before, limit, thread_id, after)
+        )
+
+    # -- search -------------------------------------------------------------------------
+
+    async def search(
+        self,
+        viewer: str,
+        query: Query,
+        filters: SearchFilters,
+        tier: str,
+        below: int | None,
+        limit: int,
+    ) -> list[tuple[HistoryMessage, str]]:
+        return await self._read(
+            lambda: self._messages.search(viewer, query, filters, tier, below, limit)
+        )
+
+    async def search_count(
+        self, viewer: str, query: Query, filters: SearchFilters, cap: int
+    ) -> int:
+        return await self._read(lambda: self._search.count(viewer, query, filters, cap))
 
     # -- conversations ------------------------------------------------------------------
 

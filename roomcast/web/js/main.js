@@ -6,7 +6,7 @@
 // HTTP API), outbox (sending in order, paced), rooms (the list and switching),
 // timeline (messages), format (message text to elements, never HTML),
 // composer, members (people, status, typing), membership (roles, invites,
-// settings, direct messages), calls, theme. This file logs in and wires them
+// settings, direct messages), search, calls, theme. This file logs in and wires them
 // together.
 
 import { connect, disconnect, on, send } from "./connection.js";
@@ -30,6 +30,7 @@ import { setupComposer } from "./composer.js";
 import { onCountsChange } from "./unread.js";
 import { onOpenNotification, setupNotifications } from "./notifications.js";
 import { closeThread, openThread, setupThreads } from "./threads.js";
+import { openResult, setupSearch } from "./search.js";
 import { setupCalls, startCall } from "./calls.js";
 import { setupTheme } from "./theme.js";
 
@@ -209,6 +210,7 @@ function wire() {
   setupMembership();
   setupComposer();
   setupThreads();
+  setupSearch();
   setupNotifications();
   setupCalls();
   setupTheme();
@@ -236,6 +238,6 @@ async function boot() {
 }
 
 // Exposed for debugging and for the end-to-end tests.
-window.roomcast = { state, openRoom, openThread };
+window.roomcast = { state, openRoom, openThread, openResult };
 
 boot();

@@ -32,6 +32,12 @@ export class RoomView {
     this.typing = new Set();
     this.nextBefore = undefined; // undefined: not loaded; null: no more history
     this.loadingOlder = false;
+    // After a jump to an older message: the ``after`` of the next newer page
+    // (null: the timeline reaches the newest message), and the live messages
+    // that wait for it.
+    this.nextAfter = null;
+    this.loadingNewer = false;
+    this.waiting = [];
     this.unread = 0; // messages that arrived while another room was on screen
     this.editing = null; // id of the own message being edited, with its draft
     this.editDraft = "";

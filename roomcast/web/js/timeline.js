@@ -70,11 +70,90 @@ export async function loadOlder(v, initial) {
   }
 }
 
+/**
+ * Show the room on screen around message ``id``, highlighted: from what is
+ * loaded, or from the page around it. A timeline that no longer reaches the
+ * newest message is *detached* (``v.nextAfter`` set): newer pages load as the
+ * reader scrolls down, and live messages wait until they do.
+ */
+export async function showAround(roomId, id) {
+  const v = view(roomId);
+  if (!v.messages.has(id)) {
+    try {
+      const page = await api(`/api/rooms/${roomId}/messages?around=${id}&limit=${HISTORY_PAGE}`);
+      v.messages.clear();
+      v.order = [];
+      v.notices = [];
+      v.waiting = [];
+      for (const message of page.messages) addMessage(v, message);
+      v.nextBefore = page.next_before;
+      v.nextAfter = page.next_after;
+    } catch (error) {
+      toast(`Could not load the message: ${error.message}`);
+      return;
+    }
+  }
+  if (state.current !== roomId) return;
+  cache.clear();
+  render();
+  highlightIn($("messages"), id);
+}
+
+/** Scroll message ``id`` of ``box`` into view and mark it for a moment. */
+export function highlightIn(box, id) {
+  const node = box.querySelector(`[data-message-id="${id}"]`);
+  if (!node) return;
+  node.scrollIntoView({ block: "center" });
+  node.classList.add("highlighted");
+  setTimeout(() => node.classList.remove("highlighted"), 4000);
+}
+
+async function loadNewer(v) {
+  if (v.loadingNewer || v.nextAfter === null) return;
+  v.loadingNewer = true;
+  try {
+    const page = await api(`/api/rooms/${v.id}/messages?after=${v.nextAfter}&limit=${HISTORY_PAGE}`);
+    for (const message of page.messages) addMessage(v, message);
+    v.nextAfter = page.next_after;
+    if (v.nextAfter === null) {
+      // Caught up: what arrived live meanwhile joins the timeline.
+      for (const message of v.waiting) addMessage(v, message);
+      v.waiting = [];
+    }
+  } catch (error) {
+    toast(`Could not load newer messages: ${error.message}`);
+  } finally {
+    v.loadingNewer = false;
+  }
+}
+
+/** Start the room's timeline over at its newest messages. */
+async function reloadNewest(v) {
+  v.messages.clear();
+  v.order = [];
+  v.notices = [];
+  v.waiting = [];
+  v.nextBefore = undefined;
+  v.nextAfter = null;
+  await loadOlder(v, true);
+  if (v.id === state.current) {
+    cache.clear();
+    render("bottom");
+  }
+}
+
 on("chat", (p) => {
   const v = view(p.room_id);
   v.typing.delete(p.user_id);
   if (p.thread_id !== null) return; // a reply: the thread's (threads.js)
   const mine = p.user_id === state.me;
+  if (v.nextAfter !== null) {
+    // Detached: newer pages are not loaded yet.
+    v.waiting.push({ ...p, edited_at: null, reactions: {} });
+    if (mine) reloadNewest(v); // the sender wants to see what they sent
+    else if (p.room_id === state.current) updateJump($("messages"));
+    return;
+  }
   addMessage(v, { ...p, edited_at: null, reactions: {} });
   if (p.room_id !== state.current) return;
   const box = $("messages");
@@ -86,6 +165,7 @@ on("chat", (p) => {
 /** The room on screen is read when its newest message is in sight of a reader. */
 export function readIfSeen() {
   if (state.current === null || document.visibilityState !== "visible") return;
+  if (view(state.current).nextAfter !== null) return; // the newest is not on screen
   if (atBottom($("messages"))) markRead(state.current);
 }
 
@@ -141,6 +221,8 @@ on("history_gap", (p) => {
   v.order = [];
   v.notices = [];
   v.nextBefore = undefined;
+  v.nextAfter = null;
+  v.waiting = [];
   loadOlder(v, true).then(() => {
     if (p.room_id === state.current) render("bottom");
   });
@@ -268,12 +350,21 @@ export function leaveRoom(v) {
 function updateJump(box) {
   if (atBottom(box)) newBelow = 0;
   const button = $("jump-new");
+  if (state.current !== null && view(state.current).nextAfter !== null) {
+    button.hidden = false;
+    button.textContent = "Jump to the newest ↓";
+    return;
+  }
   button.hidden = newBelow === 0;
   button.textContent = newBelow === 1 ? "1 new message ↓" : `${newBelow} new messages ↓`;
 }
 
 export function jumpToNewest() {
   const box = $("messages");
+  if (state.current !== null && view(state.current).nextAfter !== null) {
+    reloadNewest(view(state.current));
+    return;
+  }
   newBelow = 0;
   box.scrollTop = box.scrollHeight;
   updateJump(box);
@@ -283,6 +374,12 @@ export async function onScroll() {
   const box = $("messages");
   updateJump(box);
   readIfSeen();
+  if (state.current !== null && atBottom(box) && view(state.current).nextAfter !== null) {
+    const v = view(state.current);
+    await loadNewer(v);
+    if (state.current === v.id) render();
+    return;
+  }
   if (box.scrollTop > 40 || state.current === null) return;
   const v = view(state.current);
   if (v.nextBefore === null || v.loadingOlder) return;
