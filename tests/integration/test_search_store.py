@@ -23,7 +23,13 @@ from roomcast.core.search import (
     parse_query,
     rank_of,
 )
-from roomcast.ports.store import DeleteMessage, EditMessage, InsertMessage, Outcome
+from roomcast.ports.store import (
+    DeleteMessage,
+    EditMessage,
+    InsertMessage,
+    Outcome,
+    StoreUnavailable,
+)
 from tests.integration.test_stores import (
     Database,
     Store,
@@ -222,6 +228,15 @@ async def test_deleted_and_edited_messages(store: Store, indexed: bool) -> None:
     await index_all(store)
     assert await found(store, "secret") == [] and await found(store, "wording") == []
     assert await found(store, "phrasing") == ["new phrasing"]
+    # Edited again once indexed: one hit for what both texts say, none for the
+    # earlier one, and the count agrees (SQLite's index keeps every text).
+    again = EditMessage(kept, "al", frozenset({room.id}), "new wording again", 8)
+    assert (await store.run(again)).outcome is Outcome.DONE
+    await index_all(store)
+    assert await found(store, "new") == ["new wording again"]
+    assert await found(store, "phrasing") == []
+    assert await store.search_count("al", parse_query("new"), NONE, 10) == 1
+    assert await store.search_count("al", parse_query("phrasing"), NONE, 10) == 0
 
 
 async def test_filters_narrow_the_hits(store: Store) -> None:
@@ -332,7 +347,7 @@ async def test_sqlite_indexes_new_messages_soon_after_their_commit(tmp_path: obj
     await store.start()
 
     def mark() -> int:
-        with sqlite3.connect(path) as conn:
+        with sqlite3.connect(f"{path}-search") as conn:
             return int(conn.execute("SELECT indexed_through FROM search_state").fetchone()[0])
 
     try:
@@ -351,6 +366,89 @@ async def test_sqlite_indexes_new_messages_soon_after_their_commit(tmp_path: obj
         await asyncio.sleep(INDEX_DELAY + 0.3)
         assert mark() == max(ids)
         assert await found(store, "deleted") == []
-        assert len(await found(store, "bulk", limit=1000)) == INDEX_CHUNK + 10
+        assert len(await found(store, "bulk", limit=INDEX_CHUNK + 20)) == INDEX_CHUNK + 10
     finally:
+        await store.close()
+
+
+async def _sqlite_store(path: str, timeout: float = 5.0) -> SQLiteStore:
+    store = SQLiteStore(f"sqlite:///{path}", lambda: 1000, timeout=timeout)
+    await store.start()
+    return store
+
+
+async def test_sqlite_index_file_is_rebuilt_when_it_is_not_the_databases(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Missing, made for another database, or by other documents: built again
+    from the messages, and searches find the same before and after."""
+    import os
+    import shutil
+
+    from roomcast.adapters import sqlite_search
+
+    path = f"{tmp_path}/rc.db"
+    store = await _sqlite_store(path)
+    room = await store.create_room("r", True, (), "al", 0)
+    await post(store, room.id, "kept across rebuilds")
+    await index_all(store)
+    await store.close()
+
+    os.remove(f"{path}-search")  # missing
+    store = await _sqlite_store(path)
+    assert await found(store, "rebuilds") == ["kept across rebuilds"]
+    await index_all(store)
+    await store.close()
+
+    other = f"{tmp_path}/other.db"  # another database's file, same name beside it
+    store = await _sqlite_store(other)
+    await store.close()
+    shutil.copy(f"{other}-search", f"{path}-search")
+    store = await _sqlite_store(path)
+    try:
+        assert await found(store, "rebuilds") == ["kept across rebuilds"]
+        await index_all(store)
+        assert await found(store, "rebuilds") == ["kept across rebuilds"]
+    finally:
+        await store.close()
+
+    monkeypatch.setattr(sqlite_search, "DOCUMENTS_VERSION", sqlite_search.DOCUMENTS_VERSION + 1)
+    store = await _sqlite_store(path)
+    try:
+        import sqlite3
+
+        with sqlite3.connect(f"{path}-search") as conn:
+            state = conn.execute("SELECT documents_version FROM search_state").fetchone()
+        assert state[0] == sqlite_search.DOCUMENTS_VERSION
+        assert await found(store, "rebuilds") == ["kept across rebuilds"]
+    finally:
+        await store.close()
+
+
+async def test_sqlite_messages_commit_while_the_index_file_is_locked(tmp_path: object) -> None:
+    """The index never holds the database's write lock: with its file locked
+    by another writer, messages and edits still commit and are found."""
+    import sqlite3
+
+    path = f"{tmp_path}/rc.db"
+    store = await _sqlite_store(path, timeout=0.3)
+    blocker = sqlite3.connect(f"{path}-search", isolation_level=None, timeout=0)
+    try:
+        room = await store.create_room("r", True, (), "al", 0)
+        first = await post(store, room.id, "before the lock")
+        await index_all(store)
+        blocker.execute("BEGIN IMMEDIATE")
+        second = await post(store, room.id, "during the lock")
+        edit = EditMessage(first, "al", frozenset({room.id}), "edited during the lock", 6)
+        assert (await store.run(edit)).outcome is Outcome.DONE
+        with pytest.raises(StoreUnavailable, match="locked"):
+            await store.catch_up_search()
+        assert await found(store, "lock") == ["during the lock", "edited during the lock"]
+        assert await found(store, "before") == []
+        blocker.execute("ROLLBACK")
+        await index_all(store)
+        assert await found(store, "lock") == ["during the lock", "edited during the lock"]
+        assert second > first
+    finally:
+        blocker.close()
         await store.close()
