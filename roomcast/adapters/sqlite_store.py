@@ -39,7 +39,7 @@ from roomcast.adapters.sql.rules import InsertPlan, InsertRun, client_ids
 from roomcast.adapters.sql.search import register_sqlite_functions
 from roomcast.adapters.sql.steps import Steps, drive_sqlite
 from roomcast.adapters.sql.store import SQLStore
-from roomcast.adapters.sqlite_search import SearchIndexFile
+from roomcast.adapters.sqlite_search import SearchIndexFile, index_thread_started
 from roomcast.adapters.sqlite_wal import WalCheckpointer, run_on
 from roomcast.config import sqlite_path
 from roomcast.ports.store import InsertMessage, Operation, Result, StoreUnavailable
@@ -73,7 +73,9 @@ class SQLiteStore(SQLStore):
         self._timeout_ms = int(timeout * 1000)
         self._clock_ms = clock_ms
         self._reader_thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-reader")
-        self._index_thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-search")
+        self._index_thread = ThreadPoolExecutor(
+            1, thread_name_prefix="sqlite-search", initializer=index_thread_started
+        )
         self._index = SearchIndexFile(self.path, lambda path: self._connect(path=path))
         self._writer: sqlite3.Connection | None = None
         self._wal = WalCheckpointer(self.path, max_wal_bytes, self._connect)
