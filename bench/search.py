@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import random
 import statistics
 import sys
@@ -75,14 +76,17 @@ class Corpus:
         vocab: set[str] = set()
         while len(vocab) < words:
             vocab.add("".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(2, 4))))
-        self.vocab = sorted(vocab, key=lambda w: rng.random())  # by frequency rank
+        # By frequency rank; sorted first, since a set of str is in a different
+        # order in each process.
+        self.vocab = sorted(sorted(vocab), key=lambda w: rng.random())
         # Zipf weights: rank r is drawn with weight 1 / r.
-        self.weights = [1 / (rank + 1) for rank in range(words)]
+        self.cum_weights = list(itertools.accumulate(1 / (rank + 1) for rank in range(words)))
         self.plt_ids: list[int] = []
         self.cjk: list[str] = []
 
     def words(self, count: int) -> list[str]:
-        return self.rng.choices(self.vocab, self.weights, k=count)
+        # Cumulative weights made once: choices() would sum 20,000 weights per call.
+        return self.rng.choices(self.vocab, cum_weights=self.cum_weights, k=count)
 
     def message(self) -> str:
         rng = self.rng

@@ -12,6 +12,7 @@ import tempfile
 import pytest
 
 from roomcast.adapters.postgres_store import PostgresStore
+from roomcast.adapters.sql import search as sql_search
 from roomcast.adapters.sqlite_store import INDEX_CHUNK, INDEX_DELAY, SQLiteStore
 from roomcast.core.search import (
     SUBSTRING_RANK,
@@ -144,10 +145,17 @@ async def test_words_rank_ahead_of_substrings(store: Store) -> None:
     assert await found(store, "deploy") == ["deploy it", "redeployed it"]
 
 
-@pytest.mark.parametrize("seed", [3, 17])
-async def test_both_engines_find_what_the_rules_say(seed: int) -> None:
+@pytest.mark.parametrize(("seed", "recent"), [(3, None), (17, None), (5, 7)])
+async def test_both_engines_find_what_the_rules_say(
+    seed: int, recent: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A random corpus in both engines: every query finds exactly the messages
-    whose documents match by the rules' own definition, on each engine."""
+    whose documents match by the rules' own definition, on each engine, and
+    counts them so; with ``recent``, PostgreSQL's searches read that many
+    newest documents in order and the rest through its index (RECENT_DOCUMENTS),
+    and the two parts join without a gap or a duplicate."""
+    if recent is not None:
+        monkeypatch.setattr(sql_search, "RECENT_DOCUMENTS", recent)
     rng = random.Random(seed)
     pieces = ["deploy", "Café", "foo.png", "PLT-3699", "鈴虫", "が", "鳴く", "t-shirt", "ß", "ok"]
     pieces += ["x-ray", "Ünïcödé", "バッタ", "db.json", "naïve", "go", "redeploy", "国"]
@@ -170,6 +178,18 @@ async def test_both_engines_find_what_the_rules_say(seed: int) -> None:
                     for text in texts[100:]:
                         await post(opened, room.id, text)
                     results[kind] = {q: await found(opened, q, limit=1000) for q in queries}
+                    for q in queries:  # and by pages of 4, the last ones across the parts
+                        paged: list[str] = []
+                        below = None
+                        while hits := await opened.search(
+                            "al", parse_query(q), NONE, Tier.ALL, below, 4
+                        ):
+                            paged += [message.content for message, _ in hits]
+                            below = hits[-1][0].id
+                        assert paged == results[kind][q], (kind, q)
+                        for cap in (3, 1000):
+                            count = await opened.search_count("al", parse_query(q), NONE, cap)
+                            assert count == min(cap, len(results[kind][q])), (kind, q, cap)
                     await index_all(opened)
                     indexed = {q: await found(opened, q, limit=1000) for q in queries}
                     assert indexed == results[kind]
