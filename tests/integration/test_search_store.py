@@ -221,6 +221,11 @@ async def test_only_rooms_the_viewer_may_read_now(store: Store) -> None:
     await store.remove_member(public.id, "bo", "dee", 6)
     assert await found(store, "quokka", "bo") == []
     assert await found(store, "quokka", "bo", SearchFilters(room_id=theirs.id)) == []
+    # Counts follow the same rules (PostgreSQL counts on the index's own rows).
+    assert await store.search_count("bo", parse_query("quokka"), NONE, 100) == 0
+    assert await store.search_count("cy", parse_query("quokka"), NONE, 100) == 2
+    in_theirs = SearchFilters(room_id=theirs.id)
+    assert await store.search_count("cy", parse_query("quokka"), in_theirs, 100) == 1
     # An archived public room is its members' only.
     await store.join_public(public.id, "cy", 7)
     await store.archive_room(public.id, 8)
@@ -238,6 +243,7 @@ async def test_deleted_and_edited_messages(store: Store, indexed: bool) -> None:
     deleted = await store.run(DeleteMessage(gone, "al", frozenset({room.id}), 5))
     assert deleted.outcome is Outcome.DONE
     assert await found(store, "secret") == []
+    assert await store.search_count("al", parse_query("secret"), NONE, 10) == 0
     edit = EditMessage(kept, "al", frozenset({room.id}), "new phrasing", 6)
     assert (await store.run(edit)).outcome is Outcome.DONE
     assert await found(store, "wording") == []

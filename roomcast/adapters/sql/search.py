@@ -149,9 +149,11 @@ class _SQLiteSpelling(_Spelling):
 class _PostgresSpelling(_Spelling):
     key = "s.message_id"
 
+    # The room comes from the message (written just before, in this transaction).
     insert = (
-        "INSERT INTO message_search (message_id, doc) "
-        "SELECT * FROM unnest($1::bigint[], $2::text[])"
+        "INSERT INTO message_search (message_id, doc, room_id) "
+        "SELECT u.id, u.doc, m.room_id FROM unnest($1::bigint[], $2::text[]) AS u (id, doc) "
+        "JOIN messages m ON m.id = u.id"
     )
 
     def pairs(self, rows: Sequence[tuple[int, str]]) -> Sequence[object]:
@@ -416,27 +418,34 @@ class SearchSQL:
         args: list[object] = [viewer]
         key = spelling.key if query is not None else "m.id"
         conditions = []
-        source = "messages m"
-        if query is not None:
-            source = f"message_search s JOIN messages m ON m.id = {spelling.key}"
+        # PostgreSQL's index rows carry their room and are live messages only:
+        # the messages are joined only for what they alone hold.
+        rooms_indexed = query is not None and not self.deferred
+        room = "s.room_id" if rooms_indexed else "m.room_id"
+        joined = not rooms_indexed or "m." in columns or _on_messages(filters)
+        index = "message_search"
         if recent_from is not None:
             # OFFSET 0: planned on its own, as a range of the primary key.
             args += [recent_from, NO_BOUND if below is None else below]
-            source = (
-                "(SELECT message_id, doc FROM message_search WHERE message_id "
-                f">= ${len(args) - 1} AND message_id < ${len(args)} OFFSET 0) s "
-                "JOIN messages m ON m.id = s.message_id"
+            index = (
+                "(SELECT message_id, doc, room_id FROM message_search WHERE message_id "
+                f">= ${len(args) - 1} AND message_id < ${len(args)} OFFSET 0)"
             )
         elif older_than is not None and query is not None:
             # MATERIALIZED: the index's hits are what the rest reads (read as
             # needed, so a count that reaches its cap stops early).
             args.append(older_than)
             older = f"s.message_id < ${len(args)} AND {spelling.match(query, tier, args)}"
-            source = (
-                "(WITH s AS MATERIALIZED (SELECT message_id, doc FROM message_search s "
-                f"WHERE {older}) SELECT * FROM s) s JOIN messages m ON m.id = s.message_id"
+            index = (
+                "(WITH s AS MATERIALIZED (SELECT message_id, doc, room_id FROM message_search s "
+                f"WHERE {older}) SELECT * FROM s)"
             )
             query = None  # matched above
+        source = "messages m"
+        if rooms_indexed or query is not None:
+            source = f"{index} s"
+            if joined:
+                source += f" JOIN messages m ON m.id = {spelling.key}"
 
         def bound(test: str, value: object) -> None:
             args.append(value)
@@ -455,10 +464,10 @@ class SearchSQL:
         if below is not None:
             bound(f"{key} < {{}}", below)
         if filters.room_id is not None:
-            bound("m.room_id = {}", filters.room_id)
+            bound(f"{room} = {{}}", filters.room_id)
         if filters.room_name is not None:
             lowered = self._dialect.ascii_lower("name")
-            bound(f"m.room_id IN (SELECT id FROM rooms WHERE {lowered} = {{}})", filters.room_name)
+            bound(f"{room} IN (SELECT id FROM rooms WHERE {lowered} = {{}})", filters.room_name)
         if filters.from_user is not None:
             bound("m.user_id = {}", filters.from_user)
         if filters.thread_id is not None:
@@ -471,14 +480,22 @@ class SearchSQL:
         # The rooms the viewer may read now: theirs, and public ones that are
         # open (not archived) and have not banned them.
         readable = (
-            "m.room_id IN (SELECT r.id FROM rooms r WHERE EXISTS (SELECT 1 FROM room_members rm "
+            f"{room} IN (SELECT r.id FROM rooms r WHERE EXISTS (SELECT 1 FROM room_members rm "
             "WHERE rm.room_id = r.id AND rm.user_id = $1) OR (r.private = 0 AND "
             "r.archived_at IS NULL AND NOT EXISTS (SELECT 1 FROM room_bans b "
             "WHERE b.room_id = r.id AND b.user_id = $1)))"
         )
-        conditions += ["m.deleted_at IS NULL", readable]
+        conditions += [readable, "m.deleted_at IS NULL"] if joined else [readable]
         sql = f"SELECT {columns} FROM {source} WHERE {' AND '.join(conditions)}"
         return self._dialect.sql(sql), args
+
+
+def _on_messages(filters: SearchFilters) -> bool:
+    """Whether a filter tests what only the messages table holds."""
+    return any(
+        value is not None
+        for value in (filters.from_user, filters.thread_id, filters.before, filters.after)
+    )
 
 
 # -- indexing a database that had no index (migration) ---------------------------------
