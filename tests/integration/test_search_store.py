@@ -11,6 +11,7 @@ import tempfile
 
 import pytest
 
+from roomcast.adapters import sqlite_store
 from roomcast.adapters.postgres_store import PostgresStore
 from roomcast.adapters.sql import search as sql_search
 from roomcast.adapters.sqlite_store import INDEX_CHUNK, INDEX_DELAY, SQLiteStore
@@ -527,5 +528,34 @@ async def test_sqlite_index_takes_any_text_and_yields_the_core(tmp_path: object)
         index = await asyncio.get_running_loop().run_in_executor(store._index_thread, nice)
         if sys.platform == "linux":
             assert index == max(own, 10)  # raised to 10 (lowering it needs privilege)
+    finally:
+        await store.close()
+
+
+async def test_sqlite_indexing_passes_hold_a_bounded_amount_of_text(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pass reads at most INDEX_CHARACTERS of text past its first message,
+    says more waits when it stops there, and the passes after it take the rest."""
+    import sqlite3
+
+    monkeypatch.setattr(sql_search, "INDEX_CHARACTERS", 100)
+    monkeypatch.setattr(sqlite_store, "INDEX_DELAY", 60)  # no pass but this test's
+    path = f"{tmp_path}/rc.db"
+    store = await _sqlite_store(path)
+    try:
+        room = await store.create_room("r", True, (), "al", 0)
+        await index_all(store)
+        ids = [await post(store, room.id, f"long{n} " + "x" * 60) for n in range(7)]
+        assert await store.catch_up_search() == INDEX_CHUNK  # two of seven: more waits
+        with sqlite3.connect(f"{path}-search") as conn:
+            mark = conn.execute("SELECT indexed_through FROM search_state").fetchone()[0]
+        assert mark == ids[1]
+        await index_all(store)
+        with sqlite3.connect(f"{path}-search") as conn:
+            mark = conn.execute("SELECT indexed_through FROM search_state").fetchone()[0]
+        assert mark == ids[-1]
+        assert len(await found(store, "xxxx")) == 7
+        assert await found(store, "long6") == [f"long6 {'x' * 60}"]
     finally:
         await store.close()

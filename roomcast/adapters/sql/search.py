@@ -32,6 +32,8 @@ from roomcast.core.search import Query, SearchFilters, Tier, document, in_tier
 #: PostgreSQL: the newest documents a search tests one by one before it asks
 #: the trigram index for the older ones (see :meth:`SearchSQL.find`).
 RECENT_DOCUMENTS = 5_000
+#: SQLite: the most characters of text one indexing pass reads (and holds).
+INDEX_CHARACTERS = 1 << 20
 #: Rows read as one JSON array: ``[[id, content or null], ...]``.
 _ROWS = msgspec.json.Decoder(list[tuple[int, str | None]])
 #: Messages read at a time when a migration indexes an existing database.
@@ -69,6 +71,7 @@ class IndexWork(NamedTuple):
     after: tuple[int, int]  # what they become
     texts: list[tuple[int, str]]  # (message id, content) to add
     read: int  # rows read of the larger kind: fewer than asked is caught up
+    # (a pass cut short by INDEX_CHARACTERS says it read all it was asked)
 
 
 class _Spelling:
@@ -207,9 +210,14 @@ class SearchSQL:
         self._edited = dialect.sql("INSERT INTO search_edits (message_id) VALUES ($1)")
         # Deleted ones too: the mark moves past them. As one JSON array (SQLite
         # only): one step, so the GIL is released once, not once per row.
+        # At most $3 characters of text besides the first message's, so a run
+        # of long messages is not held whole in memory (and the rows it
+        # leaves out are counted: the pass knows more waits).
         self._unindexed = dialect.sql(
-            "SELECT json_group_array(json_array(id, content)) FROM "
-            "(SELECT id, content FROM messages WHERE id > $1 ORDER BY id LIMIT $2)"
+            "SELECT json_group_array(json_array(id, content)) FILTER (WHERE ahead < $3), "
+            "count(*) FROM (SELECT id, content, coalesce(sum(length(content)) OVER "
+            "(ORDER BY id ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS ahead "
+            "FROM (SELECT id, content FROM messages WHERE id > $1 ORDER BY id LIMIT $2))"
         )
         self._edits = dialect.sql(
             "SELECT e.seq, m.id, m.content FROM search_edits e JOIN messages m "
@@ -262,7 +270,9 @@ class SearchSQL:
         database attached."""
         state = (yield (self._state, ()))[0]
         mark, edits_mark = int(state[0]), int(state[1])
-        rows = _ROWS.decode((yield (self._unindexed, (mark, chunk)))[0][0])
+        packed = (yield (self._unindexed, (mark, chunk, INDEX_CHARACTERS)))[0]
+        rows = _ROWS.decode(packed[0] or "[]")
+        window = int(packed[1])
         edits = yield (self._edits, (edits_mark, chunk))
         # An edited message past the mark is read with its new text below.
         texts = [(row[1], row[2]) for row in edits if row[1] <= mark and row[2] is not None]
@@ -271,7 +281,7 @@ class SearchSQL:
             (mark, edits_mark),
             (int(rows[-1][0]) if rows else mark, int(edits[-1][0]) if edits else edits_mark),
             texts,
-            max(len(rows), len(edits)),
+            chunk if len(rows) < window else max(len(rows), len(edits)),
         )
 
     def add(self, work: IndexWork, documents: Sequence[tuple[int, str]]) -> Steps[bool]:
