@@ -252,10 +252,21 @@ class PostgresStore(SQLStore):
             await asyncio.sleep(min(delay, max(0.0, deadline - loop.time())))
             delay = min(delay * 2, 0.25)
 
-    async def _read(self, steps: Callable[[], Steps[T]]) -> T:
+    async def _read(self, steps: Callable[[], Steps[T]], plan_each_call: bool = False) -> T:
         # Retried like any read: a pooled connection that went stale while the
         # database restarted does not make the database unavailable.
-        return await self._attempt(lambda conn: drive_postgres(conn, steps()))
+        if not plan_each_call:
+            return await self._attempt(lambda conn: drive_postgres(conn, steps()))
+
+        async def planned(conn: Connection) -> T:
+            # After five runs of a prepared statement PostgreSQL may keep a
+            # generic plan, made for no value in particular: for a search that
+            # walked the newest messages for a needle the index answers at
+            # once (measured on 1 M messages: 270 ms instead of 1).
+            await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+            return await drive_postgres(conn, steps())
+
+        return await self._attempt(planned, transaction=True)
 
     async def _write(self, steps: Callable[[], Steps[T]]) -> T:
         return await self._attempt(lambda conn: drive_postgres(conn, steps()), transaction=True)

@@ -36,8 +36,10 @@ from roomcast.adapters import migrations
 from roomcast.adapters.sql.dialect import SQLITE
 from roomcast.adapters.sql.messages import INSERT_COLUMNS, MESSAGE_COLUMNS, PLAIN_INSERT_COLUMNS
 from roomcast.adapters.sql.rules import InsertPlan, InsertRun, client_ids
+from roomcast.adapters.sql.search import register_sqlite_functions
 from roomcast.adapters.sql.steps import Steps, drive_sqlite
 from roomcast.adapters.sql.store import SQLStore
+from roomcast.adapters.sqlite_search import SearchIndexFile, index_thread_started
 from roomcast.adapters.sqlite_wal import WalCheckpointer, run_on
 from roomcast.config import sqlite_path
 from roomcast.ports.store import InsertMessage, Operation, Result, StoreUnavailable
@@ -71,6 +73,10 @@ class SQLiteStore(SQLStore):
         self._timeout_ms = int(timeout * 1000)
         self._clock_ms = clock_ms
         self._reader_thread = ThreadPoolExecutor(1, thread_name_prefix="sqlite-reader")
+        self._index_thread = ThreadPoolExecutor(
+            1, thread_name_prefix="sqlite-search", initializer=index_thread_started
+        )
+        self._index = SearchIndexFile(self.path, lambda path: self._connect(path=path))
         self._writer: sqlite3.Connection | None = None
         self._wal = WalCheckpointer(self.path, max_wal_bytes, self._connect)
         # Each room's last sequence number, as committed (see _numbering), and
@@ -93,17 +99,26 @@ class SQLiteStore(SQLStore):
         except OSError as exc:
             raise StoreUnavailable(f"SQLite: {exc}") from exc
         self._writer = await self._on_writer(self._open_writer)
-        self._reader = await self._on_reader(self._connect)
+        await run_on(self._index_thread, self._index.open)
+        self._reader = await self._on_reader(self._open_reader)
         await self._wal.start()
         self._committer.start()
         self._start_indexing()  # what an earlier run left to index
 
-    def _connect(self, busy_timeout_ms: int | None = None) -> sqlite3.Connection:
+    def _connect(
+        self, busy_timeout_ms: int | None = None, path: str | None = None
+    ) -> sqlite3.Connection:
         # isolation_level=None: transactions are opened explicitly below.
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn = sqlite3.connect(path or self.path, isolation_level=None, check_same_thread=False)
         timeout = self._timeout_ms if busy_timeout_ms is None else busy_timeout_ms
         conn.execute(f"PRAGMA busy_timeout = {timeout}")
         conn.execute("PRAGMA foreign_keys = ON")
+        register_sqlite_functions(conn)
+        return conn
+
+    def _open_reader(self) -> sqlite3.Connection:
+        conn = self._connect()
+        self._index.attach(conn)
         return conn
 
     def _open_writer(self) -> sqlite3.Connection:
@@ -133,6 +148,8 @@ class SQLiteStore(SQLStore):
         if self._reader is not None:
             await loop.run_in_executor(self._reader_thread, self._reader.close)
         self._reader_thread.shutdown(wait=True)
+        await loop.run_in_executor(self._index_thread, self._index.close)
+        self._index_thread.shutdown(wait=True)
         self._writer = self._reader = None
 
     async def _on_writer(self, fn: Callable[[], T]) -> T:
@@ -170,7 +187,8 @@ class SQLiteStore(SQLStore):
             raise StoreUnavailable("the store is closed")
         return self._reader
 
-    async def _read(self, steps: Callable[[], Steps[T]]) -> T:
+    async def _read(self, steps: Callable[[], Steps[T]], plan_each_call: bool = False) -> T:
+        # (plan_each_call: measured fine without; SQLite keeps no generic plans.)
         return await self._on_reader(lambda: drive_sqlite(self._r(), steps()))
 
     async def _write(self, steps: Callable[[], Steps[T]]) -> T:
@@ -256,11 +274,7 @@ class SQLiteStore(SQLStore):
     async def catch_up_search(self) -> int:
         """Index up to :data:`INDEX_CHUNK` messages past the search index's end;
         how many it read."""
-        return await self._on_writer(
-            lambda: self._in_transaction(
-                lambda conn: drive_sqlite(conn, self._search.catch_up(INDEX_CHUNK))
-            )
-        )
+        return await run_on(self._index_thread, lambda: self._index.catch_up(INDEX_CHUNK))
 
     def _numbering(self, conn: sqlite3.Connection, counts: Mapping[int, int]) -> dict[int, int]:
         """Each room's last sequence number after this batch's inserts.
@@ -309,9 +323,10 @@ class SQLiteStore(SQLStore):
         return run.results(range(last - len(rows) + 1, last + 1))
 
 
-#: Messages one deferred indexing transaction takes (a few milliseconds of
-#: work), and how long a new message waits for one at most.
-INDEX_CHUNK = 256
+#: Messages one search indexing transaction takes (on the index's own thread
+#: and file: larger ones spread FTS5's cost per commit thinner), and how long
+#: a new message waits for one at most.
+INDEX_CHUNK = 2048
 INDEX_DELAY = 0.2
 
 #: Most rows in one INSERT statement (7 or 9 values each, far below SQLite's

@@ -1,4 +1,5 @@
 -- only: sqlite
+-- (Replaced by 0013: the index now lives in a file of its own.)
 -- Message search (roomcast.adapters.sql.search): each live message's search
 -- document, indexed by trigrams for exact substring lookups. The documents
 -- are made in Python (roomcast.core.search), so this migration's data step

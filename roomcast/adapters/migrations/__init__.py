@@ -34,7 +34,7 @@ from roomcast.adapters.sql.steps import Steps, drive_postgres, drive_sqlite
 #: A data step: given where the previous call stopped (0 at first), do some
 #: of the work and return where it stopped; done when that does not move.
 DataStep = Callable[[Dialect, int], Steps[int]]
-DATA_STEPS: dict[int, DataStep] = {11: search.backfill, 12: search.backfill}
+DATA_STEPS: dict[int, DataStep] = {14: search.backfill}
 
 
 @dataclass(frozen=True, slots=True)

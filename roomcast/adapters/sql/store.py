@@ -85,8 +85,11 @@ class SQLStore(ABC):
     # -- what an engine supplies ------------------------------------------------------
 
     @abstractmethod
-    async def _read(self, steps: Callable[[], Steps[T]]) -> T:
-        """Run the steps ``steps()`` makes (again, if the engine retries) as a read."""
+    async def _read(self, steps: Callable[[], Steps[T]], plan_each_call: bool = False) -> T:
+        """Run the steps ``steps()`` makes (again, if the engine retries) as a
+        read; ``plan_each_call`` for statements whose best plan depends on their
+        values (searches: a rare needle wants the index, a common one the
+        newest messages), which no plan made once for any value serves."""
 
     @abstractmethod
     async def _write(self, steps: Callable[[], Steps[T]]) -> T:
@@ -213,13 +216,16 @@ class SQLStore(ABC):
         limit: int,
     ) -> list[tuple[HistoryMessage, str]]:
         return await self._read(
-            lambda: self._messages.search(viewer, query, filters, tier, below, limit)
+            lambda: self._messages.search(viewer, query, filters, tier, below, limit),
+            plan_each_call=True,
         )
 
     async def search_count(
         self, viewer: str, query: Query, filters: SearchFilters, cap: int
     ) -> int:
-        return await self._read(lambda: self._search.count(viewer, query, filters, cap))
+        return await self._read(
+            lambda: self._search.count(viewer, query, filters, cap), plan_each_call=True
+        )
 
     # -- conversations ------------------------------------------------------------------
 
