@@ -1,0 +1,96 @@
+"""The rules of shared files: what a file is served as, under what name, and
+how a link to it is signed. No I/O.
+
+A file's type is what its bytes say (sniffed by the upload, see
+:func:`served_inline`), never what its name or the uploader's
+``Content-Type`` claims: a page named ``photo.png`` is a page. Only types a
+browser shows without running anything of the file's own are served inline
+(images other than SVG, audio, video, PDF); everything else is a download,
+so no uploaded file can run script in the app's origin.
+
+Links for ``<img src>`` and ``<video src>``, which cannot send a login
+token, carry an expiry and an HMAC over the file id and that expiry
+(:func:`sign`, :func:`signature_valid`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import unicodedata
+from urllib.parse import quote
+
+__all__ = [
+    "INLINE_TYPES",
+    "content_disposition",
+    "safe_filename",
+    "served_inline",
+    "sign",
+    "signature_valid",
+]
+
+#: Sniffed types a browser shows without running the file's own code.
+INLINE_TYPES = frozenset(
+    {
+        "image/jpeg",
+        "image/png",
+        "image/gif",
+        "image/webp",
+        "audio/mpeg",
+        "audio/ogg",
+        "audio/wav",
+        "audio/webm",
+        "video/mp4",
+        "video/webm",
+        "video/ogg",
+        "application/pdf",
+    }
+)
+
+#: The longest name kept, in characters (file systems allow 255 bytes).
+NAME_MAX = 200
+_UNSAFE = re.compile(r'[\x00-\x1f\x7f"\\/]')
+
+
+def served_inline(content_type: str) -> bool:
+    """Whether a file of this sniffed type may be shown in the page."""
+    return content_type in INLINE_TYPES
+
+
+def safe_filename(name: str) -> str:
+    """The name a file is kept and offered under: its last path part, without
+    control characters, quotes, slashes or bidirectional overrides (which
+    make ``photo\u202egnp.exe`` read as ``photoexe.png``), at most
+    :data:`NAME_MAX` characters; ``file`` when nothing is left."""
+    name = name.replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(c for c in name if unicodedata.category(c) != "Cf")
+    name = _UNSAFE.sub("_", unicodedata.normalize("NFC", name)).strip(" .")
+    if len(name) > NAME_MAX:
+        _, dot, ext = name.rpartition(".")
+        suffix = f".{ext}" if dot and len(ext) <= 16 else ""
+        name = name[: NAME_MAX - len(suffix)].rstrip(" .") + suffix
+    return name or "file"
+
+
+def content_disposition(name: str, inline: bool) -> str:
+    """The ``Content-Disposition`` header (RFC 6266) for a file named ``name``:
+    an ASCII ``filename`` for old clients and the exact name as RFC 5987's
+    ``filename*``."""
+    name = safe_filename(name)
+    fallback = "".join(c if " " <= c < "\x7f" and c not in '"\\%' else "_" for c in name)
+    kind = "inline" if inline else "attachment"
+    return f"{kind}; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
+
+
+def sign(secret: bytes, file_id: str, expires: int) -> str:
+    """The signature of a link to ``file_id`` valid until ``expires`` (unix seconds)."""
+    message = f"{file_id}\n{expires}".encode()
+    return hmac.new(secret, message, hashlib.sha256).hexdigest()
+
+
+def signature_valid(secret: bytes, file_id: str, expires: int, signature: str, now: int) -> bool:
+    """Whether a link's signature is this file's and it has not expired."""
+    if expires < now:
+        return False
+    return hmac.compare_digest(sign(secret, file_id, expires), signature)
