@@ -1,8 +1,8 @@
 """The rules of shared files: what a file is served as, under what name, and
 how a link to it is signed. No I/O.
 
-A file's type is what its bytes say (sniffed by the upload, see
-:func:`served_inline`), never what its name or the uploader's
+A file's type is what its bytes say (:func:`sniff`, on the upload's first
+bytes), never what its name or the uploader's
 ``Content-Type`` claims: a page named ``photo.png`` is a page. Only types a
 browser shows without running anything of the file's own are served inline
 (images other than SVG, audio, video, PDF); everything else is a download,
@@ -21,6 +21,8 @@ import re
 import unicodedata
 from urllib.parse import quote
 
+import puremagic
+
 __all__ = [
     "INLINE_TYPES",
     "content_disposition",
@@ -28,6 +30,7 @@ __all__ = [
     "served_inline",
     "sign",
     "signature_valid",
+    "sniff",
 ]
 
 #: Sniffed types a browser shows without running the file's own code.
@@ -40,6 +43,7 @@ INLINE_TYPES = frozenset(
         "audio/mpeg",
         "audio/ogg",
         "audio/wav",
+        "application/ogg",
         "audio/webm",
         "video/mp4",
         "video/webm",
@@ -51,6 +55,35 @@ INLINE_TYPES = frozenset(
 #: The longest name kept, in characters (file systems allow 255 bytes).
 NAME_MAX = 200
 _UNSAFE = re.compile(r'[\x00-\x1f\x7f"\\/]')
+
+
+#: Other names the sniffer gives the same types.
+_ALIASES = {"audio/wave": "audio/wav", "audio/x-wav": "audio/wav", "audio/vnd.wave": "audio/wav"}
+#: Bytes of unknown kind.
+UNKNOWN = "application/octet-stream"
+
+
+def sniff(head: bytes) -> str:
+    """The type a file's first bytes say it is (``puremagic``'s signatures,
+    the likeliest match that names a type); ``text/plain`` for UTF-8 text
+    with no signature, :data:`UNKNOWN` otherwise. Markup (HTML, SVG, XML)
+    is found by its signature and is never inline."""
+    try:
+        candidates = puremagic.magic_string(head) if head else []
+    except puremagic.PureError:
+        candidates = []
+    for candidate in candidates:
+        kind = str(candidate.mime_type)
+        if kind:
+            return _ALIASES.get(kind, kind)
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as cut:
+        # A character cut off at the end of the head is still text.
+        if cut.start < len(head) - 3:
+            return UNKNOWN
+        text = head[: cut.start].decode("utf-8")
+    return "text/plain" if head and "\x00" not in text else UNKNOWN
 
 
 def served_inline(content_type: str) -> bool:

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import io
 from urllib.parse import unquote
 
 import pytest
+from PIL import Image
 
 from roomcast.core.files import (
     NAME_MAX,
+    UNKNOWN,
     content_disposition,
     safe_filename,
     served_inline,
     sign,
     signature_valid,
+    sniff,
 )
 
 
@@ -77,3 +81,39 @@ def test_signed_links_are_bound_to_their_file_and_time() -> None:
     assert not signature_valid(secret, "f1", 2000, signature, now=0)  # another expiry
     assert not signature_valid(b"other" * 8, "f1", 1000, signature, now=0)
     assert not signature_valid(secret, "f1", 1000, "", now=0)
+
+
+def image(kind: str) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (3, 2), "red").save(out, kind)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("head", "kind"),
+    [
+        (image("PNG"), "image/png"),
+        (image("JPEG"), "image/jpeg"),
+        (image("GIF"), "image/gif"),
+        (image("WEBP"), "image/webp"),
+        (b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj\n", "application/pdf"),
+        (b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom" + bytes(64), "video/mp4"),
+        (b"ID3\x03\x00\x00\x00\x00\x00\x00\xff\xfb\x90" + bytes(40), "audio/mpeg"),
+        (b"RIFF\x24\x00\x00\x00WAVEfmt " + bytes(30), "audio/wav"),
+        (b"<!DOCTYPE html><html><script>alert(1)</script>", "text/html"),
+        (b'<svg xmlns="http://www.w3.org/2000/svg" onload="alert(1)"/>', "image/svg+xml"),
+        ("plain words, \u00e9t\u00e9 \u9234\u866b".encode(), "text/plain"),
+        ("cut at the end \u9234".encode()[:-1], "text/plain"),
+        (b"\x00\x01\x02\x03 binary", UNKNOWN),
+        (b"", UNKNOWN),  # a zero-byte file
+    ],
+)
+def test_the_type_is_what_the_bytes_say(head: bytes, kind: str) -> None:
+    assert sniff(head) == kind
+
+
+def test_markup_is_never_inline_whatever_it_is_named() -> None:
+    page = b"<!DOCTYPE html><html><body><script>document.cookie</script>"
+    assert not served_inline(sniff(page))  # uploaded as photo.png: still a page
+    assert not served_inline(sniff(b'<?xml version="1.0"?><svg><script/></svg>'))
+    assert served_inline(sniff(image("PNG")))
