@@ -339,6 +339,9 @@ class Store(Protocol):
     async def unattached_files(self, before: int, limit: int) -> list[str]:
         """Files uploaded before ``before`` that no message attached, oldest first."""
 
+    async def unused_blobs(self, blobs: Sequence[str]) -> list[str]:
+        """Those of ``blobs`` that no file or thumbnail names."""
+
     async def delete_files(self, file_ids: Sequence[str]) -> list[str]:
         """Remove these files' records; the blobs no file or thumbnail names
         any more (the caller deletes them once this has committed)."""

@@ -97,9 +97,13 @@ class FileSQL:
             args,
         )
         yield (f"DELETE FROM files WHERE {files}", args)  # thumbnails go with them
-        blobs = sorted({str(row[0]) for row in candidates})
+        return (yield from self.unused(sorted({str(row[0]) for row in candidates})))
+
+    def unused(self, blobs: Sequence[str]) -> Steps[list[str]]:
+        """Those of ``blobs`` no file or thumbnail names."""
         if not blobs:
             return []
+        dialect = self._dialect
         named = dialect.in_list("blob", 1, len(blobs), "text")
         still = yield (
             f"SELECT blob FROM files WHERE {named} "
@@ -107,7 +111,7 @@ class FileSQL:
             dialect.list_args(blobs),
         )
         kept = {str(row[0]) for row in still}
-        return [blob for blob in blobs if blob not in kept]
+        return [blob for blob in dict.fromkeys(blobs) if blob not in kept]
 
 
 def _record(row: Row, thumbnails: Sequence[Row]) -> FileRecord:

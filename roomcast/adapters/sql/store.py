@@ -276,6 +276,9 @@ class SQLStore(ABC):
     async def unattached_files(self, before: int, limit: int) -> list[str]:
         return await self._read(lambda: self._files.unattached(before, limit))
 
+    async def unused_blobs(self, blobs: Sequence[str]) -> list[str]:
+        return await self._read(lambda: self._files.unused(blobs))
+
     async def delete_files(self, file_ids: Sequence[str]) -> list[str]:
         return await self._write(lambda: self._files.delete(file_ids))
 
