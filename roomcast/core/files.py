@@ -25,6 +25,8 @@ import puremagic
 
 __all__ = [
     "INLINE_TYPES",
+    "RangeNotSatisfiable",
+    "byte_range",
     "content_disposition",
     "safe_filename",
     "served_inline",
@@ -127,3 +129,32 @@ def signature_valid(secret: bytes, file_id: str, expires: int, signature: str, n
     if expires < now:
         return False
     return hmac.compare_digest(sign(secret, file_id, expires), signature)
+
+
+class RangeNotSatisfiable(ValueError):
+    """A ``Range`` wholly past the file's end (HTTP 416)."""
+
+
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
+
+
+def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """The bytes (start, end exclusive) a single ``Range: bytes=`` asks for;
+    None for the whole file (no header, several ranges, or one that cannot
+    be read: RFC 9110 lets a server ignore those)."""
+    if header is None:
+        return None
+    found = _RANGE.fullmatch(header.strip())
+    if found is None or found.group(1) == found.group(2) == "":
+        return None
+    first, last = found.group(1), found.group(2)
+    if first == "":  # the last N bytes
+        length = int(last)
+        if length == 0:
+            raise RangeNotSatisfiable("an empty suffix")
+        return max(0, size - length), size
+    start = int(first)
+    end = size if last == "" else min(size, int(last) + 1)
+    if start >= size or end <= start:
+        raise RangeNotSatisfiable(f"bytes {start}- of {size}")
+    return start, end

@@ -11,6 +11,8 @@ from PIL import Image
 from roomcast.core.files import (
     NAME_MAX,
     UNKNOWN,
+    RangeNotSatisfiable,
+    byte_range,
     content_disposition,
     safe_filename,
     served_inline,
@@ -117,3 +119,32 @@ def test_markup_is_never_inline_whatever_it_is_named() -> None:
     assert not served_inline(sniff(page))  # uploaded as photo.png: still a page
     assert not served_inline(sniff(b'<?xml version="1.0"?><svg><script/></svg>'))
     assert served_inline(sniff(image("PNG")))
+
+
+@pytest.mark.parametrize(
+    ("header", "size", "expected"),
+    [
+        (None, 100, None),
+        ("bytes=0-9", 100, (0, 10)),
+        ("bytes=90-", 100, (90, 100)),
+        ("bytes=90-1000", 100, (90, 100)),
+        ("bytes=-10", 100, (90, 100)),
+        ("bytes=-1000", 100, (0, 100)),
+        ("bytes=0-0", 1, (0, 1)),
+        ("bytes=0-9,20-29", 100, None),  # several: the whole file
+        ("items=0-9", 100, None),
+        ("bytes=-", 100, None),
+        ("bytes=x-y", 100, None),
+    ],
+)
+def test_ranges(header: str | None, size: int, expected: tuple[int, int] | None) -> None:
+    assert byte_range(header, size) == expected
+
+
+@pytest.mark.parametrize(
+    ("header", "size"),
+    [("bytes=100-", 100), ("bytes=5-2", 100), ("bytes=-0", 100), ("bytes=0-", 0)],
+)
+def test_ranges_past_the_end(header: str, size: int) -> None:
+    with pytest.raises(RangeNotSatisfiable):
+        byte_range(header, size)
