@@ -17,6 +17,7 @@ from roomcast import __version__
 from roomcast.protocol import (
     CLIENT_TYPES,
     SERVER_TYPES,
+    FileInfo,
     HistoryPage,
     NotificationPage,
     SearchPage,
@@ -32,6 +33,7 @@ HTTP_BODIES: dict[str, type[msgspec.Struct]] = {
     "GET /api/rooms/{id}/threads": ThreadPage,
     "GET /api/notifications": NotificationPage,
     "GET /api/search": SearchPage,
+    "POST /api/rooms/{id}/files": FileInfo,
 }
 
 

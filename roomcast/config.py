@@ -71,6 +71,15 @@ class Settings:
     max_rooms_per_user: int = 1000
     # The largest page of the room, member, room user and call lists.
     list_page_max: int = 500
+    # Shared files: where their bytes are kept, and the limits of uploads.
+    files: str = "./roomcast-files"
+    file_max_bytes: int = 25 * 2**20
+    file_quota_bytes: int = 2**30
+    uploads_per_minute: int = 30
+    # Signs the links of <img>/<video> (which cannot send a token); a random
+    # one per process when unset (set it on every node of a cluster).
+    file_link_secret: str | None = None
+    file_link_ttl: int = 3600
     # A join_room with "since" replays at most this many missed messages.
     resume_max_messages: int = 200
     max_connections_per_user: int = 20

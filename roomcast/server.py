@@ -13,23 +13,28 @@ import asyncio
 import gc
 import logging
 import os
+import secrets
 import signal
 from dataclasses import dataclass
 
 from aiohttp import web
 
+from roomcast.adapters.disk_blobs import DiskBlobs
 from roomcast.adapters.local_broker import LocalBroker
 from roomcast.adapters.redis_broker import RedisBroker
 from roomcast.adapters.stores import open_store
 from roomcast.auth import Authenticator
+from roomcast.clock import wall_ms
 from roomcast.config import Settings, describe
 from roomcast.features import default_features
+from roomcast.features.files import FileLimits, FileUploads
 from roomcast.metrics import Metrics
 from roomcast.node.node import Node
 from roomcast.ports.broker import Broker
 from roomcast.ports.store import Store
 from roomcast.transport.admission import Admission
 from roomcast.transport.fanout import FanOut
+from roomcast.transport.file_routes import FileRoutes
 from roomcast.transport.front_door import Gate, request_deadlines
 from roomcast.transport.http import HttpApi, protocol_errors
 from roomcast.transport.websocket import WebSocketEndpoint
@@ -110,11 +115,25 @@ def build(settings: Settings) -> Server:
         lambda: admission.open,
     )
     api = HttpApi(node, store, auth, settings)
+    blobs = DiskBlobs(settings.files)
+    limits = FileLimits(
+        settings.file_max_bytes, settings.file_quota_bytes, settings.uploads_per_minute
+    )
+    secret = (settings.file_link_secret or "").encode() or secrets.token_bytes(32)
+    uploads = FileUploads(store, blobs, limits, wall_ms)
+    files = FileRoutes(
+        api, store, blobs, uploads, secret, settings.file_link_ttl, settings.body_timeout
+    )
     app = web.Application(
         middlewares=[protocol_errors, request_deadlines(settings.body_timeout)],
         client_max_size=settings.max_message_bytes,
     )
-    app.add_routes([web.get("/ws", endpoint.late_upgrade), *api.routes()])
+    app.add_routes([web.get("/ws", endpoint.late_upgrade), *api.routes(), *files.routes()])
+
+    async def prepare_files(app: web.Application) -> None:
+        await blobs.start()
+
+    app.on_startup.append(prepare_files)
     return Server(settings, app, node, endpoint, gate, store, broker)
 
 

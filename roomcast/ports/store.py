@@ -93,6 +93,34 @@ class MemberChange:
 
 
 @dataclass(frozen=True, slots=True)
+class Thumbnail:
+    width: int
+    height: int
+    blob: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class FileRecord:
+    """An uploaded file: its room, uploader, safe name, sniffed type, the blob
+    of its bytes, an image's size and thumbnails, and the message that
+    attached it (None: not attached yet)."""
+
+    id: str
+    room_id: int
+    uploader: str
+    name: str
+    size: int
+    content_type: str
+    blob: str
+    created_at: int
+    width: int | None = None
+    height: int | None = None
+    thumbnails: tuple[Thumbnail, ...] = ()
+    message_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class CallsAfter:
     """A position in a user's call list (newest first): the calls after it are
     those that started earlier, or at the same time with a greater id."""
@@ -296,6 +324,27 @@ class Store(Protocol):
         """
 
     # -- membership (see adapters/sql/members.py) ---------------------------------
+
+    # -- files (see adapters/sql/files.py) -------------------------------------------
+
+    async def add_file(self, record: FileRecord) -> None:
+        """Keep an uploaded file's record (its blobs are stored already)."""
+
+    async def file(self, file_id: str) -> FileRecord | None: ...
+
+    async def uploads_since(self, user_id: str, since: int) -> tuple[int, int]:
+        """How many files ``user_id`` uploaded from ``since`` on, and the bytes
+        of every file of theirs that is kept (for the quota)."""
+
+    async def unattached_files(self, before: int, limit: int) -> list[str]:
+        """Files uploaded before ``before`` that no message attached, oldest first."""
+
+    async def unused_blobs(self, blobs: Sequence[str]) -> list[str]:
+        """Those of ``blobs`` that no file or thumbnail names."""
+
+    async def delete_files(self, file_ids: Sequence[str]) -> list[str]:
+        """Remove these files' records; the blobs no file or thumbnail names
+        any more (the caller deletes them once this has committed)."""
 
     async def member_state(self, room_id: int, user_id: str) -> MemberState: ...
 

@@ -151,6 +151,30 @@ class HistoryPage(msgspec.Struct):
     next_after: int | None = None
 
 
+class FileThumbnail(msgspec.Struct):
+    width: int
+    height: int
+    url: str
+
+
+class FileInfo(msgspec.Struct):
+    """An uploaded file, as ``POST /api/rooms/{id}/files`` answers it.
+    ``content_type`` is what the bytes are (sniffed), ``sha256`` the hash of
+    the bytes kept (an image's location is taken out of them); ``url`` and
+    the thumbnails' are signed links that work in ``<img src>`` until they
+    expire."""
+
+    file_id: str
+    name: str
+    size: int
+    content_type: str
+    sha256: str
+    url: str
+    width: int | None = None
+    height: int | None = None
+    thumbnails: list[FileThumbnail] = msgspec.field(default_factory=list)
+
+
 class SearchHit(msgspec.Struct):
     """A message found by ``GET /api/search``. ``rank`` is 2 when every term
     matched as a word (or the start of one), 1 when one needed a substring.

@@ -30,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
@@ -297,6 +297,14 @@ class FrontDoor(asyncio.Protocol):
             self._transport.close()
 
 
+def streams_body(handler: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark a route handler that reads its request body itself, as it
+    arrives (an upload): :func:`request_deadlines` leaves its body alone, and
+    the handler bounds the wait for each part."""
+    handler.streams_body = True  # type: ignore[attr-defined]
+    return handler
+
+
 def request_deadlines(body_timeout: float) -> Middleware:
     """aiohttp middleware: tells the front door when a request is handled (from
     its head to the end of its response), and reads the request's body within
@@ -309,7 +317,9 @@ def request_deadlines(body_timeout: float) -> Middleware:
         if isinstance(door, FrontDoor):
             door.request_started()
         try:
-            if request.body_exists:
+            if request.body_exists and not getattr(
+                request.match_info.handler, "streams_body", False
+            ):
                 try:
                     await asyncio.wait_for(request.read(), body_timeout)
                 except TimeoutError:

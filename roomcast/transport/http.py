@@ -151,7 +151,7 @@ class HttpApi:
 
     # -- helpers --------------------------------------------------------------------
 
-    def _viewer(self, request: web.Request) -> str | None:
+    def viewer(self, request: web.Request) -> str | None:
         header = request.headers.get("Authorization", "")
         token = header[7:].strip() if header[:7].lower() == "bearer " else None
         try:
@@ -159,15 +159,19 @@ class HttpApi:
         except AuthError as exc:
             raise ProtocolError(ErrorCode.UNAUTHENTICATED, str(exc)) from None
 
-    def _user(self, request: web.Request) -> str:
-        user = self._viewer(request)
+    def user(self, request: web.Request) -> str:
+        user = self.viewer(request)
         if user is None:
             raise ProtocolError(ErrorCode.UNAUTHENTICATED, "name a user with ?user_id=")
         return user
 
     async def _visible_room(self, request: web.Request) -> tuple[Room, str | None]:
-        viewer = self._viewer(request)
-        room_id = _int_param(request.match_info["room_id"], "room_id", minimum=1)
+        viewer = self.viewer(request)
+        room_id = int_param(request.match_info["room_id"], "room_id", minimum=1)
+        return await self.readable_room(room_id, viewer), viewer
+
+    async def readable_room(self, room_id: int, viewer: str | None) -> Room:
+        """The room, if ``viewer`` may read it now (``forbidden`` otherwise)."""
         room = await self.store.get_room(room_id)
         if room is None:
             raise ProtocolError(ErrorCode.NOT_FOUND, f"room {room_id} does not exist")
@@ -180,17 +184,17 @@ class HttpApi:
                 raise ProtocolError(ErrorCode.FORBIDDEN, f"you are banned from room {room_id}")
             if room.archived_at is not None and (state is None or state.member is None):
                 raise ProtocolError(ErrorCode.FORBIDDEN, f"room {room_id} is archived")
-        return room, viewer
+        return room
 
     def _room_id(self, request: web.Request) -> int:
-        return _int_param(request.match_info["room_id"], "room_id", minimum=1)
+        return int_param(request.match_info["room_id"], "room_id", minimum=1)
 
     def _member_id(self, request: web.Request) -> str:
         return _user_param(request.match_info["user_id"], "user_id")
 
     def _limit(self, request: web.Request) -> int:
         """A list's page size: ``?limit=``, at most ``--list-page-max``."""
-        return _int_param(
+        return int_param(
             request.query.get("limit", str(DEFAULT_PAGE)), "limit", 1, self.settings.list_page_max
         )
 
@@ -260,9 +264,9 @@ class HttpApi:
 
     async def list_rooms(self, request: web.Request) -> web.Response:
         """One page of the rooms the viewer may see, in id order, optionally by name."""
-        viewer = self._viewer(request)
+        viewer = self.viewer(request)
         limit = self._limit(request)
-        after = _int_param(request.query.get("after", "0"), "after", 0)
+        after = int_param(request.query.get("after", "0"), "after", 0)
         name = request.query.get("q") or None  # an empty filter box filters nothing
         if name is not None:
             if len(name) > ROOM_NAME_MAX_CHARS:
@@ -287,7 +291,7 @@ class HttpApi:
         return json_response(page)
 
     async def create_room(self, request: web.Request) -> web.Response:
-        user = self._user(request)
+        user = self.user(request)
         body: CreateRoom = decode_body(await request.read(), CreateRoom)
         room = await self.rooms.create_room(user, request.remote or "?", body)
         return json_response(room_info(room, user), 201)
@@ -311,24 +315,24 @@ class HttpApi:
         return json_response(RoomMembersPage(room.id, page, page[-1].user_id if more else None))
 
     async def add_member(self, request: web.Request) -> web.Response:
-        actor = self._user(request)
+        actor = self.user(request)
         body: AddMember = decode_body(await request.read(), AddMember)
         member = await self.membership.add(self._room_id(request), actor, body)
         return json_response(RoomMember(member.user_id, Role(member.role), member.joined_at), 201)
 
     async def remove_member(self, request: web.Request) -> web.Response:
-        actor = self._user(request)
+        actor = self.user(request)
         ban = _flag_param(request.query.get("ban", "false"), "ban")
         await self.membership.remove(self._room_id(request), actor, self._member_id(request), ban)
         return web.Response(status=204)
 
     async def unban(self, request: web.Request) -> web.Response:
-        actor = self._user(request)
+        actor = self.user(request)
         await self.membership.unban(self._room_id(request), actor, self._member_id(request))
         return web.Response(status=204)
 
     async def set_role(self, request: web.Request) -> web.Response:
-        actor = self._user(request)
+        actor = self.user(request)
         body: SetRole = decode_body(await request.read(), SetRole)
         member = await self.membership.set_role(
             self._room_id(request), actor, self._member_id(request), body.role
@@ -345,18 +349,18 @@ class HttpApi:
         return json_response(room_info(room, viewer, role))
 
     async def update_room(self, request: web.Request) -> web.Response:
-        actor = self._user(request)
+        actor = self.user(request)
         body: UpdateRoom = decode_body(await request.read(), UpdateRoom)
         room = await self.membership.update(self._room_id(request), actor, body)
         return json_response(room_info(room, actor))
 
     async def archive_room(self, request: web.Request) -> web.Response:
-        actor = self._user(request)
+        actor = self.user(request)
         room = await self.membership.archive(self._room_id(request), actor)
         return json_response(room_info(room, actor))
 
     async def direct_room(self, request: web.Request) -> web.Response:
-        user = self._user(request)
+        user = self.user(request)
         body: DirectRequest = decode_body(await request.read(), DirectRequest)
         # A new direct room is a new room: as limited as creating one.
         address = request.remote or "?"
@@ -371,7 +375,7 @@ class HttpApi:
         ``before``, the one after ``after``, or the one ``around`` a message
         (that message and about as many older as newer ones)."""
         room, _ = await self._visible_room(request)
-        limit = _int_param(
+        limit = int_param(
             request.query.get("limit", "50"), "limit", 1, self.settings.history_page_max
         )
         before = _optional_id(request, "before")
@@ -409,7 +413,7 @@ class HttpApi:
 
     async def search_messages(self, request: web.Request) -> web.Response:
         """Messages the caller may read, by what they contain (see features/search.py)."""
-        user = self._user(request)
+        user = self.user(request)
         query = request.query
         q = query.get("q")
         if q is None or not q.strip():
@@ -429,7 +433,7 @@ class HttpApi:
             before=_optional_id(request, "before", minimum=0),
             after=_optional_id(request, "after", minimum=0),
         )
-        limit = _int_param(query.get("limit", "20"), "limit", 1, SEARCH_PAGE_MAX)
+        limit = int_param(query.get("limit", "20"), "limit", 1, SEARCH_PAGE_MAX)
         page = await self.search.search(user, q, filters, order, limit, query.get("cursor"))
         return json_response(page)
 
@@ -438,7 +442,7 @@ class HttpApi:
         room, _ = await self._visible_room(request)
         limit = self._limit(request)
         before_text = request.query.get("before")
-        before = None if before_text is None else _int_param(before_text, "before", minimum=1)
+        before = None if before_text is None else int_param(before_text, "before", minimum=1)
         threads = await self.store.threads(room.id, before, limit + 1)
         more = len(threads) > limit
         threads = threads[:limit]
@@ -448,18 +452,18 @@ class HttpApi:
 
     async def list_notifications(self, request: web.Request) -> web.Response:
         """The caller's notifications, newest first (``?unread=true``: unread ones)."""
-        user = self._user(request)
+        user = self.user(request)
         unread = _flag_param(request.query.get("unread", "false"), "unread")
         limit = self._limit(request)
         before_text = request.query.get("before")
-        before = None if before_text is None else _int_param(before_text, "before", minimum=1)
+        before = None if before_text is None else int_param(before_text, "before", minimum=1)
         found = await self.notifications.listing(user, unread, before, limit + 1)
         more = len(found) > limit
         found = found[:limit]
         return json_response(NotificationPage(found, found[-1].id if more else None))
 
     async def list_calls(self, request: web.Request) -> web.Response:
-        user = self._user(request)
+        user = self.user(request)
         named = request.query.get("user_id")
         if named is not None and _user_param(named, "user_id") != user:
             raise ProtocolError(ErrorCode.FORBIDDEN, "you can only list your own calls")
@@ -473,7 +477,7 @@ class HttpApi:
         return json_response({"calls": records, "next": cursor})
 
     async def ice_servers(self, request: web.Request) -> web.Response:
-        user = self._user(request)
+        user = self.user(request)
         settings = self.settings
         return json_response(
             ice_servers(
@@ -520,7 +524,7 @@ def _calls_cursor(text: str | None) -> CallsAfter | None:
 
 def _optional_id(request: web.Request, name: str, minimum: int = 1) -> int | None:
     text = request.query.get(name)
-    return None if text is None else _int_param(text, name, minimum)
+    return None if text is None else int_param(text, name, minimum)
 
 
 def _flag_param(text: str, name: str) -> bool:
@@ -529,7 +533,7 @@ def _flag_param(text: str, name: str) -> bool:
     return text == "true"
 
 
-def _int_param(text: str, name: str, minimum: int, maximum: int = MAX_ID) -> int:
+def int_param(text: str, name: str, minimum: int, maximum: int = MAX_ID) -> int:
     try:
         value = int(text)
     except ValueError:

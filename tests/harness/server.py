@@ -70,6 +70,8 @@ class ServerProcess:
             sys.executable, "-m", "roomcast", "serve",
             "--port", str(self.port),
             *backend,
+            # Beside the database: shared by the nodes of one cluster here.
+            "--files", str(self.database.with_suffix(".files")),
             *self.args,
         ]  # fmt: skip
         log = self.log_path.open("ab")

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from roomcast.adapters.sql.calls import CallSQL
 from roomcast.adapters.sql.conversations import ConversationSQL
 from roomcast.adapters.sql.dialect import Dialect
+from roomcast.adapters.sql.files import FileSQL
 from roomcast.adapters.sql.health import HealthSQL
 from roomcast.adapters.sql.members import MemberSQL
 from roomcast.adapters.sql.messages import MessageSQL
@@ -32,6 +33,7 @@ from roomcast.ports.store import (
     CallsAfter,
     DeleteMessage,
     EditMessage,
+    FileRecord,
     InsertMessage,
     MarkRead,
     Member,
@@ -65,6 +67,7 @@ class SQLStore(ABC):
         self._messages = MessageSQL(dialect, self._conversations, self._search)
         self._rooms = RoomSQL(dialect)
         self._members = MemberSQL(dialect)
+        self._files = FileSQL(dialect)
         self._calls = CallSQL(dialect)
         self._health = HealthSQL(dialect)
         # The SQL of each kind of write but new messages (which come in runs):
@@ -258,6 +261,26 @@ class SQLStore(ABC):
         return await self._read(lambda: self._messages.since(room_id, since_id, through_seq, limit))
 
     # -- membership ---------------------------------------------------------------------
+
+    # -- files ----------------------------------------------------------------------
+
+    async def add_file(self, record: FileRecord) -> None:
+        await self._write(lambda: self._files.add(record))
+
+    async def file(self, file_id: str) -> FileRecord | None:
+        return await self._read(lambda: self._files.get(file_id))
+
+    async def uploads_since(self, user_id: str, since: int) -> tuple[int, int]:
+        return await self._read(lambda: self._files.uploads_since(user_id, since))
+
+    async def unattached_files(self, before: int, limit: int) -> list[str]:
+        return await self._read(lambda: self._files.unattached(before, limit))
+
+    async def unused_blobs(self, blobs: Sequence[str]) -> list[str]:
+        return await self._read(lambda: self._files.unused(blobs))
+
+    async def delete_files(self, file_ids: Sequence[str]) -> list[str]:
+        return await self._write(lambda: self._files.delete(file_ids))
 
     async def member_state(self, room_id: int, user_id: str) -> MemberState:
         return await self._read(lambda: self._members.state(room_id, user_id))
