@@ -157,9 +157,15 @@ class FileRoutes:
         except RangeNotSatisfiable:
             return web.Response(status=416, headers={**headers, "Content-Range": f"bytes */{size}"})
         start, end = span if span is not None else (0, size)
-        response = web.StreamResponse(status=206 if span else 200, headers=headers)
         if span is not None:
-            response.headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+            headers["Content-Range"] = f"bytes {start}-{end - 1}/{size}"
+        status = 206 if span else 200
+        if request.method == "HEAD":
+            # The headers only: bytes written after them would be read as the
+            # connection's next response.
+            headers["Content-Length"] = str(end - start)
+            return web.Response(status=status, headers=headers)
+        response = web.StreamResponse(status=status, headers=headers)
         response.content_length = end - start
         await response.prepare(request)
         async for chunk in self._blobs.read(blob, start, end):

@@ -89,6 +89,13 @@ async def test_a_member_uploads_and_the_room_downloads(
         headers={"If-None-Match": f'"{info["sha256"]}"'},
     )
     assert status == 304
+    # HEAD answers the headers alone: the same connection's next answer is whole.
+    async with aiohttp.ClientSession() as session:
+        async with session.head(f"{server.http}{info['url']}") as head:
+            assert head.status == 200 and head.headers["Content-Length"] == str(len(data))
+            assert await head.read() == b""
+        async with session.get(f"{server.http}{info['url']}") as again:
+            assert again.status == 200 and await again.read() == data
     # The signed link works with no identity; the thumbnail's too.
     status, _, signed = await send(server, "GET", info["url"])
     assert status == 200 and signed == data
