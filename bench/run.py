@@ -136,6 +136,9 @@ def roomcast_flags(source: Path) -> list[str]:
     for flag, value in ROOMCAST_OVERRIDES.items():
         if re.search(rf"{flag}(?![\w-])", help_text):
             flags += [flag, value]
+    if re.search(r"--files(?![\w-])", help_text):
+        # Shared files' directory: not the checkout's (the default is ./roomcast-files).
+        flags += ["--files", str(Path(tempfile.gettempdir()) / "roomcast-bench-files")]
     return flags
 
 
