@@ -98,6 +98,9 @@ class FileUploads:
             # after a grace time is the way to close that.)
             await self._forget(made)
             raise
+        if record.blob != stored.key:
+            # The upload as sent (with its location) is not what is kept.
+            await self._forget([stored.key])
         return record
 
     async def _record(
