@@ -13,6 +13,7 @@ photo carries where it was taken.
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -24,6 +25,7 @@ __all__ = [
     "ImageRefused",
     "inspect",
     "thumbnail",
+    "thumbnails",
     "without_location",
 ]
 
@@ -78,19 +80,30 @@ def inspect(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageFacts:
     return ImageFacts(width, height, bool(exif.get_ifd(_GPS_IFD)) or _GPS_IFD in exif)
 
 
+def thumbnails(
+    data: bytes, widths: Sequence[int] = THUMBNAIL_WIDTHS, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> list[tuple[int, int, bytes]]:
+    """``(width, height, WebP)`` of the image upright (first frame) at each of
+    ``widths`` narrower than it, from one decoding."""
+    image = ImageOps.exif_transpose(_open(data, max_pixels))
+    wanted = [width for width in widths if width < image.width]
+    if not wanted:
+        return []
+    upright = image.convert("RGBA" if _has_alpha(image) else "RGB")
+    made = []
+    for width in wanted:
+        height = max(1, round(upright.height * width / upright.width))
+        out = io.BytesIO()
+        upright.resize((width, height), Image.Resampling.LANCZOS).save(out, "WEBP", quality=80)
+        made.append((width, height, out.getvalue()))
+    return made
+
+
 def thumbnail(data: bytes, width: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes | None:
     """A WebP ``width`` pixels wide (upright, first frame), or None when the
     image is not wider than that."""
-    image = ImageOps.exif_transpose(_open(data, max_pixels))
-    if image.width <= width:
-        return None
-    height = max(1, round(image.height * width / image.width))
-    small = image.convert("RGBA" if _has_alpha(image) else "RGB").resize(
-        (width, height), Image.Resampling.LANCZOS
-    )
-    out = io.BytesIO()
-    small.save(out, "WEBP", quality=80)
-    return out.getvalue()
+    made = thumbnails(data, (width,), max_pixels)
+    return made[0][2] if made else None
 
 
 def without_location(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes | None:

@@ -98,6 +98,9 @@ class FileUploads:
             # after a grace time is the way to close that.)
             await self._forget(made)
             raise
+        if record.blob != stored.key:
+            # The upload as sent (with its location) is not what is kept.
+            await self._forget([stored.key])
         return record
 
     async def _record(
@@ -130,13 +133,12 @@ class FileUploads:
                 made.append(kept.key)
                 record = replace(record, blob=kept.key, size=kept.size)
         thumbnails = []
-        for width in images.THUMBNAIL_WIDTHS:
-            small = await asyncio.to_thread(images.thumbnail, data, width, pixels)
-            if small is None:
-                break
+        made_small = await asyncio.to_thread(
+            images.thumbnails, data, images.THUMBNAIL_WIDTHS, pixels
+        )
+        for width, height, small in made_small:
             blob = await self._blobs.put(_once(small), len(small))
             made.append(blob.key)
-            height = max(1, round(facts.height * width / facts.width))
             thumbnails.append(Thumbnail(width, height, blob.key, blob.size))
         return replace(record, width=facts.width, height=facts.height, thumbnails=tuple(thumbnails))
 

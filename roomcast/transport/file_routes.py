@@ -30,9 +30,9 @@ from roomcast.core.files import (
 from roomcast.features.files import FileUploads
 from roomcast.ports.blobs import BlobStore
 from roomcast.ports.store import FileRecord, Store
-from roomcast.protocol import ErrorCode, FileInfo, FileThumbnail, ProtocolError, encode_json
+from roomcast.protocol import ErrorCode, FileInfo, FileThumbnail, ProtocolError
 from roomcast.transport.front_door import streams_body
-from roomcast.transport.http import HttpApi, int_param
+from roomcast.transport.http import HttpApi, json_response
 
 __all__ = ["FileRoutes"]
 
@@ -74,7 +74,7 @@ class FileRoutes:
     @streams_body
     async def upload(self, request: web.Request) -> web.Response:
         user = self._api.user(request)
-        room_id = int_param(request.match_info["room_id"], "room_id", minimum=1)
+        room_id = self._api.room_id(request)
         name = request.query.get("filename")
         if name is None:
             _, params = parse_content_disposition(request.headers.get("Content-Disposition"))
@@ -86,9 +86,7 @@ class FileRoutes:
             self._body(request),
             request.content_length,
         )
-        return web.Response(
-            body=encode_json(self.info(record)), status=201, content_type="application/json"
-        )
+        return json_response(self.info(record), 201)
 
     async def _body(self, request: web.Request) -> AsyncIterator[bytes]:
         """The body as it arrives, each part within the body timeout (a client

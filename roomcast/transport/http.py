@@ -167,8 +167,7 @@ class HttpApi:
 
     async def _visible_room(self, request: web.Request) -> tuple[Room, str | None]:
         viewer = self.viewer(request)
-        room_id = int_param(request.match_info["room_id"], "room_id", minimum=1)
-        return await self.readable_room(room_id, viewer), viewer
+        return await self.readable_room(self.room_id(request), viewer), viewer
 
     async def readable_room(self, room_id: int, viewer: str | None) -> Room:
         """The room, if ``viewer`` may read it now (``forbidden`` otherwise)."""
@@ -186,15 +185,16 @@ class HttpApi:
                 raise ProtocolError(ErrorCode.FORBIDDEN, f"room {room_id} is archived")
         return room
 
-    def _room_id(self, request: web.Request) -> int:
-        return int_param(request.match_info["room_id"], "room_id", minimum=1)
+    def room_id(self, request: web.Request) -> int:
+        """The room id in the path."""
+        return _int_param(request.match_info["room_id"], "room_id", minimum=1)
 
     def _member_id(self, request: web.Request) -> str:
         return _user_param(request.match_info["user_id"], "user_id")
 
     def _limit(self, request: web.Request) -> int:
         """A list's page size: ``?limit=``, at most ``--list-page-max``."""
-        return int_param(
+        return _int_param(
             request.query.get("limit", str(DEFAULT_PAGE)), "limit", 1, self.settings.list_page_max
         )
 
@@ -266,7 +266,7 @@ class HttpApi:
         """One page of the rooms the viewer may see, in id order, optionally by name."""
         viewer = self.viewer(request)
         limit = self._limit(request)
-        after = int_param(request.query.get("after", "0"), "after", 0)
+        after = _int_param(request.query.get("after", "0"), "after", 0)
         name = request.query.get("q") or None  # an empty filter box filters nothing
         if name is not None:
             if len(name) > ROOM_NAME_MAX_CHARS:
@@ -317,25 +317,25 @@ class HttpApi:
     async def add_member(self, request: web.Request) -> web.Response:
         actor = self.user(request)
         body: AddMember = decode_body(await request.read(), AddMember)
-        member = await self.membership.add(self._room_id(request), actor, body)
+        member = await self.membership.add(self.room_id(request), actor, body)
         return json_response(RoomMember(member.user_id, Role(member.role), member.joined_at), 201)
 
     async def remove_member(self, request: web.Request) -> web.Response:
         actor = self.user(request)
         ban = _flag_param(request.query.get("ban", "false"), "ban")
-        await self.membership.remove(self._room_id(request), actor, self._member_id(request), ban)
+        await self.membership.remove(self.room_id(request), actor, self._member_id(request), ban)
         return web.Response(status=204)
 
     async def unban(self, request: web.Request) -> web.Response:
         actor = self.user(request)
-        await self.membership.unban(self._room_id(request), actor, self._member_id(request))
+        await self.membership.unban(self.room_id(request), actor, self._member_id(request))
         return web.Response(status=204)
 
     async def set_role(self, request: web.Request) -> web.Response:
         actor = self.user(request)
         body: SetRole = decode_body(await request.read(), SetRole)
         member = await self.membership.set_role(
-            self._room_id(request), actor, self._member_id(request), body.role
+            self.room_id(request), actor, self._member_id(request), body.role
         )
         return json_response(RoomMember(member.user_id, Role(member.role), member.joined_at))
 
@@ -351,12 +351,12 @@ class HttpApi:
     async def update_room(self, request: web.Request) -> web.Response:
         actor = self.user(request)
         body: UpdateRoom = decode_body(await request.read(), UpdateRoom)
-        room = await self.membership.update(self._room_id(request), actor, body)
+        room = await self.membership.update(self.room_id(request), actor, body)
         return json_response(room_info(room, actor))
 
     async def archive_room(self, request: web.Request) -> web.Response:
         actor = self.user(request)
-        room = await self.membership.archive(self._room_id(request), actor)
+        room = await self.membership.archive(self.room_id(request), actor)
         return json_response(room_info(room, actor))
 
     async def direct_room(self, request: web.Request) -> web.Response:
@@ -375,7 +375,7 @@ class HttpApi:
         ``before``, the one after ``after``, or the one ``around`` a message
         (that message and about as many older as newer ones)."""
         room, _ = await self._visible_room(request)
-        limit = int_param(
+        limit = _int_param(
             request.query.get("limit", "50"), "limit", 1, self.settings.history_page_max
         )
         before = _optional_id(request, "before")
@@ -433,7 +433,7 @@ class HttpApi:
             before=_optional_id(request, "before", minimum=0),
             after=_optional_id(request, "after", minimum=0),
         )
-        limit = int_param(query.get("limit", "20"), "limit", 1, SEARCH_PAGE_MAX)
+        limit = _int_param(query.get("limit", "20"), "limit", 1, SEARCH_PAGE_MAX)
         page = await self.search.search(user, q, filters, order, limit, query.get("cursor"))
         return json_response(page)
 
@@ -442,7 +442,7 @@ class HttpApi:
         room, _ = await self._visible_room(request)
         limit = self._limit(request)
         before_text = request.query.get("before")
-        before = None if before_text is None else int_param(before_text, "before", minimum=1)
+        before = None if before_text is None else _int_param(before_text, "before", minimum=1)
         threads = await self.store.threads(room.id, before, limit + 1)
         more = len(threads) > limit
         threads = threads[:limit]
@@ -456,7 +456,7 @@ class HttpApi:
         unread = _flag_param(request.query.get("unread", "false"), "unread")
         limit = self._limit(request)
         before_text = request.query.get("before")
-        before = None if before_text is None else int_param(before_text, "before", minimum=1)
+        before = None if before_text is None else _int_param(before_text, "before", minimum=1)
         found = await self.notifications.listing(user, unread, before, limit + 1)
         more = len(found) > limit
         found = found[:limit]
@@ -524,7 +524,7 @@ def _calls_cursor(text: str | None) -> CallsAfter | None:
 
 def _optional_id(request: web.Request, name: str, minimum: int = 1) -> int | None:
     text = request.query.get(name)
-    return None if text is None else int_param(text, name, minimum)
+    return None if text is None else _int_param(text, name, minimum)
 
 
 def _flag_param(text: str, name: str) -> bool:
@@ -533,7 +533,7 @@ def _flag_param(text: str, name: str) -> bool:
     return text == "true"
 
 
-def int_param(text: str, name: str, minimum: int, maximum: int = MAX_ID) -> int:
+def _int_param(text: str, name: str, minimum: int, maximum: int = MAX_ID) -> int:
     try:
         value = int(text)
     except ValueError:

@@ -100,6 +100,8 @@ async def test_images_get_sizes_thumbnails_and_lose_their_location(
     assert [(t.width, t.height) for t in shot.thumbnails] == [(320, 240), (800, 600)]
     kept = (root / shot.blob[:2] / shot.blob[2:4] / shot.blob).read_bytes()
     assert shot.blob != hashlib.sha256(original).hexdigest() and shot.size == len(kept)
+    as_sent = hashlib.sha256(original).hexdigest()
+    assert not (root / as_sent[:2] / as_sent[2:4] / as_sent).exists()  # location gone for good
     with Image.open(io.BytesIO(kept)) as image:
         assert 0x8825 not in image.getexif()
     for thumbnail in shot.thumbnails:

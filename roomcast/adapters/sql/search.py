@@ -317,27 +317,21 @@ class SearchSQL:
                 viewer, query, filters, tier, below, columns, state
             )
         else:
-            start = yield from self._recent_start(below)
-            if start is not None:
-                # PostgreSQL's trigram index finds documents in no order, and
-                # the planner cannot tell a needle in half the messages (read
-                # the newest in order, stop at the page's end) from one in a
-                # few (ask the index): its estimates for LIKE were off 40x
-                # both ways on 1 M messages (370 ms walks, 160 ms index
-                # reads). So it does both, each bounded: the newest
-                # RECENT_DOCUMENTS in order, then, for what is missing, the
-                # index on the older ones (few by then: the page did not fill).
-                sql, args = self._statement(
-                    viewer, query, filters, tier, below, with_doc, recent_from=start
-                )
-                found = list((yield (sql + order + str(int(limit)), args)))
-                if len(found) >= limit:
-                    return found
-                sql, args = self._statement(
-                    viewer, query, filters, tier, below, with_doc, older_than=start
-                )
-                rows = yield (sql + order + str(int(limit - len(found))), args)
-                return found + list(rows)
+            # PostgreSQL's trigram index finds documents in no order, and the
+            # planner cannot tell a needle in half the messages (read the
+            # newest in order, stop at the page's end) from one in a few (ask
+            # the index): its estimates for LIKE were off 40x both ways on
+            # 1 M messages (370 ms walks, 160 ms index reads). So it does
+            # both, each bounded: the newest RECENT_DOCUMENTS in order, then,
+            # for what is missing, the index on the older ones (few by then:
+            # the page did not fill).
+            parts = yield from self._parts(viewer, query, filters, tier, below, with_doc)
+            if parts is not None:
+                for sql, args in parts:
+                    found += yield (sql + order + str(int(limit - len(found))), args)
+                    if len(found) >= limit:
+                        break
+                return found
         sql, args = self._statement(viewer, query, filters, tier, below, with_doc, state=state)
         rows = yield (sql + order + str(int(limit)), args)
         if not found:
@@ -345,12 +339,27 @@ class SearchSQL:
         # The unindexed hits may be edited messages among the indexed ones.
         return sorted([*found, *rows], key=lambda row: -int(row[0]))[:limit]
 
-    def _recent_start(self, below: int | None) -> Steps[int | None]:
-        """PostgreSQL: the id where the newest :data:`RECENT_DOCUMENTS`
-        documents below ``below`` begin, or None when there are fewer."""
-        below = NO_BOUND if below is None else below
-        rows = yield (self._recent, (below, RECENT_DOCUMENTS - 1))
-        return int(rows[0][0]) if rows else None
+    def _parts(
+        self,
+        viewer: str,
+        query: Query,
+        filters: SearchFilters,
+        tier: str,
+        below: int | None,
+        columns: str,
+    ) -> Steps[list[tuple[str, list[object]]] | None]:
+        """PostgreSQL: a search as its two statements, the newest
+        :data:`RECENT_DOCUMENTS` documents below ``below`` and those older;
+        None when there are fewer documents (one statement serves)."""
+        bound = NO_BOUND if below is None else below
+        rows = yield (self._recent, (bound, RECENT_DOCUMENTS - 1))
+        if not rows:
+            return None
+        start = int(rows[0][0])
+        return [
+            self._statement(viewer, query, filters, tier, below, columns, recent_from=start),
+            self._statement(viewer, query, filters, tier, below, columns, older_than=start),
+        ]
 
     def count(self, viewer: str, query: Query, filters: SearchFilters, cap: int) -> Steps[int]:
         """How many messages match, counted up to ``cap``."""
@@ -363,18 +372,13 @@ class SearchSQL:
             )
             counted = len(unindexed)
         else:
-            start = yield from self._recent_start(None)
-            if start is not None:  # in two parts, as find() does
-                sql, args = self._statement(
-                    viewer, query, filters, Tier.ALL, None, "1", recent_from=start
-                )
-                counted = yield from self._count(sql, args, cap)
-                if counted >= cap:
-                    return cap
-                sql, args = self._statement(
-                    viewer, query, filters, Tier.ALL, None, "1", older_than=start
-                )
-                return counted + (yield from self._count(sql, args, cap - counted))
+            parts = yield from self._parts(viewer, query, filters, Tier.ALL, None, "1")
+            if parts is not None:  # as find() reads them
+                for sql, args in parts:
+                    counted += yield from self._count(sql, args, cap - counted)
+                    if counted >= cap:
+                        break
+                return counted
         sql, args = self._statement(viewer, query, filters, Tier.ALL, None, "1", state=state)
         return min(cap, counted + (yield from self._count(sql, args, cap)))
 

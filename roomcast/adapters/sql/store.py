@@ -260,8 +260,6 @@ class SQLStore(ABC):
     ) -> tuple[list[SequencedMessage], bool]:
         return await self._read(lambda: self._messages.since(room_id, since_id, through_seq, limit))
 
-    # -- membership ---------------------------------------------------------------------
-
     # -- files ----------------------------------------------------------------------
 
     async def add_file(self, record: FileRecord) -> None:
@@ -281,6 +279,8 @@ class SQLStore(ABC):
 
     async def delete_files(self, file_ids: Sequence[str]) -> list[str]:
         return await self._write(lambda: self._files.delete(file_ids))
+
+    # -- membership ---------------------------------------------------------------------
 
     async def member_state(self, room_id: int, user_id: str) -> MemberState:
         return await self._read(lambda: self._members.state(room_id, user_id))
